@@ -1,0 +1,55 @@
+"""The ``ledger`` command line: thin adapters over the command handlers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Medical-aid ledger (医疗救助台账).", no_args_is_help=True, add_completion=False)
+scenario_app = typer.Typer(help="Scenario files: the acceptance contract.", no_args_is_help=True)
+app.add_typer(scenario_app, name="scenario")
+
+
+@scenario_app.command("run")
+def scenario_run(
+    file: Path = typer.Argument(..., help="a scenario YAML file"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
+) -> None:
+    """Replay FILE into a fresh in-memory ledger and print what the ledger says."""
+    from infra.scenario import ScenarioError, run_scenario
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        typer.echo(f"cannot read {file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        report = run_scenario(text)
+    except ScenarioError as exc:
+        typer.echo(f"malformed scenario {file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    else:
+        for s in report["steps"]:
+            typer.echo(f"{s['index']:>4} {s['do']:<18} {s['status']} {s.get('code') or ''}")
+
+
+def _register() -> None:
+    """Sub-command modules register themselves here (one module per area)."""
+    from importlib import import_module
+
+    for name in ("infra.cli.ops",):
+        try:
+            import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
+def main() -> None:
+    _register()
+    app()

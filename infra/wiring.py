@@ -1,0 +1,36 @@
+"""Wiring: settings → the ledger application with its store and its policy published."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from commands.app import LedgerApp
+from infra.policy_files import load_packs
+from infra.settings import Settings, get_settings
+from ledger.aggregates import PolicyLedger
+
+APP_NAME = "ledger"
+
+
+def build_app(settings: Settings | None = None, *, jurisdiction: str | None = None, env: dict[str, str] | None = None) -> LedgerApp:
+    """The application on the configured store; publishes the policy packs on first use."""
+    settings = settings or get_settings()
+    app = LedgerApp(env if env is not None else settings.eventsourcing_env(APP_NAME), jurisdiction=jurisdiction or settings.jurisdiction)
+    ensure_policy(app)
+    return app
+
+
+def memory_app(jurisdiction: str, published_at: datetime | None = None) -> LedgerApp:
+    """A fresh, empty, in-memory ledger (the scenario runner's; never the user's database)."""
+    app = LedgerApp({"PERSISTENCE_MODULE": "eventsourcing.popo"}, jurisdiction=jurisdiction)
+    ensure_policy(app, published_at)
+    return app
+
+
+def ensure_policy(app: LedgerApp, published_at: datetime | None = None) -> None:
+    if PolicyLedger.ID in app.repository:
+        return
+    moment = published_at or datetime.now(timezone.utc)
+    result = app.publish_packs(load_packs(app.jurisdiction, moment), at=moment)
+    if result.status != "accepted":
+        raise RuntimeError(f"the shipped policy packs were refused: {result.code} {result.message}")

@@ -1,0 +1,708 @@
+"""Aggregates and their events (RULES.md §10).
+
+Boundaries (ADR 0003): the **Recipient** is the consistency boundary for money: annual caps,
+monthly limits, the mutual-aid year, duplicate receipts and clearing offsets all span a person's
+expenses, so the person's expenses, decisions, payouts and clearing cases are entities inside
+it, and optimistic concurrency on it stops two claims from spending the same cap room. A
+**Claim** has its own three-signature lifecycle; the **PolicyLedger** holds every published
+parameter version; a **CommandRecord** makes a client-supplied command id apply once.
+
+Events carry resolved values only: dates as ISO strings, money as Decimal, decisions as their
+full summaries. Applying an event never looks anything up, so replay cannot rewrite history.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+
+from ledger.facts import (
+    CategoryFact,
+    DecisionRef,
+    ExpenseFacts,
+    InsuranceFact,
+    Knowledge,
+    Lift,
+    MutualAidYear,
+    Settlement,
+)
+from ledger.money import ZERO
+from ledger.policy.params import ParameterVersion, PolicyBook
+from ledger.values import Facility, VisitType
+
+NAMESPACE = uuid.UUID("6f1c7a52-3e0b-4d3e-9d55-0c1f3b2a9e11")
+
+
+def _d(value: str | None) -> date | None:
+    return date.fromisoformat(value) if value else None
+
+
+def _money_map(d: dict[str, Any] | None) -> dict[str, Decimal]:
+    return {k: Decimal(v) for k, v in (d or {}).items()}
+
+
+@dataclass
+class CaseState:
+    id: str
+    expense_id: str
+    trigger: str
+    amount: Decimal
+    by_fund: dict[str, Decimal]
+    by_scheme: dict[str, Decimal]
+    opened_at: datetime
+    balance_by_fund: dict[str, Decimal]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    written_off: bool = False
+
+    @property
+    def balance(self) -> Decimal:
+        return sum(self.balance_by_fund.values(), ZERO)
+
+    @property
+    def status(self) -> str:
+        if self.balance > 0:
+            return "open"
+        return "written_off" if self.written_off else "settled"
+
+
+@dataclass
+class SupplementaryState:
+    id: str
+    expense_id: str
+    trigger: str
+    amount: Decimal
+    by_fund: dict[str, Decimal]
+    by_scheme: dict[str, Decimal]
+    created_at: datetime
+    paid_at: datetime | None = None
+
+    @property
+    def status(self) -> str:
+        return "paid" if self.paid_at else "pending"
+
+
+@dataclass
+class ExpenseAccount:
+    """An expense's money inside the recipient: decision, due now, paid."""
+
+    facts: ExpenseFacts
+    handle: str | None = None
+    claim_id: str | None = None  # the open or approved claim that lists it
+    decision: DecisionRef | None = None
+    decided: dict[str, Any] | None = None  # the first decision's summary
+    due: dict[str, Any] | None = None  # the latest assessment's summary
+    paid_total: Decimal = ZERO
+    paid_by_scheme: dict[str, Decimal] = field(default_factory=dict)
+    paid_by_fund: dict[str, Decimal] = field(default_factory=dict)
+    channels: list[str] = field(default_factory=list)
+    attempted_duplicates: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Recipient(Aggregate):
+    """A person in the programme and their aid account."""
+
+    @staticmethod
+    def id_for(id_number: str) -> uuid.UUID:
+        """One recipient per resident id number."""
+        return uuid.uuid5(NAMESPACE, f"recipient:{id_number}")
+
+    class Enrolled(Aggregate.Created):
+        """Recipient enrolled. v2 added ``street`` (the street office 街镇 that handles claims, [002 4.1])."""
+
+        class_version = 2
+        id_number: str
+        name: str
+        street: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["street"] = state.get("street") or ""
+
+    def __init__(self, id_number: str, name: str, street: str):
+        self.id_number = id_number
+        self.name = name
+        self.street = street
+        self.category_facts: list[CategoryFact] = []
+        self.insurance_facts: list[InsuranceFact] = []
+        self.mutual_aid_years: list[MutualAidYear] = []
+        self.lifts: list[Lift] = []
+        self.consent: bool = False
+        self.consent_history: list[tuple[datetime, bool]] = []
+        self.expenses: dict[str, ExpenseAccount] = {}
+        self.receipts: dict[tuple[str, str], list[str]] = {}
+        self.decision_seq = 0
+        self.cases: dict[str, CaseState] = {}
+        self.supplementary: dict[str, SupplementaryState] = {}
+        self.suspensions: list[dict[str, Any]] = []
+        self.social_help: list[dict[str, Any]] = []
+        self.subsidies: list[dict[str, Any]] = []
+        self.payouts: list[dict[str, Any]] = []
+        self.recoveries: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ knowledge for the engine
+    def knowledge(self) -> Knowledge:
+        return Knowledge(
+            recipient_id=str(self.id),
+            id_number=self.id_number,
+            street=self.street,
+            categories=list(self.category_facts),
+            insurance=list(self.insurance_facts),
+            mutual_aid=list(self.mutual_aid_years),
+            lifts=list(self.lifts),
+        )
+
+    def expense_facts(self) -> dict[str, ExpenseFacts]:
+        return {eid: acc.facts for eid, acc in self.expenses.items()}
+
+    def decided_refs(self) -> list[DecisionRef]:
+        return [acc.decision for acc in self.expenses.values() if acc.decision is not None]
+
+    def open_cases(self) -> list[CaseState]:
+        return sorted((c for c in self.cases.values() if c.balance > 0), key=lambda c: (c.opened_at, c.id))
+
+    def open_balance(self) -> Decimal:
+        return sum((c.balance for c in self.open_cases()), ZERO)
+
+    def active_suspension(self, scheme: str) -> dict[str, Any] | None:
+        for s in reversed(self.suspensions):
+            if s["scheme"] == scheme and s["lifted"] is None:
+                return s
+        return None
+
+    def receipt_aided_by(self, facts: ExpenseFacts) -> str | None:
+        """R-PH-7: which expense (if any) already got aid on this receipt."""
+        key = facts.receipt_key
+        others = self.receipts.get(key, [facts.id]) if key else [facts.id]
+        for eid in others:
+            if self.expenses[eid].decision is not None:
+                return eid
+        return None
+
+    def expected(self, expense_id: str) -> dict[str, dict[str, Decimal] | Decimal]:
+        """What the ledger has settled on for an expense: decided + supplementary − cleared."""
+        acc = self.expenses[expense_id]
+        by_scheme = _money_map((acc.decided or {}).get("by_scheme"))
+        by_fund = _money_map((acc.decided or {}).get("by_fund"))
+        for s in self.supplementary.values():
+            if s.expense_id == expense_id:
+                by_scheme = _add(by_scheme, s.by_scheme)
+                by_fund = _add(by_fund, s.by_fund)
+        for c in self.cases.values():
+            if c.expense_id == expense_id:
+                by_scheme = _add(by_scheme, c.by_scheme, -1)
+                by_fund = _add(by_fund, c.by_fund, -1)
+        total = sum(by_fund.values(), ZERO)
+        return {"total": total, "by_scheme": by_scheme, "by_fund": by_fund}
+
+    # ------------------------------------------------------------------ events
+    class CategoryGranted(Aggregate.Event):
+        category: str
+        valid_from: str
+        valid_to: str | None
+        subtype: str | None
+        determined_on: str | None
+        means_test_expenses_from: str | None
+        means_test: dict[str, Any] | None
+
+        def apply(self, r: "Recipient") -> None:
+            r.category_facts.append(
+                CategoryFact(
+                    "grant",
+                    self.category,
+                    _d(self.valid_from),
+                    _d(self.valid_to),
+                    self.timestamp,
+                    self.subtype,
+                    _d(self.determined_on),
+                    _d(self.means_test_expenses_from),
+                )
+            )
+
+    class CategoryRevoked(Aggregate.Event):
+        category: str
+        valid_from: str
+        reason: str | None
+
+        def apply(self, r: "Recipient") -> None:
+            r.category_facts.append(CategoryFact("revoke", self.category, _d(self.valid_from), None, self.timestamp))
+
+    class InsuranceEnrolmentStarted(Aggregate.Event):
+        scheme: str
+        valid_from: str
+        valid_to: str | None
+        subsidy: dict[str, Any] | None
+
+        def apply(self, r: "Recipient") -> None:
+            r.insurance_facts.append(
+                InsuranceFact("start", self.scheme, _d(self.valid_from), _d(self.valid_to), self.timestamp)
+            )
+            if self.subsidy:
+                r.subsidies.append(dict(self.subsidy, at=self.timestamp.isoformat()))
+
+    class InsuranceEnrolmentEnded(Aggregate.Event):
+        scheme: str
+        valid_to: str
+
+        def apply(self, r: "Recipient") -> None:
+            r.insurance_facts.append(InsuranceFact("end", self.scheme, _d(self.valid_to), None, self.timestamp))
+
+    class MutualAidContributionPaid(Aggregate.Event):
+        year: int
+        has_home_insurance: bool
+        home_insurance_deductible: Decimal
+
+        def apply(self, r: "Recipient") -> None:
+            r.mutual_aid_years.append(
+                MutualAidYear(self.year, self.has_home_insurance, self.home_insurance_deductible, self.timestamp)
+            )
+
+    class AutoClaimConsentChanged(Aggregate.Event):
+        signed: bool
+
+        def apply(self, r: "Recipient") -> None:
+            r.consent = self.signed
+            r.consent_history.append((self.timestamp, self.signed))
+
+    class ExpenseRecorded(Aggregate.Event):
+        expense_id: str
+        handle: str | None
+        visit_type: str
+        facility: dict[str, Any]
+        service_date: str
+        invoice_date: str
+        invoice_no: str
+        total: Decimal
+        in_scope: Decimal
+        basic_insurance_paid: Decimal
+        referred: bool
+        dispensing_only: bool
+        critical_illness_related: bool
+        critical_illness_evidence: str
+        basic_insurance_settled: bool
+        duplicate_of: str | None
+        source: str
+
+        def apply(self, r: "Recipient") -> None:
+            facts = ExpenseFacts(
+                id=self.expense_id,
+                visit_type=VisitType(self.visit_type),
+                facility=Facility.from_dict(self.facility),
+                service_date=_d(self.service_date),
+                invoice_date=_d(self.invoice_date),
+                invoice_no=self.invoice_no,
+                total=self.total,
+                in_scope=self.in_scope,
+                basic_insurance_paid=self.basic_insurance_paid,
+                recorded_at=self.timestamp,
+                referred=self.referred,
+                dispensing_only=self.dispensing_only,
+                critical_illness_related=self.critical_illness_related,
+                critical_illness_evidence=self.critical_illness_evidence,
+                basic_insurance_settled=self.basic_insurance_settled,
+                duplicate_of=self.duplicate_of,
+            )
+            r.expenses[self.expense_id] = ExpenseAccount(facts, handle=self.handle)
+            if facts.receipt_key:
+                r.receipts.setdefault(facts.receipt_key, []).append(self.expense_id)
+
+    class InsuranceSettled(Aggregate.Event):
+        expense_id: str
+        scheme: str
+        amount: Decimal
+
+        def apply(self, r: "Recipient") -> None:
+            acc = r.expenses[self.expense_id]
+            from dataclasses import replace
+
+            acc.facts = replace(
+                acc.facts, settlements=acc.facts.settlements + (Settlement(self.scheme, self.amount, self.timestamp),)
+            )
+
+    class ClaimAttached(Aggregate.Event):
+        """Expenses listed on a lodged claim are reserved for it until it is decided or rejected."""
+
+        claim_id: str
+        expense_ids: list[str]
+        attached: bool
+
+        def apply(self, r: "Recipient") -> None:
+            for eid in self.expense_ids:
+                acc = r.expenses[eid]
+                if self.attached:
+                    acc.claim_id = self.claim_id
+                elif acc.claim_id == self.claim_id and acc.decision is None:
+                    acc.claim_id = None
+
+    class DuplicateAttempted(Aggregate.Event):
+        """R-PH-7 [002 4.5]: an attempt to claim an already aided receipt, kept for clearing officers."""
+
+        expense_id: str
+        channel: str
+        claim_id: str | None
+        aided_as: str | None
+        reason: str
+
+        def apply(self, r: "Recipient") -> None:
+            r.expenses[self.expense_id].attempted_duplicates.append(
+                {
+                    "channel": self.channel,
+                    "claim": self.claim_id,
+                    "aided_as": self.aided_as,
+                    "reason": self.reason,
+                    "at": self.timestamp.isoformat(),
+                }
+            )
+
+    class AidDecided(Aggregate.Event):
+        """Aid assessed for the expenses of one claim or one-stop settlement, with the full
+        explanation, the policy version and the knowledge it was computed from (R-TIME-1)."""
+
+        claim_id: str | None
+        channel: str
+        decisions: list[dict[str, Any]]
+        knowledge: dict[str, Any]
+
+        def apply(self, r: "Recipient") -> None:
+            r.decision_seq += 1
+            for position, summary in enumerate(self.decisions):
+                acc = r.expenses[summary["expense"]]
+                acc.decision = DecisionRef(
+                    summary["expense"], self.channel, self.claim_id, self.timestamp, r.decision_seq, position
+                )
+                acc.decided = summary
+                acc.due = summary
+                acc.claim_id = self.claim_id
+
+    class AidReassessed(Aggregate.Event):
+        """R-TIME-2, R-CLR-2: the same expenses recomputed with today's knowledge; both decisions kept."""
+
+        trigger: str
+        cause: dict[str, Any]
+        results: list[dict[str, Any]]
+        knowledge: dict[str, Any]
+
+        def apply(self, r: "Recipient") -> None:
+            for item in self.results:
+                r.expenses[item["expense"]].due = item["due"]
+
+    class SuspensionStarted(Aggregate.Event):
+        """R-4L-4 [000 第四条(三)]: 四医联动 suspended from an expense on."""
+
+        scheme: str
+        valid_from: str
+        expense_id: str
+        reason: str
+
+        def apply(self, r: "Recipient") -> None:
+            r.suspensions.append(
+                {
+                    "scheme": self.scheme,
+                    "from": self.valid_from,
+                    "expense": self.expense_id,
+                    "reason": self.reason,
+                    "started_at": self.timestamp.isoformat(),
+                    "lifted": None,
+                }
+            )
+
+    class SuspensionLifted(Aggregate.Event):
+        scheme: str
+        reviewer: str
+        lifted_on: str
+
+        def apply(self, r: "Recipient") -> None:
+            for s in r.suspensions:
+                if s["scheme"] == self.scheme and s["lifted"] is None:
+                    s["lifted"] = self.lifted_on
+                    s["reviewer"] = self.reviewer
+            r.lifts.append(Lift(self.scheme, self.reviewer, _d(self.lifted_on), self.timestamp))
+
+    class SocialHelpGranted(Aggregate.Event):
+        """R-4L-5 [000 第四条(四)]: one-time social-organisation help."""
+
+        amount: Decimal
+        organisation: str | None
+        period: str
+
+        def apply(self, r: "Recipient") -> None:
+            r.social_help.append(
+                {"amount": self.amount, "organisation": self.organisation, "period": self.period, "at": self.timestamp}
+            )
+
+    class AidPaid(Aggregate.Event):
+        """A payout: per expense amounts; the part owed on clearing cases is offset first (R-CLR-3)."""
+
+        claim_id: str | None
+        channel: str
+        payments: list[dict[str, Any]]
+        offsets: list[dict[str, Any]]
+        to_person: Decimal
+
+        def apply(self, r: "Recipient") -> None:
+            for p in self.payments:
+                acc = r.expenses[p["expense"]]
+                acc.paid_total += Decimal(p["total"])
+                acc.paid_by_scheme = _add(acc.paid_by_scheme, _money_map(p["by_scheme"]))
+                acc.paid_by_fund = _add(acc.paid_by_fund, _money_map(p["by_fund"]))
+                if p.get("channel") and p["channel"] not in acc.channels:
+                    acc.channels.append(p["channel"])
+                for sid in p.get("supplementary", []):
+                    r.supplementary[sid].paid_at = self.timestamp
+            _apply_recoveries(r, self.offsets, "offset", self.timestamp)
+            r.payouts.append(
+                {
+                    "claim": self.claim_id,
+                    "channel": self.channel,
+                    "payments": self.payments,
+                    "offsets": self.offsets,
+                    "to_person": self.to_person,
+                    "at": self.timestamp,
+                }
+            )
+
+    class ClearingCaseOpened(Aggregate.Event):
+        """R-CLR-2: a receivable from the recipient, per fund, citing the trigger and both decisions."""
+
+        case_id: str
+        expense_id: str
+        trigger: str
+        amount: Decimal
+        by_fund: dict[str, Any]
+        by_scheme: dict[str, Any]
+        previous: dict[str, Any]
+        current: dict[str, Any]
+
+        def apply(self, r: "Recipient") -> None:
+            by_fund = _money_map(self.by_fund)
+            r.cases[self.case_id] = CaseState(
+                self.case_id,
+                self.expense_id,
+                self.trigger,
+                self.amount,
+                by_fund,
+                _money_map(self.by_scheme),
+                self.timestamp,
+                {k: v for k, v in by_fund.items() if v > 0},
+                history=[{"kind": "opened", "amount": self.amount, "at": self.timestamp.isoformat()}],
+            )
+
+    class SupplementaryPayoutDue(Aggregate.Event):
+        supplementary_id: str
+        expense_id: str
+        trigger: str
+        amount: Decimal
+        by_fund: dict[str, Any]
+        by_scheme: dict[str, Any]
+        previous: dict[str, Any]
+        current: dict[str, Any]
+
+        def apply(self, r: "Recipient") -> None:
+            r.supplementary[self.supplementary_id] = SupplementaryState(
+                self.supplementary_id,
+                self.expense_id,
+                self.trigger,
+                self.amount,
+                _money_map(self.by_fund),
+                _money_map(self.by_scheme),
+                self.timestamp,
+            )
+
+    class RepaymentReceived(Aggregate.Event):
+        amount: Decimal
+        allocations: list[dict[str, Any]]
+
+        def apply(self, r: "Recipient") -> None:
+            _apply_recoveries(r, self.allocations, "repayment", self.timestamp)
+
+    class WriteOffApproved(Aggregate.Event):
+        officer: str
+        approver: str
+        reason: str | None
+        allocations: list[dict[str, Any]]
+
+        def apply(self, r: "Recipient") -> None:
+            _apply_recoveries(r, self.allocations, "write_off", self.timestamp)
+            for a in self.allocations:
+                r.cases[a["case"]].written_off = True
+
+
+def _add(a: dict[str, Decimal], b: dict[str, Decimal], sign: int = 1) -> dict[str, Decimal]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, ZERO) + sign * v
+    return out
+
+
+def _apply_recoveries(r: Recipient, allocations: list[dict[str, Any]], kind: str, at: datetime) -> None:
+    for a in allocations:
+        case = r.cases[a["case"]]
+        case.balance_by_fund = {
+            k: v for k, v in _add(case.balance_by_fund, _money_map(a["by_fund"]), -1).items() if v != 0
+        }
+        case.history.append({"kind": kind, "amount": Decimal(a["amount"]), "at": at.isoformat()})
+        r.recoveries.append({"kind": kind, "case": a["case"], "amount": Decimal(a["amount"]), "by_fund": a["by_fund"], "at": at})
+
+
+class Claim(Aggregate):
+    """A post-hoc (or 免申即享 auto) claim and its three signatures (R-PH-1..5, [002 3])."""
+
+    class Lodged(Aggregate.Created):
+        recipient_id: str
+        expense_ids: list[str]
+        handler: str
+        channel: str
+        proxy_id_number: str | None
+        street: str
+        lodged_on: str
+
+    def __init__(self, recipient_id: str, expense_ids: list[str], handler: str, channel: str, proxy_id_number: str | None, street: str, lodged_on: str):
+        self.recipient_id = recipient_id
+        self.expense_ids = list(expense_ids)
+        self.handler = handler
+        self.channel = channel
+        self.proxy_id_number = proxy_id_number
+        self.street = street
+        self.lodged_on = lodged_on
+        self.reviewer: str | None = None
+        self.approver: str | None = None
+        self.status = "lodged"
+        self.rejection: dict[str, Any] | None = None
+        self.paid_at: datetime | None = None
+
+    class Reviewed(Aggregate.Event):
+        reviewer: str
+
+        def apply(self, c: "Claim") -> None:
+            c.reviewer = self.reviewer
+            c.status = "reviewed"
+
+    class Approved(Aggregate.Event):
+        approver: str
+
+        def apply(self, c: "Claim") -> None:
+            c.approver = self.approver
+            c.status = "approved"
+
+    class Rejected(Aggregate.Event):
+        code: str
+        rule: str
+        message: str
+        expense_id: str | None
+
+        def apply(self, c: "Claim") -> None:
+            c.status = "rejected"
+            c.rejection = {"code": self.code, "rule": self.rule, "message": self.message, "expense": self.expense_id}
+
+    class Paid(Aggregate.Event):
+        total: Decimal
+        to_person: Decimal
+
+        def apply(self, c: "Claim") -> None:
+            c.status = "paid"
+            c.paid_at = self.timestamp
+
+
+class PolicyLedger(Aggregate):
+    """Every parameter version ever published, in publication order (packs and amendments)."""
+
+    ID = uuid.uuid5(NAMESPACE, "policy-ledger")
+
+    class Opened(Aggregate.Created):
+        jurisdiction: str
+
+    def __init__(self, jurisdiction: str):
+        self.jurisdiction = jurisdiction
+        self.book = PolicyBook()
+        self.packs: list[dict[str, Any]] = []
+        self.amendments: list[dict[str, Any]] = []
+
+    class PackPublished(Aggregate.Event):
+        """A policy pack's dated values, published as known from this moment."""
+
+        scheme: str
+        version: str
+        content_hash: str
+        versions: list[dict[str, Any]]
+
+        def apply(self, p: "PolicyLedger") -> None:
+            p.book.extend(_version_from(v, self.timestamp) for v in self.versions)
+            p.packs.append({"scheme": self.scheme, "version": self.version, "hash": self.content_hash, "at": self.timestamp})
+
+    class ParameterAmended(Aggregate.Event):
+        """A parameter published or amended, possibly with an earlier effective date (R-CLR-1(d))."""
+
+        version: dict[str, Any]
+
+        def apply(self, p: "PolicyLedger") -> None:
+            p.book.add(_version_from(self.version, self.timestamp))
+            p.amendments.append(dict(self.version, published_at=self.timestamp.isoformat()))
+
+
+def version_to_event(v: ParameterVersion) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        "value": _encode_value(v.value),
+        "effective_from": v.effective_from.isoformat(),
+        "effective_to": v.effective_to.isoformat() if v.effective_to else None,
+        "reference": v.reference,
+        "local_setting": v.local_setting,
+        "source": v.source,
+    }
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return {"decimal": str(value)}
+    if isinstance(value, tuple):
+        return [_encode_value(v) for v in value]
+    if isinstance(value, list):
+        return [_encode_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode_value(v) for k, v in value.items()}
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"decimal"}:
+        return Decimal(value["decimal"])
+    if isinstance(value, list):
+        return tuple(_decode_value(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _decode_value(v) for k, v in value.items()}
+    return value
+
+
+def _version_from(d: dict[str, Any], published_at: datetime) -> ParameterVersion:
+    return ParameterVersion(
+        name=d["name"],
+        value=_decode_value(d["value"]),
+        effective_from=date.fromisoformat(d["effective_from"]),
+        effective_to=_d(d.get("effective_to")),
+        reference=d.get("reference", ""),
+        local_setting=bool(d.get("local_setting", False)),
+        published_at=published_at,
+        source=d.get("source", "amendment"),
+    )
+
+
+class CommandRecord(Aggregate):
+    """A client-supplied command id, recorded with the command's own events: a retry finds it."""
+
+    @staticmethod
+    def id_for(command_id: str) -> uuid.UUID:
+        return uuid.uuid5(NAMESPACE, f"command:{command_id}")
+
+    class Recorded(Aggregate.Created):
+        command_id: str
+        command: str
+        result: dict[str, Any]
+
+    def __init__(self, command_id: str, command: str, result: dict[str, Any]):
+        self.command_id = command_id
+        self.command = command
+        self.result = result

@@ -1,0 +1,113 @@
+"""Who is a recipient on a date, and insured on it (RULES.md §2, R-INS-1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from ledger.facts import CategoryFact, Knowledge, MutualAidYear
+
+#: Lianyungang sub-types aided only from the county's determination date (R-CAT-5, [004 三]).
+DETERMINATION_SUBTYPES = {"temporary_relief_major_illness", "temporary_relief", "临时救助重大病患者"}
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A category held on a date, and why (for the explanation)."""
+
+    category: str
+    valid_from: date
+    valid_to: date | None
+    subtype: str | None
+    basis: str  # "held" | "means_test" (R-CAT-3)
+    rule: str
+
+    def as_trace(self) -> dict:
+        return {
+            "category": self.category,
+            "from": self.valid_from.isoformat(),
+            "to": self.valid_to.isoformat() if self.valid_to else None,
+            "subtype": self.subtype,
+            "basis": self.basis,
+            "rule": self.rule,
+        }
+
+
+def _aided_from(fact: CategoryFact) -> date:
+    """R-CAT-5 [004 三]: key recipients are aided from the day they hold the identity; temporary
+    relief major-illness patients and extended recipients only from the determination date."""
+    needs_determination = fact.category == "lyg_extended" or (
+        fact.category == "lyg_key" and (fact.subtype or "") in DETERMINATION_SUBTYPES
+    )
+    if needs_determination and fact.determined_on and fact.determined_on > fact.valid_from:
+        return fact.determined_on
+    return fact.valid_from
+
+
+def category_periods(knowledge: Knowledge) -> dict[str, list[tuple[date, date | None, CategoryFact]]]:
+    """Apply grants and revocations in recorded order: the periods each category is held."""
+    periods: dict[str, list[tuple[date, date | None, CategoryFact]]] = {}
+    for fact in sorted(knowledge.categories, key=lambda f: f.recorded_at):
+        spans = periods.setdefault(fact.category, [])
+        if fact.kind == "grant":
+            spans.append((_aided_from(fact), fact.valid_to, fact))
+        else:  # revoke: not held from valid_from on (possibly in the past: R-TIME-2)
+            cut = fact.valid_from
+            kept = []
+            for start, end, src in spans:
+                if start >= cut:
+                    continue
+                if end is None or end >= cut:
+                    end = cut - timedelta(days=1)
+                kept.append((start, end, src))
+            periods[fact.category] = kept
+    return periods
+
+
+def categories_on(knowledge: Knowledge, on: date) -> list[Holding]:
+    """R-CAT-1: the categories held on the service date [002 3.2].
+
+    R-CAT-3 [002 4.3]: a person recognised during a year is also aided for that year's expenses
+    counted in the means test (from ``means_test_expenses_from``), though they predate the grant.
+    """
+    held: list[Holding] = []
+    for category, spans in category_periods(knowledge).items():
+        for start, end, src in spans:
+            if start <= on and (end is None or on <= end):
+                held.append(Holding(category, start, end, src.subtype, "held", "R-CAT-1"))
+                break
+            mt = src.means_test_expenses_from
+            if mt and mt <= on < start and on.year == start.year and (end is None or on <= end):
+                held.append(Holding(category, start, end, src.subtype, "means_test", "R-CAT-3"))
+                break
+    return held
+
+
+def insured_on(knowledge: Knowledge, on: date) -> str | None:
+    """R-INS-1 [000 第二条(二)1]: the Shanghai basic insurance scheme the person is enrolled in on a
+    date (employee or resident), or None."""
+    spans: list[tuple[str, date, date | None]] = []
+    for fact in sorted(knowledge.insurance, key=lambda f: f.recorded_at):
+        if fact.kind == "start":
+            spans.append((fact.scheme, fact.valid_from, fact.valid_to))
+        else:
+            spans = [
+                (s, a, b if (b is not None and b <= fact.valid_from) else fact.valid_from)
+                if s == fact.scheme and a <= fact.valid_from
+                else (s, a, b)
+                for s, a, b in spans
+                if not (s == fact.scheme and a > fact.valid_from)
+            ]
+    for scheme, start, end in spans:
+        if start <= on and (end is None or on <= end):
+            return scheme
+    return None
+
+
+def mutual_aid_year(knowledge: Knowledge, year: int) -> MutualAidYear | None:
+    """[003 三]: the plan covers participants in the years they paid the contribution."""
+    found = None
+    for m in sorted(knowledge.mutual_aid, key=lambda m: m.recorded_at):
+        if m.year == year:
+            found = m
+    return found

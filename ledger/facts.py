@@ -1,0 +1,150 @@
+"""Facts as the decision engine sees them: plain, immutable, each with its recorded time.
+
+The aggregates keep these records; the engine reads them through :class:`Knowledge`, which can
+cut them "as known at T" (R-TIME-1, R-TIME-3). Valid time is carried on the facts themselves
+(``valid_from`` / ``valid_to``); recorded time is the store's transaction time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from decimal import Decimal
+
+from ledger.money import ZERO, clamp0
+from ledger.values import Facility, FacilityKind, VisitType
+
+
+@dataclass(frozen=True)
+class CategoryFact:
+    """One grant or revocation of a category, as recorded."""
+
+    kind: str  # "grant" | "revoke"
+    category: str
+    valid_from: date
+    valid_to: date | None
+    recorded_at: datetime
+    subtype: str | None = None
+    determined_on: date | None = None
+    means_test_expenses_from: date | None = None
+
+
+@dataclass(frozen=True)
+class InsuranceFact:
+    kind: str  # "start" | "end"
+    scheme: str
+    valid_from: date
+    valid_to: date | None
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class MutualAidYear:
+    year: int
+    has_home_insurance: bool
+    home_insurance_deductible: Decimal
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class Settlement:
+    scheme: str
+    amount: Decimal
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class Lift:
+    scheme: str
+    reviewer: str
+    lifted_on: date
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpenseFacts:
+    """A receipt / settlement record (SCENARIOS.md ``record_expense``) and what insurance paid."""
+
+    id: str
+    visit_type: VisitType
+    facility: Facility
+    service_date: date
+    invoice_date: date
+    invoice_no: str
+    total: Decimal
+    in_scope: Decimal
+    basic_insurance_paid: Decimal
+    recorded_at: datetime
+    referred: bool = False
+    dispensing_only: bool = False
+    critical_illness_related: bool = False
+    critical_illness_evidence: str = "none"
+    basic_insurance_settled: bool = True
+    duplicate_of: str | None = None
+    settlements: tuple[Settlement, ...] = ()
+
+    @property
+    def receipt_key(self) -> tuple[str, str] | None:
+        """R-CLR-1(b): the same receipt is the same facility code and invoice number."""
+        if not self.facility.code:
+            return None
+        return (self.facility.code, self.invoice_no)
+
+    @property
+    def cap_kind(self) -> str:
+        return self.visit_type.cap_kind
+
+    @property
+    def at_community_centre(self) -> bool:
+        return self.facility.kind is FacilityKind.COMMUNITY_HEALTH_CENTRE
+
+    def settlements_known_at(self, t: datetime | None) -> tuple[Settlement, ...]:
+        if t is None:
+            return self.settlements
+        return tuple(s for s in self.settlements if s.recorded_at <= t)
+
+    def self_pay(self, t: datetime | None = None) -> Decimal:
+        """R-INS-3: in-scope − basic insurance − 居保大病 − every other supplement, never below zero."""
+        paid = self.basic_insurance_paid + sum((s.amount for s in self.settlements_known_at(t)), ZERO)
+        return clamp0(self.in_scope - paid)
+
+    def known_at(self, t: datetime | None) -> "ExpenseFacts":
+        return self if t is None else replace(self, settlements=self.settlements_known_at(t))
+
+
+@dataclass(frozen=True)
+class DecisionRef:
+    """An expense that has been decided (approved or settled one-stop): it takes part in due."""
+
+    expense_id: str
+    channel: str
+    claim_id: str | None
+    decided_at: datetime
+    seq: int  # order of first decision within the recipient
+    position: int = 0  # order listed within its claim
+
+
+@dataclass
+class Knowledge:
+    """Everything about one recipient that a decision may use."""
+
+    recipient_id: str
+    id_number: str
+    street: str
+    categories: list[CategoryFact] = field(default_factory=list)
+    insurance: list[InsuranceFact] = field(default_factory=list)
+    mutual_aid: list[MutualAidYear] = field(default_factory=list)
+    lifts: list[Lift] = field(default_factory=list)
+
+    def known_at(self, t: datetime | None) -> "Knowledge":
+        if t is None:
+            return self
+        return Knowledge(
+            recipient_id=self.recipient_id,
+            id_number=self.id_number,
+            street=self.street,
+            categories=[c for c in self.categories if c.recorded_at <= t],
+            insurance=[i for i in self.insurance if i.recorded_at <= t],
+            mutual_aid=[m for m in self.mutual_aid if m.recorded_at <= t],
+            lifts=[lf for lf in self.lifts if lf.recorded_at <= t],
+        )

@@ -1,0 +1,96 @@
+"""The post-hoc procedure (RULES.md §6, `changning.post_hoc_procedure` [002]): how a claim moves.
+
+These checks decide whether an expense may be claimed at all; how much it gets is the engine's.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from ledger import errors
+from ledger.facts import ExpenseFacts
+from ledger.policy.params import PolicyBook
+from ledger.values import Scheme, add_months, validate_id_number
+
+PROCEDURE = Scheme.POST_HOC_PROCEDURE.value
+
+
+def procedure_in_force(book: PolicyBook, schemes: tuple[str, ...], on: date) -> bool:
+    if PROCEDURE not in schemes:
+        return False
+    v = book.lookup(f"{PROCEDURE}.in_force", on)
+    return bool(v and v.value)
+
+
+def claim_deadline(book: PolicyBook, invoice_date: date, lodged_on: date) -> date:
+    v = book.lookup(f"{PROCEDURE}.claim_window_months", lodged_on)
+    months = int(v.value) if v and v.value is not None else 6
+    return add_months(invoice_date, months)
+
+
+def check_deadline(book: PolicyBook, schemes: tuple[str, ...], e: ExpenseFacts, lodged_on: date, overridden: bool = False) -> None:
+    """R-PH-5 [002 4.3]: lodged within 6 months of the invoice date, i.e. on or before the same day
+    six months later (the month's last day where that day does not exist)."""
+    if overridden or not procedure_in_force(book, schemes, lodged_on):
+        return
+    last = claim_deadline(book, e.invoice_date, lodged_on)
+    if lodged_on > last:
+        raise errors.DeadlinePassed(
+            f"expense {e.id}: invoice dated {e.invoice_date}, claim lodged {lodged_on}; "
+            f"the 6-month window closed on {last} [002 4.3]",
+            field="expenses",
+        )
+
+
+def check_evidence(book: PolicyBook, schemes: tuple[str, ...], e: ExpenseFacts) -> None:
+    """R-INS-5 [002 3.6]: a critical-illness expense needs the 城乡居保大病结算单 for a service date
+    up to 2025-12-31 and the receipt marked "居保大病65%" from 2026-01-01 (dated data, not code)."""
+    if PROCEDURE not in schemes or not e.critical_illness_related:
+        return
+    v = book.lookup(f"{PROCEDURE}.critical_illness_evidence", e.service_date)
+    if v is None or v.value is None:
+        return
+    if e.critical_illness_evidence != v.value:
+        raise errors.EvidenceMissing(
+            f"expense {e.id}: a critical-illness expense served on {e.service_date} needs evidence "
+            f"'{v.value}' {v.reference}; the claim brought '{e.critical_illness_evidence}'",
+            field="critical_illness_evidence",
+        )
+
+
+def check_settled(e: ExpenseFacts) -> None:
+    """R-INS-6 [002 4.2; 001 二(二)3]: out-of-province care not yet settled by basic insurance
+    goes through 零星报销 first."""
+    if e.facility.out_of_province and not e.basic_insurance_settled:
+        raise errors.NotYetSettled(
+            f"expense {e.id}: out-of-province expense not yet settled by basic insurance; 零星报销 first [002 4.2]",
+            field="basic_insurance_settled",
+        )
+
+
+def check_officers(handler: str | None, reviewer: str | None, approver: str | None) -> None:
+    """R-PH-4 [002 3.4]: handler, reviewer and approver are three distinct people."""
+    roles = [("handler", handler), ("reviewer", reviewer), ("approver", approver)]
+    seen: dict[str, str] = {}
+    for role, person in roles:
+        if not person:
+            continue
+        if person in seen:
+            raise errors.SameOfficer(
+                f"{person} already signed this claim as {seen[person]}; the {role} must be a different person [002 3.4]",
+                field=role,
+            )
+        seen[person] = role
+
+
+def check_proxy(proxy_id_number: str | None, recipient_id_number: str) -> str | None:
+    """R-PH-9 [002 4.7]: a proxy may lodge; the proxy's identity is recorded and verified."""
+    if proxy_id_number is None:
+        return None
+    try:
+        number = validate_id_number(proxy_id_number)
+    except ValueError as exc:
+        raise errors.InvalidInput(f"proxy_id_number {exc} (R-PH-9)", rule="R-PH-9", field="proxy_id_number") from None
+    if number == recipient_id_number:
+        return None  # the recipient in person
+    return number

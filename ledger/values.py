@@ -1,0 +1,198 @@
+"""Value objects and the glossary's closed vocabularies (RULES.md §2, §3, SCENARIOS.md)."""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta, timezone
+from enum import Enum
+
+from stdnum.cn import ric
+from stdnum.exceptions import ValidationError as StdnumValidationError
+
+#: Local time of the programme: dates of recorded times are read in China Standard Time.
+CST = timezone(timedelta(hours=8))
+
+
+class StrEnum(str, Enum):
+    def __str__(self) -> str:  # pragma: no cover - cosmetic
+        return self.value
+
+
+class Category(StrEnum):
+    """Recipient categories (RULES.md §2)."""
+
+    SPECIAL_RELIEF = "special_relief"
+    DESTITUTE = "destitute"
+    DIBAO = "dibao"
+    LOW_INCOME = "low_income"
+    EXPENDITURE_POOR_1 = "expenditure_poor_1"
+    EXPENDITURE_POOR_2 = "expenditure_poor_2"
+    ORPHAN = "orphan"
+    CHILD_IN_DISTRESS = "child_in_distress"
+    OTHER_HARDSHIP = "other_hardship"
+    MUTUAL_AID_PARTICIPANT = "mutual_aid_participant"
+    LYG_KEY = "lyg_key"
+    LYG_EXTENDED = "lyg_extended"
+
+
+#: 中文 names, for explanations and exports.
+CATEGORY_ZH = {
+    "special_relief": "特殊救济对象",
+    "destitute": "特困人员",
+    "dibao": "低保对象",
+    "low_income": "低收入困难家庭成员",
+    "expenditure_poor_1": "支出型贫困第I类",
+    "expenditure_poor_2": "支出型贫困第II类",
+    "orphan": "社会散居孤儿",
+    "child_in_distress": "困境儿童",
+    "other_hardship": "其他困难人员",
+    "mutual_aid_participant": "社区医疗互助帮困计划参加对象",
+    "lyg_key": "连云港重点医疗救助对象",
+    "lyg_extended": "连云港拓展医疗救助对象",
+}
+
+#: R-CAT-2 tie-break: when two categories give the same aid, the first listed wins.
+CATEGORY_PRECEDENCE = [c.value for c in Category]
+
+
+class VisitType(StrEnum):
+    OUTPATIENT = "outpatient"  # 门急诊
+    INPATIENT = "inpatient"  # 住院
+    OUTPATIENT_CRITICAL = "outpatient_critical"  # 门诊大病
+
+    @property
+    def cap_kind(self) -> str:
+        """R-CAP-1: 门急诊 and 门诊大病 share the outpatient limit."""
+        return "inpatient" if self is VisitType.INPATIENT else "outpatient"
+
+
+VISIT_ZH = {"outpatient": "门急诊", "inpatient": "住院", "outpatient_critical": "门诊大病"}
+
+
+class FacilityKind(StrEnum):
+    COMMUNITY_HEALTH_CENTRE = "community_health_centre"  # 社区卫生服务中心
+    HOSPITAL = "hospital"
+    PHARMACY = "pharmacy"
+
+
+class Evidence(StrEnum):
+    NONE = "none"
+    SETTLEMENT_SLIP = "settlement_slip"  # 城乡居保大病结算单
+    RECEIPT_MARKING = "receipt_marking"  # 票据标注"居保大病65%"
+
+
+class InsuranceScheme(StrEnum):
+    EMPLOYEE = "employee"  # 职工医保
+    RESIDENT = "resident"  # 城乡居民医保
+
+
+class SettlementScheme(StrEnum):
+    """Insurance paying on an expense after it was recorded (R-INS-3)."""
+
+    CRITICAL_ILLNESS = "critical_illness"  # 居保大病
+    UNION_MUTUAL_AID = "union_mutual_aid"  # 职工互助保障
+    BURDEN_REDUCTION = "burden_reduction"  # 综合减负
+    CHILDREN_FUND = "children_fund"  # 少儿住院互助基金
+    OTHER = "other"
+
+
+class Channel(StrEnum):
+    ONE_STOP = "one_stop"
+    POST_HOC = "post_hoc"
+    AUTO = "auto"
+
+
+class Fund(StrEnum):
+    CITY = "city"
+    DISTRICT = "district"
+    MUTUAL_AID = "mutual_aid"
+    SOCIAL = "social"
+
+
+FUNDS = [f.value for f in Fund]
+
+
+class Trigger(StrEnum):
+    """R-CLR-1 (a)–(e)."""
+
+    LATE_INSURANCE = "late_insurance"
+    DUPLICATE = "duplicate"
+    CATEGORY_CHANGE = "category_change"
+    PARAMETER_CHANGE = "parameter_change"
+    CAP_OVERRUN = "cap_overrun"
+
+
+class Scheme(StrEnum):
+    SHANGHAI_MEDICAL_AID = "shanghai.medical_aid"
+    FOUR_LINKAGE = "changning.four_linkage"
+    POST_HOC_PROCEDURE = "changning.post_hoc_procedure"
+    COMMUNITY_MUTUAL_AID = "shanghai.community_mutual_aid"
+    LIANYUNGANG = "lianyungang.medical_aid"
+
+
+SCHEME_ZH = {
+    "shanghai.medical_aid": "上海市医疗救助",
+    "changning.four_linkage": "长宁区四医联动",
+    "changning.post_hoc_procedure": "长宁区事后救助",
+    "shanghai.community_mutual_aid": "市民社区医疗互助帮困",
+    "lianyungang.medical_aid": "连云港医疗救助",
+}
+
+
+@dataclass(frozen=True)
+class Facility:
+    kind: FacilityKind
+    level: int
+    district_designated: bool = False
+    out_of_province: bool = False
+    code: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kind"] = self.kind.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Facility":
+        return cls(
+            kind=FacilityKind(d["kind"]),
+            level=int(d["level"]),
+            district_designated=bool(d.get("district_designated", False)),
+            out_of_province=bool(d.get("out_of_province", False)),
+            code=d.get("code"),
+        )
+
+
+def validate_id_number(value: str) -> str:
+    """An 18-character PRC resident identity number with a valid check digit (GB 11643)."""
+    text = (value or "").strip().upper()
+    if len(text) != 18:
+        raise ValueError("must be an 18-character resident identity number")
+    try:
+        return ric.validate(text)
+    except StdnumValidationError as exc:
+        raise ValueError(f"is not a valid resident identity number ({exc})") from None
+
+
+def birth_date(id_number: str) -> date:
+    return ric.get_birth_date(id_number)
+
+
+def age_on(id_number: str, on: date) -> int:
+    born = birth_date(id_number)
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+def add_months(day: date, months: int) -> date:
+    """The same day ``months`` later, or that month's last day where the day does not exist."""
+    month_index = day.month - 1 + months
+    year, month = day.year + month_index // 12, month_index % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def local_date(moment: datetime) -> date:
+    """The calendar date of a recorded time, read in China Standard Time."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=CST)
+    return moment.astimezone(CST).date()
