@@ -35,14 +35,14 @@ class UnknownEntity(InvalidInput):
     code = "UNKNOWN_ENTITY"
 
 
-class Conflict(LedgerError):
-    """The command does not fit the current state (e.g. signing a closed claim)."""
-
-    code = "CONFLICT"
-
-
 class Rejected(LedgerError):
     """A rule said no. Codes are those of SCENARIOS.md; the ledger may add, never rename."""
+
+
+class Conflict(Rejected):
+    """The command does not fit the current state (e.g. lifting a suspension that is not there)."""
+
+    code = "CONFLICT"
 
 
 class NotARecipient(Rejected):

@@ -42,7 +42,15 @@ def _register() -> None:
     """Sub-command modules register themselves here (one module per area)."""
     from importlib import import_module
 
-    for name in ("infra.cli.ops",):
+    for name in (
+        "infra.cli.ops",
+        "infra.cli.projections",
+        "infra.cli.clearing",
+        "infra.cli.timetravel",
+        "infra.cli.relay",
+        "infra.cli.serve",
+        "infra.cli.integrity",
+    ):
         try:
             import_module(name)
         except ModuleNotFoundError as exc:
