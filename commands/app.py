@@ -33,7 +33,7 @@ from ledger.facts import DecisionRef, ExpenseFacts
 from ledger.money import ZERO, fmt, money
 from ledger.policy import packs as policy_packs
 from ledger.policy.params import PolicyBook, PolicyError
-from ledger.values import CST, Channel, Fund, Scheme, Trigger, age_on, local_date
+from ledger.values import CST, ERASED, Channel, Fund, Scheme, Trigger, age_on, local_date
 
 DEFAULT_OFFICERS = ("handler-default", "reviewer-default", "approver-default")
 AUTO_OFFICERS = ("auto-batch", "auto-reviewer", "auto-approver")
@@ -48,18 +48,21 @@ class Result:
     rule: str | None = None
     message: str | None = None
     ids: dict[str, Any] = field(default_factory=dict)
+    field_name: str = ""  # the input field a rejection concerns (HTTP error bodies)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status}
         if self.status != "accepted":
             out.update({"code": self.code, "rule": self.rule, "message": self.message})
+            if self.field_name:
+                out["field"] = self.field_name
         if self.ids:
             out["ids"] = self.ids
         return out
 
     @classmethod
     def rejected(cls, exc: errors.LedgerError, **ids: Any) -> "Result":
-        return cls("rejected", exc.code, exc.rule, exc.message, dict(ids))
+        return cls("rejected", exc.code, exc.rule, exc.message, dict(ids), exc.field)
 
 
 def expense_ref(recipient_id: uuid.UUID | str, number: int) -> str:
@@ -87,6 +90,21 @@ class LedgerApp(Application):
         self._clock_lock = threading.Lock()
         self._last_at: datetime | None = None
         self._policy_cache: PolicyLedger | None = None
+        #: Keyed hash of a resident id number (ADR 0015), installed by the wiring; unset, the
+        #: recipient id is the plain uuid5 of the number.
+        self.id_number_digest: Callable[[str], str] | None = None
+        #: Called with the recordings after every save (the integrity chainer, ADR 0016).
+        self.after_save: list[Callable[[list[Any]], None]] = []
+
+    def _notify(self, recordings: list[Any]) -> None:
+        for hook in self.after_save:
+            hook(recordings)
+
+    def recipient_id_for(self, id_number: str) -> uuid.UUID:
+        """The Recipient id for a resident id number: one recipient per number, not guessable
+        from the number when the wiring installed a keyed hash (ADR 0015)."""
+        digest = self.id_number_digest
+        return Recipient.id_for(id_number if digest is None else digest(id_number))
 
     # ------------------------------------------------------------------ plumbing
     def _now(self, at: datetime | None) -> datetime:
@@ -127,7 +145,7 @@ class LedgerApp(Application):
                 f"command_id {cmd.command_id!r} was already used for {record.command}", field="command_id"
             )
         r = record.result
-        return Result(r["status"], r.get("code"), r.get("rule"), r.get("message"), r.get("ids", {}))
+        return Result(r["status"], r.get("code"), r.get("rule"), r.get("message"), r.get("ids", {}), r.get("field", ""))
 
     def run(self, cmd: m.Command) -> Result:
         """Dispatch a command to its handler; idempotent under ``command_id``; retried on a
@@ -232,7 +250,7 @@ class LedgerApp(Application):
     # ------------------------------------------------------------------ recipients
     def enrol(self, cmd: m.Enrol) -> Result:
         moment = self._now(cmd.at)
-        rid = Recipient.id_for(cmd.id_number)
+        rid = self.recipient_id_for(cmd.id_number)
         try:
             self.repository.get(rid)
             raise errors.InvalidInput(
@@ -320,6 +338,8 @@ class LedgerApp(Application):
         full = held & {"dibao", "special_relief", "orphan", "child_in_distress"}
         if full:
             return {"kind": "contribution_paid_in_full", "category": sorted(full)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]"}
+        if "low_income" in held and r.id_number == ERASED:
+            raise errors.PersonalDataErased("R-INS-2 needs the recipient's age, but their personal data was erased (ADR 0015)", rule="R-INS-2", field="recipient")
         if "low_income" in held and age_on(r.id_number, cmd.valid_from) >= 60:
             v = self.policy().book.lookup(f"{Scheme.SHANGHAI_MEDICAL_AID.value}.enrolment_subsidy.low_income_60plus", cmd.valid_from)
             amount = money(v.value) if v and v.value is not None else ZERO
@@ -436,23 +456,32 @@ class LedgerApp(Application):
 
     def _first_rejection(self, r: Recipient, ordered: list[str], channel: str, lodged_on: date, claim_id: str | None, at: datetime, override: bool = False) -> tuple[errors.Rejected | None, str | None, engine.PassResult | None]:
         seen: set[tuple[str, str]] = set()
+        procedural: tuple[errors.Rejected, str] | None = None
+        checked: list[str] = []
         for eid in ordered:
             key = r.expenses[eid].facts.receipt_key if eid in r.expenses else None
             if key is not None and key in seen:
-                return errors.Duplicate(f"expense {eid}: the same receipt is listed twice on this claim", field="expenses"), eid, None
+                procedural = (errors.Duplicate(f"expense {eid}: the same receipt is listed twice on this claim", field="expenses"), eid)
+                break
             if key is not None:
                 seen.add(key)
             try:
                 self._check_claimable(r, eid, channel, lodged_on, claim_id, override)
             except errors.Rejected as exc:
-                return exc, eid, None
-        if len(set(ordered)) != len(ordered):
+                procedural = (exc, eid)
+                break
+            checked.append(eid)
+        if len(set(checked)) != len(checked):
             return errors.Duplicate("an expense is listed twice on this claim", field="expenses"), None, None
-        result = self._assess(r, ordered, channel, claim_id, at)
-        for eid in ordered:
+        # SCENARIOS.md: a claim reports the first rejection in the order of assessment, so the
+        # expenses before the first procedural refusal are assessed (and may be refused) first.
+        result = self._assess(r, checked, channel, claim_id, at) if checked else None
+        for eid in checked:
             a = result.assessments[eid]
             if not a.granted:
                 return a.rejection(), eid, result
+        if procedural is not None:
+            return procedural[0], procedural[1], None
         return None, None, result
 
     def _record_decision(self, r: Recipient, ordered: list[str], channel: str, claim_id: str | None, at: datetime, result: engine.PassResult) -> list[engine.Assessment]:
@@ -688,10 +717,17 @@ class LedgerApp(Application):
                 if acc.decision is None and acc.claim_id is None and acc.facts.service_date <= month_end
             ]
             keep = []
+            receipts: set[tuple[str, str]] = set()
             for eid in self.claim_order(r, pending):
+                # R-PH-7 [002 4.5]: a receipt recorded twice is claimed once; its copy is left out.
+                key = r.expenses[eid].facts.receipt_key
+                if key is not None and key in receipts:
+                    continue
                 exc, _, _ = self._first_rejection(r, [eid], Channel.AUTO.value, lodged_on, None, moment)
                 if exc is None:
                     keep.append(eid)
+                    if key is not None:
+                        receipts.add(key)
             if not keep:
                 continue
             handler, reviewer, approver = AUTO_OFFICERS
@@ -778,7 +814,9 @@ class LedgerApp(Application):
             common = dict(
                 timestamp=at,
                 expense_id=eid,
-                trigger=trigger,
+                # R-CLR-1(b): aid on a receipt already aided is cleared as a duplicate, whatever
+                # fact set the recomputation off.
+                trigger=Trigger.DUPLICATE.value if a.code == "DUPLICATE" else trigger,
                 amount=abs(diff),
                 by_fund={k: fmt(v) for k, v in by_fund.items()},
                 by_scheme={k: fmt(v) for k, v in by_scheme.items()},
@@ -792,13 +830,16 @@ class LedgerApp(Application):
             any_new = True
         return any_new
 
-    def clearing_run(self, trigger: str = Trigger.PARAMETER_CHANGE.value, *, at: datetime | None = None, cause: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None) -> int:
+    def clearing_run(self, trigger: str = Trigger.PARAMETER_CHANGE.value, *, at: datetime | None = None, cause: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None, recipients: Iterable[uuid.UUID] | None = None, opened: dict[str, int] | None = None) -> int:
         """Recompute every recipient with decided expenses (R-CLR-2); idempotent: a second run
-        finds nothing new. Returns how many recipients changed."""
+        finds nothing new. Returns how many recipients changed. ``recipients`` limits the run
+        (``ledger clearing run --since``); ``opened`` counts the cases and supplementary payouts
+        the run opened."""
         changed = 0
-        for rid in list(self.recipient_ids()):
+        for rid in list(self.recipient_ids() if recipients is None else recipients):
             for attempt in range(5):
                 r = self.recipient(rid)
+                before = (len(r.cases), len(r.supplementary))
                 moment = self._now(at) if at is None else self._now(at)
                 if self._reconcile(r, trigger, moment, cause or {"run": "clearing"}):
                     try:
@@ -806,13 +847,23 @@ class LedgerApp(Application):
                     except IntegrityError:
                         continue
                     changed += 1
+                    if opened is not None:
+                        opened["cases"] = opened.get("cases", 0) + len(r.cases) - before[0]
+                        opened["supplementary"] = opened.get("supplementary", 0) + len(r.supplementary) - before[1]
                 break
             if progress:
                 progress(1)
         return changed
 
     def run_clearing(self, cmd: m.ClearingRun) -> Result:
-        return Result(ids={"recipients_changed": self.clearing_run(cmd.trigger, at=cmd.at)})
+        """A clearing run (R-CLR-2); with ``since``, only recipients with events recorded after it
+        (every one when the policy changed since: commands.clearing_runs.recipients_since)."""
+        from commands.clearing_runs import recipients_since
+
+        recipients = recipients_since(self, cmd.since) if cmd.since is not None else None
+        opened = {"cases": 0, "supplementary": 0}
+        changed = self.clearing_run(cmd.trigger, at=cmd.at, recipients=recipients, opened=opened)
+        return Result(ids={"recipients_changed": changed, "cases_opened": opened["cases"], "supplementary_opened": opened["supplementary"]})
 
     def pay_supplementary(self, cmd: m.PaySupplementary) -> Result:
         """Pay every pending supplementary payout of the recipient (R-CLR-2), offsetting open cases."""
@@ -843,7 +894,7 @@ class LedgerApp(Application):
         if owed <= 0:
             raise errors.NothingOwed("the recipient has no open clearing balance", field="recipient")
         if cmd.amount > owed:
-            raise errors.InvalidInput(f"amount: {cmd.amount} exceeds the open clearing balance {owed}; a case never goes below zero (R-CLR-3)", rule="R-CLR-3", field="amount")
+            raise errors.ExceedsBalance(f"amount: {cmd.amount} exceeds the open clearing balance {owed}; a case never goes below zero (R-CLR-3)", field="amount")
         allocations = []
         for case_id, amount in clearing.oldest_first(cmd.amount, [(c.id, c.balance) for c in r.open_cases()]):
             by_fund = clearing.allocate(amount, r.cases[case_id].balance_by_fund)

@@ -17,8 +17,8 @@ from commands import queries
 from commands.app import LedgerApp, Result
 from infra.wiring import memory_app
 from ledger import errors
-from ledger.money import ZERO, fmt
 from ledger.policy.packs import JURISDICTIONS
+from projections.report import scenario_views
 
 
 class ScenarioError(Exception):
@@ -200,18 +200,14 @@ class Runner:
         app = self.app
         handle_of_r = {v: k for k, v in self.recipients.items()}
         handle_of_e = {v: k for k, v in self.expenses.items()}
-        book = app.policy().book
         expenses: dict[str, Any] = {}
-        cases, supplementary, annual, suspensions, duplicates = [], [], [], [], []
-        funds = {"city": ZERO, "district": ZERO, "mutual_aid": ZERO, "social": ZERO}
+        cases, supplementary = [], []
         for rid, rh in self.recipients.items() and sorted(self.recipients.items(), key=lambda kv: list(self.recipients).index(kv[0])):
             r = app.recipient(rh)
             for eid in r.expenses:
                 view = queries.expense_view(r, eid)
                 eh = handle_of_e.get(eid, eid)
                 out = {"recipient": rid, **{k: v for k, v in view.items() if k not in ("id", "duplicate_of")}}
-                if view["duplicate_of"]:
-                    duplicates.append({"expense": eh, "duplicate_of": handle_of_e.get(view["duplicate_of"], view["duplicate_of"])})
                 expenses[eh] = out
             for c in r.cases.values():
                 v = queries.case_view(c)
@@ -219,12 +215,18 @@ class Runner:
             for s in r.supplementary.values():
                 v = queries.supplementary_view(s)
                 supplementary.append({"recipient": rid, "expense": handle_of_e.get(s.expense_id), **{k: v[k] for k in ("trigger", "amount", "status", "by_fund")}})
-            for row in queries.annual_rows(r, book, app.schemes):
-                annual.append({**row, "recipient": rid})
-            for s in r.suspensions:
-                suspensions.append({"recipient": rid, "scheme": s["scheme"], "from": s["from"], "lifted": s["lifted"], "expense": handle_of_e.get(s["expense"])})
-            for f, v in queries.fund_movements(r).items():
-                funds[f] = funds.get(f, ZERO) + v
+        # annual, suspensions, duplicates and funds come from the read models (projections/, ADR 0008).
+        views = scenario_views(app.recorder, app.mapper)
+        order = {rh: i for i, rh in enumerate(self.recipients.values())}
+        annual = [{**row, "recipient": handle_of_r[row["recipient"]]} for row in sorted(views["annual"], key=lambda row: order[row["recipient"]])]
+        suspensions = [
+            {**s, "recipient": handle_of_r[s["recipient"]], "expense": handle_of_e.get(s["expense"])}
+            for s in sorted(views["suspensions"], key=lambda s: order[s["recipient"]])
+        ]
+        duplicates = [
+            {"expense": handle_of_e.get(d["expense"], d["expense"]), "duplicate_of": handle_of_e.get(d["duplicate_of"], d["duplicate_of"])}
+            for d in sorted(views["duplicates"], key=lambda d: order.get(d["expense"].split(":", 1)[0], 0))
+        ]
         return {
             "scenario": name,
             "steps": self.steps,
@@ -234,7 +236,7 @@ class Runner:
             "supplementary": supplementary,
             "duplicates": duplicates,
             "suspensions": suspensions,
-            "funds": {k: fmt(v) for k, v in funds.items()},
+            "funds": views["funds"],
         }
 
 
@@ -281,8 +283,9 @@ def load(text: str) -> dict[str, Any]:
     return data
 
 
-def run_scenario(text: str) -> dict[str, Any]:
-    """Replay a scenario into a fresh in-memory ledger and report (raises ScenarioError)."""
+def replay(text: str) -> tuple[str, Runner]:
+    """Replay a scenario into a fresh in-memory ledger (raises ScenarioError); its name and the
+    runner, whose ``app`` and handle maps adapters such as ``ledger explain --scenario`` read."""
     data = load(text)
     steps = [_stringify_dates(s) for s in data["steps"]]
     first = None
@@ -310,7 +313,20 @@ def run_scenario(text: str) -> dict[str, Any]:
             raise ScenarioError(f"step {i} ({s.get('do')}): {_validation_message(exc)}") from None
         except errors.InvalidInput as exc:
             raise ScenarioError(f"step {i} ({s.get('do')}): {exc.field + ': ' if exc.field and not exc.message.startswith(exc.field) else ''}{exc.message}") from None
-    return runner.report(str(data["name"]))
+    return str(data["name"]), runner
+
+
+def run_scenario(text: str, snapshot: tuple[date | None, datetime | None] | None = None) -> dict[str, Any]:
+    """Replay a scenario into a fresh in-memory ledger and report (raises ScenarioError).
+    ``snapshot=(V, T)`` adds the snapshot at (V, T) under ``snapshot`` (R-TIME-3, ADR 0010)."""
+    name, runner = replay(text)
+    report = runner.report(name)
+    if snapshot is not None:
+        from commands.snapshot import take_snapshot
+
+        report["snapshot"] = take_snapshot(runner.app, *snapshot).as_report()
+        report["snapshot"]["handles"] = {rid: handle for handle, rid in runner.recipients.items()}
+    return report
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     broker: Literal["rabbit", "nats", "redis", "kafka"] = "rabbit"
     token_secret: str = DEV_TOKEN_SECRET
     data_key: str | None = None
+    chain_on_save: bool = True  # extend the integrity chain after every save (ADR 0016)
     jurisdiction: Literal["shanghai.changning", "shanghai", "lianyungang"] = "shanghai.changning"
 
     @field_validator("database_url")

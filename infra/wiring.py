@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from commands.app import LedgerApp
+from infra import integrity, privacy
 from infra.policy_files import load_packs
 from infra.settings import Settings, get_settings
 from ledger.aggregates import PolicyLedger
@@ -12,19 +13,31 @@ from ledger.aggregates import PolicyLedger
 APP_NAME = "ledger"
 
 
-def build_app(settings: Settings | None = None, *, jurisdiction: str | None = None, env: dict[str, str] | None = None) -> LedgerApp:
+def build_app(settings: Settings | None = None, *, jurisdiction: str | None = None, env: dict[str, str] | None = None, publish_policy: bool = True) -> LedgerApp:
     """The application on the configured store; publishes the policy packs on first use."""
     settings = settings or get_settings()
-    app = LedgerApp(env if env is not None else settings.eventsourcing_env(APP_NAME), jurisdiction=jurisdiction or settings.jurisdiction)
-    ensure_policy(app)
+    app = LedgerApp(_protected(env if env is not None else settings.eventsourcing_env(APP_NAME)), jurisdiction=jurisdiction or settings.jurisdiction)
+    master = privacy.MasterKey.from_setting(settings.data_key)
+    privacy.install(app, master)  # personal fields encrypted at rest (ADR 0015)
+    integrity.install(app, master.seal, on_save=settings.chain_on_save)  # tamper-evident chain (ADR 0016)
+    if publish_policy:
+        ensure_policy(app)
     return app
 
 
 def memory_app(jurisdiction: str, published_at: datetime | None = None) -> LedgerApp:
     """A fresh, empty, in-memory ledger (the scenario runner's; never the user's database)."""
-    app = LedgerApp({"PERSISTENCE_MODULE": "eventsourcing.popo"}, jurisdiction=jurisdiction)
+    app = LedgerApp(_protected({"PERSISTENCE_MODULE": "eventsourcing.popo"}), jurisdiction=jurisdiction)
+    master = privacy.MasterKey.ephemeral()
+    privacy.install(app, master)
+    integrity.install(app, master.seal, on_save=False)  # chained on demand (chain_head)
     ensure_policy(app, published_at)
     return app
+
+
+def _protected(env: dict[str, str]) -> dict[str, str]:
+    """The store's env with the personal-data mapper (ADR 0015)."""
+    return {"MAPPER_TOPIC": privacy.MAPPER_TOPIC, **env}
 
 
 def ensure_policy(app: LedgerApp, published_at: datetime | None = None) -> None:

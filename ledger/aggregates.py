@@ -487,7 +487,9 @@ class Recipient(Aggregate):
                 by_fund,
                 _money_map(self.by_scheme),
                 self.timestamp,
-                {k: v for k, v in by_fund.items() if v > 0},
+                # R-CLR-3: the balance is the whole per-fund difference, signed, so that it sums
+                # to the amount owed even when funds moved in opposite directions.
+                {k: v for k, v in by_fund.items() if v != 0},
                 history=[{"kind": "opened", "amount": self.amount, "at": self.timestamp.isoformat()}],
             )
 

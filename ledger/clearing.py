@@ -25,30 +25,34 @@ def add(a: dict[str, Decimal], b: dict[str, Decimal], sign: int = 1) -> dict[str
 
 
 def allocate(amount: Decimal, balances: dict[str, Decimal]) -> dict[str, Decimal]:
-    """Split a recovery over a case's per-fund balances in proportion; fen rounded down, the last
-    fund with a balance (the district, by FUNDS order) takes the rest. No fund goes below zero."""
-    positive = {f: b for f, b in balances.items() if b > 0}
-    total = sum(positive.values(), ZERO)
+    """Split a recovery over a case's per-fund balances in proportion (R-CLR-3).
+
+    A fund's balance may be negative when a recomputation moved funds in opposite directions
+    (the city part fell, the district top-up rose): the case then owes the net, and recovering it
+    moves each fund toward the new decision. Shares are cut toward zero to the fen; the fen left
+    over go to the district first (odd fen to the district, as [000 第六条] splits are made), then
+    to the other funds in FUNDS order. No share crosses zero or passes its fund's balance, and the
+    whole balance is taken exactly when the amount equals it."""
+    live = {f: b for f, b in balances.items() if b != 0}
+    total = sum(live.values(), ZERO)
     if amount <= 0 or total <= 0:
         return {}
     amount = min(amount, total)
-    order = sorted(positive, key=lambda f: (f == "district", FUNDS.index(f) if f in FUNDS else 99))
-    out: dict[str, Decimal] = {}
-    left = amount
-    for f in order[:-1]:
-        share = min(positive[f], (amount * positive[f] / total).quantize(FEN, rounding=ROUND_DOWN))
-        out[f] = share
-        left -= share
-    last = order[-1]
-    if left > positive[last]:  # rounding pushed too much to the last fund: spread the excess back
-        extra = left - positive[last]
-        left = positive[last]
-        for f in order[:-1]:
-            room = positive[f] - out[f]
-            step = min(room, extra)
-            out[f] += step
-            extra -= step
-    out[last] = left
+    if amount == total:
+        return dict(live)
+    out = {f: (amount * b / total).quantize(FEN, rounding=ROUND_DOWN) for f, b in live.items()}
+    order = sorted(live, key=lambda f: (f != "district", FUNDS.index(f) if f in FUNDS else 99, f))
+    left = amount - sum(out.values(), ZERO)
+    step = FEN if left > 0 else -FEN
+    while left != 0:
+        for f in order:
+            lo, hi = min(ZERO, live[f]), max(ZERO, live[f])
+            if lo <= out[f] + step <= hi:
+                out[f] += step
+                left -= step
+                break
+        else:  # pragma: no cover - bounds always leave room (Σ lows ≤ amount ≤ Σ highs)
+            raise ArithmeticError(f"cannot allocate {amount} over {balances}")
     return {f: v for f, v in out.items() if v}
 
 

@@ -11,6 +11,14 @@ from ledger.facts import CategoryFact, Knowledge, MutualAidYear
 DETERMINATION_SUBTYPES = {"temporary_relief_major_illness", "temporary_relief", "临时救助重大病患者"}
 
 
+def is_temporary_relief(subtype: str | None) -> bool:
+    """R-CAT-5 [004 二(一), 三]: the key sub-type 临时救助重大病患者 (temporary relief for a major
+    illness), however the sub-type is spelled: a listed name, or any name that says temporary /
+    临时 (the other key sub-types are standing identities: 低保, 特困供养, 孤儿, ...)."""
+    text = (subtype or "").strip().lower()
+    return text in DETERMINATION_SUBTYPES or "temporary" in text or "临时" in text
+
+
 @dataclass(frozen=True)
 class Holding:
     """A category held on a date, and why (for the explanation)."""
@@ -37,7 +45,7 @@ def _aided_from(fact: CategoryFact) -> date:
     """R-CAT-5 [004 三]: key recipients are aided from the day they hold the identity; temporary
     relief major-illness patients and extended recipients only from the determination date."""
     needs_determination = fact.category == "lyg_extended" or (
-        fact.category == "lyg_key" and (fact.subtype or "") in DETERMINATION_SUBTYPES
+        fact.category == "lyg_key" and is_temporary_relief(fact.subtype)
     )
     if needs_determination and fact.determined_on and fact.determined_on > fact.valid_from:
         return fact.determined_on

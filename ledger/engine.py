@@ -253,7 +253,7 @@ def _four_linkage(
     pol: Policy, e: ExpenseFacts, h: Holding, self_pay: Decimal, city_amount: Decimal, st: PassState
 ) -> tuple[SchemePart | None, dict[str, Any], date | None]:
     """Changning 四医联动 (R-4L-2..4 [000 第四条]): total aid = self-pay × coverage; the district
-    tops up what the city part leaves (R-4L-3, reference interpretation, ADR 0006)."""
+    tops up what the city part leaves (R-4L-3, reference interpretation, ADR 0007)."""
     scheme = Scheme.FOUR_LINKAGE.value
     on = e.service_date
     note: dict[str, Any] = {"scheme": scheme, "zh": "四医联动"}
@@ -316,7 +316,8 @@ def _four_linkage(
             "clause": "[000 第四条(二)]",
         }
     )
-    part = SchemePart(scheme, top_up, {Fund.DISTRICT.value: top_up}, e.cap_kind, False, note)
+    # [000 第六条] the top-up is the district's alone; the city's share is shown as zero.
+    part = SchemePart(scheme, top_up, {Fund.CITY.value: ZERO, Fund.DISTRICT.value: top_up}, e.cap_kind, False, note)
     return part, note, suspended_from
 
 
@@ -367,8 +368,11 @@ def _mutual_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, self_pay: Decimal, s
         threshold_v = pol.need(scheme, "outpatient.cash_threshold", on)
         rate_v = pol.need(scheme, f"outpatient.rate.level_{max(1, min(3, e.facility.level))}", on)
         used, cash = st.ma_outpatient.get(year, [ZERO, ZERO])
-        from_allowance = min(self_pay, clamp0(allowance_v.value - used))
-        rest = self_pay - from_allowance
+        # R-MA-1 [003 五(二)]: the outpatient base is the expense's in-scope amount (the plan's
+        # participants are outside Shanghai basic insurance), not the self-pay of R-INS-3.
+        base = e.in_scope
+        from_allowance = min(base, clamp0(allowance_v.value - used))
+        rest = base - from_allowance
         cash_part = min(rest, clamp0(threshold_v.value - cash))
         above = rest - cash_part
         from_fund = above * rate_v.value
@@ -377,7 +381,7 @@ def _mutual_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, self_pay: Decimal, s
         trace = {
             "scheme": scheme,
             "zh": "社区医疗互助帮困（门急诊）",
-            "base": fmt(self_pay),
+            "base": fmt(base),
             "allowance": _pv(allowance_v),
             "allowance_used_before": fmt(used),
             "from_allowance": fmt(from_allowance),
@@ -655,7 +659,11 @@ def assess(
         if st.suspension is not None:
             start_at = st.suspension[1]
             if any(start_at < lift.recorded_at <= d.decided_at for lift in k.lifts):
-                st.suspension = None  # R-4L-4: a district review reopened 四医联动
+                # R-4L-4 [000 第四条(三) 经区医疗保障局合理性审定后，再行开通]: the district's review
+                # reopens 四医联动 and the month's ceiling and visit count start again from it
+                # (ADR 0007), so a reopened expense is not suspended again at once.
+                st.suspension = None
+                st.month.clear()
         a, st = _assess_one(pol, k, e, st, schemes, known_at)
         if a.suspension_started is not None:
             st.suspension = (e.id, d.decided_at)

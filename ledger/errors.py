@@ -95,3 +95,16 @@ class ClaimClosed(Rejected):
 
 class NothingOwed(Rejected):
     code, rule = "NOTHING_OWED", "R-CLR-3"
+
+
+class ExceedsBalance(Rejected):
+    """A repayment larger than the open clearing balance: a case never goes below zero."""
+
+    code, rule = "EXCEEDS_BALANCE", "R-CLR-3"
+
+
+class PersonalDataErased(Conflict):
+    """The recipient's personal data was erased (crypto-shredding, ADR 0015): nothing that needs
+    it can be recorded any more."""
+
+    code = "PERSONAL_DATA_ERASED"

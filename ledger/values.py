@@ -13,6 +13,9 @@ from stdnum.exceptions import ValidationError as StdnumValidationError
 #: Local time of the programme: dates of recorded times are read in China Standard Time.
 CST = timezone(timedelta(hours=8))
 
+#: What a personal field (id number, name, …) reads as once its key was erased (ADR 0015).
+ERASED = "[erased]"
+
 
 class StrEnum(str, Enum):
     def __str__(self) -> str:  # pragma: no cover - cosmetic

@@ -17,9 +17,20 @@ app.add_typer(scenario_app, name="scenario")
 def scenario_run(
     file: Path = typer.Argument(..., help="a scenario YAML file"),
     as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
+    snapshot_valid: str | None = typer.Option(None, "--snapshot-valid", help="add the snapshot at valid date V (ADR 0010)"),
+    snapshot_known_at: str | None = typer.Option(None, "--snapshot-known-at", help="add the snapshot as known at T (ADR 0010)"),
 ) -> None:
     """Replay FILE into a fresh in-memory ledger and print what the ledger says."""
+    from commands.timeline import parse_known_at, parse_valid
     from infra.scenario import ScenarioError, run_scenario
+
+    snapshot = None
+    if snapshot_valid is not None or snapshot_known_at is not None:
+        try:
+            snapshot = (parse_valid(snapshot_valid), parse_known_at(snapshot_known_at))
+        except ValueError as exc:
+            typer.echo(f"--snapshot-valid/--snapshot-known-at: {exc}", err=True)
+            raise typer.Exit(2) from None
 
     try:
         text = file.read_text(encoding="utf-8")
@@ -27,7 +38,7 @@ def scenario_run(
         typer.echo(f"cannot read {file}: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        report = run_scenario(text)
+        report = run_scenario(text, snapshot)
     except ScenarioError as exc:
         typer.echo(f"malformed scenario {file}: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -50,6 +61,7 @@ def _register() -> None:
         "infra.cli.relay",
         "infra.cli.serve",
         "infra.cli.integrity",
+        "infra.cli.explain",
     ):
         try:
             import_module(name)

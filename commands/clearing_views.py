@@ -1,0 +1,328 @@
+"""Clearing for officers (RULES.md §7): the population's cases and supplementary payouts, and one
+case with both decisions side by side. Used by ``ledger clearing list/show`` and the HTTP API.
+
+Read-only: answers from the recipients' aggregates, and for one case from the recipient's own
+events (the reassessment recorded with the case carries its cause and the decision it replaced).
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ledger import errors
+from ledger.aggregates import CaseState, Recipient, SupplementaryState
+from ledger.money import ZERO, fmt
+from ledger.values import validate_id_number
+
+if TYPE_CHECKING:  # pragma: no cover
+    from commands.app import LedgerApp
+
+STATUSES = ("open", "settled", "written_off")
+
+#: R-CLR-1: each trigger, the rule it comes from and what it means to an officer.
+TRIGGERS: dict[str, dict[str, str]] = {
+    "late_insurance": {
+        "rule": "R-CLR-1(a)",
+        "rules": "R-CLR-1(a), R-INS-4",
+        "clause": "[001 二(二)3; 002 4.4; 000 第七条]",
+        "means": "an insurance payment (居保大病, union mutual aid, 综合减负, ...) recorded after aid lowered self-pay",
+    },
+    "duplicate": {
+        "rule": "R-CLR-1(b)",
+        "rules": "R-CLR-1(b), R-PH-7",
+        "clause": "[002 4.5; 000 第七条]",
+        "means": "the same receipt (facility code and invoice number) was aided twice",
+    },
+    "category_change": {
+        "rule": "R-CLR-1(c)",
+        "rules": "R-CLR-1(c), R-CAT-1, R-TIME-2",
+        "clause": "[002 3.2; 000 第七条]",
+        "means": "a category (or insurance enrolment) granted, revoked or ended with an earlier effective date",
+    },
+    "parameter_change": {
+        "rule": "R-CLR-1(d)",
+        "rules": "R-CLR-1(d), R-TIME-2",
+        "clause": "[000 第七条]",
+        "means": "a policy parameter amended with an earlier effective date",
+    },
+    "cap_overrun": {
+        "rule": "R-CLR-1(e)",
+        "rules": "R-CLR-1(e), R-CAP-2, R-CAP-3",
+        "clause": "[002 4.3]",
+        "means": "an expense decided out of invoice-date order took cap room an earlier decision had used",
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------- finding
+
+
+def recipient_for(app: "LedgerApp", text: str) -> Recipient:
+    """A recipient by ledger id (uuid) or by resident id number (身份证号)."""
+    text = text.strip()
+    try:
+        return app.recipient(uuid.UUID(text))
+    except ValueError:
+        pass
+    try:
+        number = validate_id_number(text)
+    except Exception:  # noqa: BLE001 - any malformed id is the same answer to an officer
+        raise errors.UnknownEntity(f"{text!r} is neither a recipient id nor a resident id number", field="recipient") from None
+    id_for = getattr(app, "recipient_id_for", Recipient.id_for)  # keyed when personal data is protected
+    return app.recipient(id_for(number))
+
+
+def _owner(app: "LedgerApp", item_id: str) -> Recipient:
+    try:
+        rid = uuid.UUID(item_id.split(":", 1)[0])
+    except ValueError:
+        raise errors.UnknownEntity(f"{item_id!r} is not a clearing case id", field="case") from None
+    return app.recipient(rid)
+
+
+# ---------------------------------------------------------------------------------------- rows
+
+
+def _money(d: dict[str, Decimal]) -> dict[str, str]:
+    return {k: fmt(v) for k, v in sorted(d.items())}
+
+
+def _recovered(c: CaseState) -> tuple[Decimal, Decimal]:
+    recovered = sum((h["amount"] for h in c.history if h["kind"] in ("repayment", "offset")), ZERO)
+    written_off = sum((h["amount"] for h in c.history if h["kind"] == "write_off"), ZERO)
+    return recovered, written_off
+
+
+def case_row(r: Recipient, c: CaseState) -> dict[str, Any]:
+    recovered, written_off = _recovered(c)
+    acc = r.expenses.get(c.expense_id)
+    return {
+        "case": c.id,
+        "recipient": str(r.id),
+        "name": r.name,
+        "street": r.street,
+        "expense": c.expense_id,
+        "handle": acc.handle if acc else None,
+        "trigger": c.trigger,
+        "rule": TRIGGERS.get(c.trigger, {}).get("rule"),
+        "amount": fmt(c.amount),
+        "recovered": fmt(recovered),
+        "written_off": fmt(written_off),
+        "balance": fmt(c.balance),
+        "status": c.status,
+        "by_fund": _money(c.by_fund),
+        "balance_by_fund": _money(c.balance_by_fund),
+        "opened_at": c.opened_at.isoformat(),
+    }
+
+
+def supplementary_row(r: Recipient, s: SupplementaryState) -> dict[str, Any]:
+    acc = r.expenses.get(s.expense_id)
+    return {
+        "supplementary": s.id,
+        "recipient": str(r.id),
+        "name": r.name,
+        "street": r.street,
+        "expense": s.expense_id,
+        "handle": acc.handle if acc else None,
+        "trigger": s.trigger,
+        "rule": TRIGGERS.get(s.trigger, {}).get("rule"),
+        "amount": fmt(s.amount),
+        "status": s.status,
+        "by_fund": _money(s.by_fund),
+        "created_at": s.created_at.isoformat(),
+        "paid_at": s.paid_at.isoformat() if s.paid_at else None,
+    }
+
+
+def clearing_cases(app: "LedgerApp", status: str | None = None, recipient: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every clearing case (of one recipient, or of the population in enrolment order), oldest
+    first per recipient; ``status`` one of open, settled, written_off."""
+    if status is not None and status not in STATUSES:
+        raise errors.InvalidInput(f"status: one of {', '.join(STATUSES)}", field="status")
+    people = [recipient_for(app, recipient)] if recipient else (app.recipient(rid) for rid in app.recipient_ids())
+    for r in people:
+        for c in sorted(r.cases.values(), key=lambda c: (c.opened_at, c.id)):
+            if status is None or c.status == status:
+                yield case_row(r, c)
+
+
+def supplementary_payouts(app: "LedgerApp", status: str | None = None, recipient: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every supplementary payout (``status`` pending or paid)."""
+    people = [recipient_for(app, recipient)] if recipient else (app.recipient(rid) for rid in app.recipient_ids())
+    for r in people:
+        for s in sorted(r.supplementary.values(), key=lambda s: (s.created_at, s.id)):
+            if status is None or s.status == status:
+                yield supplementary_row(r, s)
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and sums of case rows, by status."""
+    out: dict[str, Any] = {}
+    for row in rows:
+        t = out.setdefault(row["status"], {"cases": 0, "amount": ZERO, "balance": ZERO})
+        t["cases"] += 1
+        t["amount"] += Decimal(row["amount"])
+        t["balance"] += Decimal(row["balance"])
+    return {k: {"cases": v["cases"], "amount": fmt(v["amount"]), "balance": fmt(v["balance"])} for k, v in sorted(out.items())}
+
+
+# ---------------------------------------------------------------------------------------- one case
+
+
+def _side(summary: dict[str, Any] | None, by_scheme: dict[str, Decimal], by_fund: dict[str, Decimal], total: Decimal) -> dict[str, Any]:
+    summary = summary or {}
+    return {
+        "category": summary.get("category"),
+        "self_pay": summary.get("self_pay"),
+        "granted": summary.get("granted"),
+        "refusal": {"code": summary.get("code"), "rule": summary.get("rule")} if summary and not summary.get("granted") else None,
+        "total": fmt(total),
+        "by_scheme": _money(by_scheme),
+        "by_fund": _money(by_fund),
+    }
+
+
+def _decimal_map(d: dict[str, Any] | None) -> dict[str, Decimal]:
+    return {k: Decimal(v) for k, v in (d or {}).items()}
+
+
+def _add(a: dict[str, Decimal], b: dict[str, Decimal], sign: int = 1) -> dict[str, Decimal]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, ZERO) + sign * v
+    return {k: v for k, v in out.items() if v != 0 or k in a}
+
+
+def case_detail(app: "LedgerApp", item_id: str) -> dict[str, Any]:
+    """One clearing case (or supplementary payout) with what the ledger had settled on before the
+    trigger and what it says now, side by side: category, self-pay, total, per scheme, per fund;
+    the trigger, its rule and its cause; the recoveries so far."""
+    r = _owner(app, item_id)
+    item: CaseState | SupplementaryState | None = r.cases.get(item_id) or r.supplementary.get(item_id)
+    if item is None:
+        raise errors.UnknownEntity(f"unknown clearing case {item_id!r}", field="case")
+    is_case = isinstance(item, CaseState)
+    opened_event, reassessed = None, None
+    kind = Recipient.ClearingCaseOpened if is_case else Recipient.SupplementaryPayoutDue
+    events = list(app.repository.event_store.get(r.id))
+    for ev in events:
+        if isinstance(ev, kind) and getattr(ev, "case_id" if is_case else "supplementary_id") == item_id:
+            opened_event = ev
+            break
+    if opened_event is not None:
+        for ev in events:
+            if isinstance(ev, Recipient.AidReassessed) and ev.timestamp == opened_event.timestamp:
+                reassessed = ev
+    current = dict(getattr(opened_event, "current", None) or {})
+    previous_event = dict(getattr(opened_event, "previous", None) or {})
+    before = next((x["previous"] for x in (reassessed.results if reassessed else []) if x["expense"] == item.expense_id), None)
+    previous_summary = before or previous_event.get("decision")
+    # The difference recorded on the case is expected − now (a case) or now − expected (a payout):
+    # what the ledger had settled on is recovered from "now" and that difference.
+    sign = 1 if is_case else -1
+    now_scheme, now_fund = _decimal_map(current.get("by_scheme")), _decimal_map(current.get("by_fund"))
+    prev_scheme = _add(now_scheme, item.by_scheme, sign)
+    prev_fund = _add(now_fund, item.by_fund, sign)
+    now_total = Decimal(current.get("total") or "0")
+    prev_total = Decimal(previous_event.get("total") or now_total + sign * item.amount)
+    acc = r.expenses.get(item.expense_id)
+    first = acc.decided if acc else None
+    detail: dict[str, Any] = {
+        "kind": "clearing_case" if is_case else "supplementary_payout",
+        "id": item.id,
+        "recipient": {"id": str(r.id), "name": r.name, "street": r.street},
+        "expense": _expense_facts(acc, item.expense_id),
+        "trigger": item.trigger,
+        **{k: v for k, v in TRIGGERS.get(item.trigger, {}).items() if k != "rule"},
+        "rule": TRIGGERS.get(item.trigger, {}).get("rule"),
+        "cause": reassessed.cause if reassessed is not None else None,
+        "recorded_at": (item.opened_at if is_case else item.created_at).isoformat(),
+        "amount": fmt(item.amount),
+        "by_scheme": _money(item.by_scheme),
+        "by_fund": _money(item.by_fund),
+        "decisions": {
+            "previous": {
+                **_side(previous_summary, prev_scheme, prev_fund, prev_total),
+                "first_decision": {
+                    "total": (first or {}).get("total"),
+                    "channel": acc.decision.channel if acc and acc.decision else None,
+                    "decided_at": acc.decision.decided_at.isoformat() if acc and acc.decision else None,
+                },
+            },
+            "current": {
+                **_side(current, now_scheme, now_fund, now_total),
+                "knowledge": reassessed.knowledge if reassessed is not None else None,
+            },
+        },
+    }
+    detail["side_by_side"] = side_by_side(detail["decisions"]["previous"], detail["decisions"]["current"])
+    if is_case:
+        recovered, written_off = _recovered(item)
+        detail.update(
+            {
+                "status": item.status,
+                "balance": fmt(item.balance),
+                "balance_by_fund": _money(item.balance_by_fund),
+                "recovered": fmt(recovered),
+                "written_off": fmt(written_off),
+                "history": sorted(
+                    [{"kind": h["kind"], "amount": fmt(h["amount"]), "at": h["at"]} for h in item.history]
+                    + _write_off_signatures(events, item.id),
+                    key=lambda h: h["at"],
+                ),
+            }
+        )
+    else:
+        detail.update({"status": item.status, "paid_at": item.paid_at.isoformat() if item.paid_at else None})
+    return detail
+
+
+def side_by_side(previous: dict[str, Any], current: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows ``(item, previous, current, change)`` for a two-column display."""
+    rows: list[dict[str, Any]] = []
+
+    def row(item: str, a: Any, b: Any, money_row: bool = False) -> None:
+        change = None
+        if money_row:
+            change = fmt(Decimal(b or "0") - Decimal(a or "0"))
+        rows.append({"item": item, "previous": a, "current": b, "change": change})
+
+    row("category", previous.get("category"), current.get("category"))
+    row("self_pay", previous.get("self_pay"), current.get("self_pay"), True)
+    row("total", previous.get("total"), current.get("total"), True)
+    for scheme in sorted(set(previous["by_scheme"]) | set(current["by_scheme"])):
+        row(f"scheme {scheme}", previous["by_scheme"].get(scheme, "0.00"), current["by_scheme"].get(scheme, "0.00"), True)
+    for fund in sorted(set(previous["by_fund"]) | set(current["by_fund"])):
+        row(f"fund {fund}", previous["by_fund"].get(fund, "0.00"), current["by_fund"].get(fund, "0.00"), True)
+    return rows
+
+
+def _expense_facts(acc: Any, expense_id: str) -> dict[str, Any]:
+    if acc is None:
+        return {"id": expense_id}
+    f = acc.facts
+    return {
+        "id": expense_id,
+        "handle": acc.handle,
+        "visit_type": f.visit_type.value,
+        "facility": {"kind": f.facility.kind.value, "level": f.facility.level, "code": f.facility.code},
+        "service_date": f.service_date.isoformat(),
+        "invoice_date": f.invoice_date.isoformat(),
+        "invoice_no": f.invoice_no,
+        "in_scope": fmt(f.in_scope),
+        "basic_insurance_paid": fmt(f.basic_insurance_paid),
+        "settlements": [{"scheme": s.scheme, "amount": fmt(s.amount), "recorded_at": s.recorded_at.isoformat()} for s in f.settlements],
+        "duplicate_of": f.duplicate_of,
+        "paid": fmt(acc.paid_total),
+    }
+
+
+def _write_off_signatures(events: list[Any], case_id: str) -> list[dict[str, Any]]:
+    out = []
+    for ev in events:
+        if isinstance(ev, Recipient.WriteOffApproved) and any(a["case"] == case_id for a in ev.allocations):
+            out.append({"kind": "write_off_signed", "officer": ev.officer, "approver": ev.approver, "reason": ev.reason, "at": ev.timestamp.isoformat()})
+    return out

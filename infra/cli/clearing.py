@@ -1,0 +1,245 @@
+"""``ledger clearing …``: individual clearing 个人清算 for clearing officers (RULES.md §7, ADR 0009).
+
+Adapters over :mod:`commands.clearing_runs` (population runs), :mod:`commands.clearing_views`
+(list / show) and the ledger's own ``Repay`` and ``WriteOff`` commands, on the store named by
+``LEDGER_DATABASE_URL``. A recipient is named by ledger id or resident id number.
+
+``ledger clearing run --since T`` recomputes only the recipients with events recorded after T
+(all of them when the policy changed after T); without it, everyone. Either way the run is
+idempotent: a second run finds nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from infra.cli import app
+
+clearing_app = typer.Typer(help="Individual clearing (个人清算): runs, cases, repayments, write-offs (R-CLR-1..3).", no_args_is_help=True)
+app.add_typer(clearing_app, name="clearing")
+
+out = Console(soft_wrap=True)  # lines stay whole (ids, amounts); tables still fit the terminal
+err = Console(stderr=True)
+TRIGGERS = ("parameter_change", "category_change", "late_insurance", "cap_overrun", "duplicate")
+
+
+def _ledger():
+    from infra.settings import get_settings
+    from infra.wiring import build_app
+
+    return build_app(get_settings())
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _dump(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def _since(text: Optional[str]) -> Optional[datetime]:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"--since: {text!r} is not an ISO 8601 time or date (e.g. 2026-06-01T00:00:00+08:00)")
+    if moment.tzinfo is None:
+        from ledger.values import CST
+
+        moment = moment.replace(tzinfo=CST)  # a bare date or time is read in China Standard Time
+    return moment
+
+
+def _report_error(exc: Exception) -> None:
+    from ledger import errors
+
+    if isinstance(exc, errors.LedgerError):
+        _fail(f"{exc.code}{' (' + exc.rule + ')' if exc.rule else ''}: {exc.message}")
+    raise exc
+
+
+# --------------------------------------------------------------------------- run
+
+
+@clearing_app.command("run")
+def clearing_run(
+    since: Optional[str] = typer.Option(None, "--since", help="only recipients with events recorded after this time (ISO 8601)"),
+    trigger: str = typer.Option("parameter_change", "--trigger", help=f"the trigger cited on what the run opens: {', '.join(TRIGGERS)}"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Recompute decided expenses with today's knowledge and open cases / supplementary payouts
+    for the differences (R-CLR-2). Idempotent."""
+    from commands import clearing_runs
+
+    if trigger not in TRIGGERS:
+        _fail(f"--trigger: one of {', '.join(TRIGGERS)}")
+    moment = _since(since)
+    ledger = _ledger()
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
+    )
+    with progress:
+        task = progress.add_task("clearing recipients", total=None)
+        summary = clearing_runs.run(
+            ledger,
+            since=moment,
+            trigger=trigger,
+            on_scope=lambda n: progress.update(task, total=n),
+            progress=lambda n: progress.advance(task, n),
+        )
+    if as_json:
+        _dump(summary.as_dict())
+        return
+    out.print(
+        f"clearing run ({summary.scope}, trigger {summary.trigger}): {summary.recipients_seen} recipients looked at, "
+        f"{summary.recipients_changed} changed; {summary.cases_opened} clearing cases and "
+        f"{summary.supplementary_opened} supplementary payouts opened"
+    )
+
+
+# --------------------------------------------------------------------------- list / show
+
+
+@clearing_app.command("list")
+def clearing_list(
+    status: Optional[str] = typer.Option(None, "--status", help="open, settled or written_off"),
+    recipient: Optional[str] = typer.Option(None, "--recipient", help="one recipient (ledger id or resident id number)"),
+    supplementary: bool = typer.Option(False, "--supplementary", help="list supplementary payouts instead (status pending or paid)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Clearing cases (or supplementary payouts), population-wide or for one recipient."""
+    from commands import clearing_views as views
+
+    ledger = _ledger()
+    try:
+        if supplementary:
+            rows = list(views.supplementary_payouts(ledger, status=status, recipient=recipient))
+        else:
+            if status is not None and status not in views.STATUSES:
+                _fail(f"--status: one of {', '.join(views.STATUSES)}")
+            rows = list(views.clearing_cases(ledger, status=status, recipient=recipient))
+    except Exception as exc:  # noqa: BLE001 - ledger errors become a message, others propagate
+        _report_error(exc)
+    if as_json:
+        _dump(rows if supplementary else {"cases": rows, "totals": views.totals(rows)})
+        return
+    if not rows:
+        out.print("nothing to list")
+        return
+    # One block per item, the id first and whole: it is what `ledger clearing show` takes.
+    if supplementary:
+        for x in rows:
+            out.print(f"[bold]{x['supplementary']}[/bold]  {x['status']}")
+            out.print(f"    {x['name']} · expense {x['handle'] or x['expense']} · {x['trigger']} ({x['rule']}) · "
+                      f"amount {x['amount']} · due since {x['created_at'][:10]}" + (f" · paid {x['paid_at'][:10]}" if x["paid_at"] else ""))
+        return
+    for c in rows:
+        out.print(f"[bold]{c['case']}[/bold]  {c['status']}")
+        out.print(f"    {c['name']} · expense {c['handle'] or c['expense']} · {c['trigger']} ({c['rule']}) · amount {c['amount']} · "
+                  f"recovered {c['recovered']} · written off {c['written_off']} · balance {c['balance']} · opened {c['opened_at'][:10]}")
+    for st, t in views.totals(rows).items():
+        out.print(f"{st}: {t['cases']} cases, amount {t['amount']}, balance {t['balance']}")
+
+
+@clearing_app.command("show")
+def clearing_show(
+    case: str = typer.Argument(..., help="a clearing case id (or a supplementary payout id)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """One case: the trigger and its cause, and the decision before and now, side by side."""
+    from commands import clearing_views as views
+
+    ledger = _ledger()
+    try:
+        d = views.case_detail(ledger, case)
+    except Exception as exc:  # noqa: BLE001
+        _report_error(exc)
+    if as_json:
+        _dump(d)
+        return
+    e = d["expense"]
+    out.print(f"[bold]{d['kind'].replace('_', ' ')} {d['id']}[/bold]  status {d['status']}")
+    out.print(f"recipient {d['recipient']['name']} ({d['recipient']['id']}), street {d['recipient']['street'] or '-'}")
+    out.print(
+        f"expense {e.get('handle') or e['id']}: {e.get('visit_type')} served {e.get('service_date')}, "
+        f"invoice {e.get('invoice_no')} of {e.get('invoice_date')}"
+    )
+    out.print(f"trigger {d['trigger']} ({d.get('rules')} {d.get('clause')}): {d.get('means')}")
+    if d.get("cause"):
+        out.print(f"cause: {json.dumps(d['cause'], ensure_ascii=False)}  recorded {d['recorded_at']}")
+    table = Table("", "previous decision", "current decision", "change")
+    for row in d["side_by_side"]:
+        table.add_row(row["item"], str(row["previous"] if row["previous"] is not None else "-"),
+                      str(row["current"] if row["current"] is not None else "-"), row["change"] or "")
+    out.print(table)
+    amount_line = f"amount {d['amount']} by fund {d['by_fund']}"
+    if d["kind"] == "clearing_case":
+        out.print(f"{amount_line}; recovered {d['recovered']}, written off {d['written_off']}, balance {d['balance']} {d['balance_by_fund']}")
+        for h in d["history"]:
+            extra = f" officer {h['officer']}, approver {h['approver']}" if h["kind"] == "write_off_signed" else f" {h['amount']}"
+            out.print(f"  {h['at'][:19]}  {h['kind']}{extra}")
+    else:
+        out.print(f"{amount_line}; paid {d.get('paid_at') or 'not yet'}")
+
+
+# --------------------------------------------------------------------------- recoveries
+
+
+def _command(cmd_cls, **fields: Any) -> None:
+    from pydantic import ValidationError
+
+    from commands import clearing_views as views
+
+    ledger = _ledger()
+    try:
+        r = views.recipient_for(ledger, fields.pop("recipient"))
+        cmd = cmd_cls(recipient=str(r.id), **fields)
+        result = ledger.run(cmd)
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()))
+    except Exception as exc:  # noqa: BLE001
+        _report_error(exc)
+    if result.status != "accepted":
+        _fail(f"rejected {result.code} ({result.rule}): {result.message}", 1)
+    r = ledger.recipient(r.id)
+    out.print(f"accepted; open clearing balance of {r.name} now {r.open_balance():.2f}")
+
+
+@clearing_app.command("repay")
+def clearing_repay(
+    recipient: str = typer.Argument(..., help="ledger id or resident id number"),
+    amount: str = typer.Argument(..., help="yuan, at most two decimals"),
+) -> None:
+    """A repayment toward the recipient's open cases, oldest first (R-CLR-3); never more than owed."""
+    from commands.models import Repay
+
+    try:
+        Decimal(amount)
+    except Exception:  # noqa: BLE001
+        _fail(f"amount: {amount!r} is not an amount in yuan")
+    _command(Repay, recipient=recipient, amount=amount)
+
+
+@clearing_app.command("write-off")
+def clearing_write_off(
+    recipient: str = typer.Argument(..., help="ledger id or resident id number"),
+    officer: str = typer.Option(..., "--officer", help="the clearing officer"),
+    approver: str = typer.Option(..., "--approver", help="the approver: a different person (R-CLR-3)"),
+    reason: Optional[str] = typer.Option(None, "--reason", help="why the balance is written off"),
+) -> None:
+    """Write off the recipient's open clearing balance; the approver must not be the officer."""
+    from commands.models import WriteOff
+
+    _command(WriteOff, recipient=recipient, officer=officer, approver=approver, reason=reason)

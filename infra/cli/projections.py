@@ -1,0 +1,174 @@
+"""``ledger projections …``: rebuild, follow, inspect and check the read models (ADR 0008).
+
+The read models live beside the event store (``LEDGER_DATABASE_URL``): the same PostgreSQL
+database, or ``<store>.projections.db`` beside a SQLite store. Test hook:
+``LEDGER_PROJECTIONS_PAUSE_IN_BATCH=<seconds>`` makes each batch sleep before its commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from infra.cli import app
+from projections.common import make_engine, projection_url
+from projections.runner import DEFAULT_BATCH, Runner, select_projections
+
+projections_app = typer.Typer(help="Read models over the event log: caps, 四医联动 months, duplicates, fund books, statements.", no_args_is_help=True)
+app.add_typer(projections_app, name="projections")
+
+err = Console(stderr=True)
+
+
+def _runner(names: list[str] | None, batch: int, pause: float = 0.0) -> Runner:
+    from infra.settings import get_settings
+    from infra.wiring import build_app
+
+    settings = get_settings()
+    if settings.is_memory:
+        err.print("[red]LEDGER_DATABASE_URL is in memory: there is no event log to project[/red]")
+        raise typer.Exit(2)
+    try:
+        chosen = select_projections(names)
+    except KeyError as exc:
+        err.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(2) from None
+    ledger = build_app(settings, publish_policy=False)  # reading only: publishes nothing
+    engine = make_engine(projection_url(settings.sqlalchemy_url()))
+    return Runner(engine, ledger.recorder, ledger.mapper, chosen, batch_size=batch, pause_in_batch=pause)
+
+
+class _Rate(ProgressColumn):
+    """Notifications per second over the whole run (the read count, not the id span)."""
+
+    def __init__(self, counter: dict[str, float]):
+        super().__init__()
+        self.counter = counter
+
+    def render(self, task: Any) -> Text:
+        elapsed = max(time.perf_counter() - self.counter["start"], 1e-9)
+        return Text(f"{self.counter['events'] / elapsed:,.0f} events/s", style="cyan")
+
+
+@projections_app.command("rebuild")
+def rebuild(
+    names: Optional[list[str]] = typer.Argument(None, help="projections to rebuild (default: all)", metavar="[NAME]..."),
+    batch: int = typer.Option(DEFAULT_BATCH, "--batch", min=1, help="notifications per transaction"),
+) -> None:
+    """Empty the read models and rebuild them from the first event, in batches."""
+    runner = _runner(names, batch)
+    runner.setup()
+    for p in runner.projections:
+        runner.reset(p)
+    head = runner.head()
+    counter = {"start": time.perf_counter(), "events": 0.0}
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(counter), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task(", ".join(p.name for p in runner.projections), total=max(head, 1))
+
+        def advance(position: int, _head: int, read: int) -> None:
+            counter["events"] += read
+            progress.update(task, completed=min(position, head))
+
+        runner.catch_up(advance)
+        progress.update(task, completed=max(head, 1))
+    elapsed = time.perf_counter() - counter["start"]
+    rate = counter["events"] / elapsed if elapsed > 0 else 0.0
+    typer.echo(f"rebuilt {', '.join(p.name for p in runner.projections)}: {int(counter['events'])} events up to position {head} in {elapsed:.2f}s ({rate:,.0f} events/s)")
+
+
+@projections_app.command("status")
+def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Position and lag of each read model."""
+    runner = _runner(None, DEFAULT_BATCH)
+    runner.setup()
+    rows = runner.status()
+    if as_json:
+        sys.stdout.write(json.dumps([{"name": s.name, "version": s.version, "position": s.position, "head": s.head, "lag": s.lag, "updated_at": s.updated_at} for s in rows], indent=2) + "\n")
+        return
+    table = Table(title="read models")
+    for col in ("projection", "version", "position", "head", "lag", "last commit"):
+        table.add_column(col, justify="right" if col in ("version", "position", "head", "lag") else "left")
+    for s in rows:
+        table.add_row(s.name, str(s.version), str(s.position), str(s.head), str(s.lag), s.updated_at or "-")
+    Console().print(table)
+
+
+@projections_app.command("run")
+def run(
+    names: Optional[list[str]] = typer.Argument(None, help="projections to keep current (default: all)", metavar="[NAME]..."),
+    interval: float = typer.Option(1.0, "--interval", min=0.01, help="seconds between polls when caught up"),
+    batch: int = typer.Option(DEFAULT_BATCH, "--batch", min=1, help="notifications per transaction"),
+    once: bool = typer.Option(False, "--once", help="stop once caught up"),
+) -> None:
+    """Keep the read models current by polling the event log; stops cleanly on SIGTERM / Ctrl-C."""
+    pause = float(os.environ.get("LEDGER_PROJECTIONS_PAUSE_IN_BATCH", "0") or 0)
+    runner = _runner(names, batch, pause)
+    runner.setup()
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        err.print(f"projections: signal {signum}, stopping after the current batch")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    err.print(f"projections: following the event log ({', '.join(p.name for p in runner.projections)})")
+    runner.run(stop, interval=interval, exit_when_idle=once, on_error=lambda exc: err.print(f"[yellow]projections: {exc!r}; retrying[/yellow]"))
+    for s in runner.status():
+        err.print(f"projections: {s.name} at {s.position} (head {s.head})")
+
+
+@projections_app.command("check")
+def check(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Prove the fund books: balanced at every position, receivables equal clearing cases."""
+    from projections import funds
+
+    runner = _runner(["funds"], DEFAULT_BATCH)
+    runner.setup()
+    [st] = runner.status()
+    with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
+        result = funds.check(conn)
+        outflow = funds.outflow(conn)
+    if as_json:
+        sys.stdout.write(json.dumps({"ok": result.ok, "position": st.position, "head": st.head, "positions": result.positions, "entries": result.entries, "lines": result.lines, "funds": outflow, "problems": result.problems}, ensure_ascii=False, indent=2) + "\n")
+    else:
+        typer.echo(f"fund books at position {st.position} (head {st.head}, lag {st.lag}): {result.entries} entries, {result.lines} lines over {result.positions} positions")
+        typer.echo(f"debits {result.debits / 100:,.2f} = credits {result.credits / 100:,.2f}" if result.debits == result.credits else "debits ≠ credits")
+        typer.echo("net outflow: " + ", ".join(f"{k} {v}" for k, v in outflow.items()))
+        for p in result.problems:
+            typer.echo(f"PROBLEM {p}")
+        typer.echo("the books balance at every position" if result.ok else f"{len(result.problems)} problem(s)")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@projections_app.command("statement")
+def statement(recipient: str = typer.Argument(..., help="the recipient's ledger id (uuid)"), as_json: bool = typer.Option(False, "--json")) -> None:
+    """A recipient's statement from the read model: every expense, decision, payout, recovery."""
+    from projections import statement as st
+
+    runner = _runner(["statement"], DEFAULT_BATCH)
+    runner.setup()
+    with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
+        rows = st.for_recipient(conn, recipient)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    table = Table(title=f"statement {recipient}")
+    for col in ("position", "recorded", "kind", "expense", "amount"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["position"]), r["recorded_at"][:19], r["kind"], (r["expense"] or "")[-6:], r["amount"] or "")
+    Console().print(table)

@@ -1,0 +1,57 @@
+"""``ledger serve`` (the HTTP service under uvicorn) and ``ledger token issue`` (bearer tokens)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import typer
+
+from infra.cli import app
+
+token_app = typer.Typer(help="Bearer tokens for the HTTP service (ADR 0013).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("serve")
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
+) -> None:
+    """Serve the HTTP API on the configured store (LEDGER_DATABASE_URL; embedded SQLite by default)."""
+    import uvicorn
+
+    from infra.http import create_app
+    from infra.settings import DEV_TOKEN_SECRET, get_settings
+
+    settings = get_settings()
+    if settings.token_secret == DEV_TOKEN_SECRET and not _loopback(host):
+        typer.echo("refusing to listen beyond this machine with the development token secret: set LEDGER_TOKEN_SECRET", err=True)
+        raise typer.Exit(2)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@token_app.command("issue")
+def token_issue(
+    officer: str = typer.Option(..., help="the officer's id (signs commands as this id)"),
+    role: str = typer.Option(..., help="street_handler, reviewer, approver, district_officer, clearing_officer, auditor, regulator or system"),
+    street: str | None = typer.Option(None, help="the street office (required for street_handler)"),
+    days: float = typer.Option(30.0, help="validity in days"),
+) -> None:
+    """Print a signed bearer token (HMAC-SHA256 with LEDGER_TOKEN_SECRET)."""
+    from infra.http.auth import TokenError, issue
+    from infra.settings import get_settings
+
+    try:
+        typer.echo(issue(get_settings().token_secret, officer, role, street, days=days))
+    except TokenError as exc:
+        typer.echo(f"cannot issue a token: {exc}", err=True)
+        raise typer.Exit(2) from None

@@ -1,0 +1,448 @@
+"""The public event contract, schema version 1 (ADR 0011).
+
+These pydantic models are what downstream subscribers see on the broker. They are deliberately
+separate from the aggregates' internal events (``ledger.aggregates``): the mapping in
+:mod:`infra.contract.mapping` is the only place that knows both, so an internal event can change
+shape without breaking a subscriber.
+
+Every message has the same envelope:
+
+- ``event_id``: stable, uuid5 of the originator id and version; the broker message id, so a
+  consumer drops repeats by it;
+- ``position``: the event's notification id in the ledger's log (a position, never a count: ids
+  have gaps);
+- ``recipient_key``: the recipient aggregate's id (never an id number or a name), ``null`` for
+  events that belong to no recipient (policy);
+- ``recorded_at``: transaction time; ``effective_date``: valid time where the event has one;
+- ``type``, ``schema_version`` and the ``payload``.
+
+Money is a string with exactly two decimals (yuan, fen). No message carries personal data: no
+resident id number, no name, no proxy id number, no free-text reason written by an officer.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, Union
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+Amount = Annotated[str, Field(pattern=r"^-?\d+\.\d{2}$", examples=["85.50"], description="yuan, two decimals")]
+Amounts = dict[str, Amount]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Envelope(_Model):
+    """Fields every public message carries."""
+
+    event_id: UUID = Field(description="uuid5(originator id, version): stable; the broker message id")
+    position: int = Field(ge=0, description="notification id in the ledger's log (gaps are normal)")
+    recipient_key: str | None = Field(description="the recipient aggregate id; null for policy events")
+    recorded_at: datetime = Field(description="transaction time (when the ledger learned it)")
+    effective_date: date | None = Field(default=None, description="valid-time date, where the event has one")
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------------------------- payloads
+class RecipientEnrolledPayload(_Model):
+    street: str = Field(description="the street office 街镇 that handles the recipient's claims [002 4.1]")
+
+
+class CategoryGrantedPayload(_Model):
+    category: str
+    valid_from: date
+    valid_to: date | None
+    subtype: str | None
+    determined_on: date | None
+    means_test_expenses_from: date | None
+
+
+class CategoryRevokedPayload(_Model):
+    category: str
+    valid_from: date
+
+
+class Subsidy(_Model):
+    kind: str
+    category: str | None
+    amount: Amount
+    fund: str
+    rule: str
+
+
+class InsuranceEnrolledPayload(_Model):
+    scheme: str
+    valid_from: date
+    valid_to: date | None
+    subsidy: Subsidy | None
+
+
+class InsuranceEndedPayload(_Model):
+    scheme: str
+    valid_to: date
+
+
+class MutualAidContributionPaidPayload(_Model):
+    year: int
+    has_home_insurance: bool
+    home_insurance_deductible: Amount
+
+
+class Facility(_Model):
+    kind: str
+    level: int
+    district_designated: bool
+    out_of_province: bool
+    code: str | None
+
+
+class ExpenseRecordedPayload(_Model):
+    expense_id: str
+    visit_type: str
+    facility: Facility
+    service_date: date
+    invoice_date: date
+    invoice_no: str
+    total: Amount
+    in_scope: Amount
+    basic_insurance_paid: Amount
+    duplicate_of: str | None
+    source: str
+
+
+class InsuranceSettledPayload(_Model):
+    expense_id: str
+    scheme: str
+    amount: Amount
+
+
+class ClaimLodgedPayload(_Model):
+    claim_id: str
+    recipient_id: str
+    expense_ids: list[str]
+    channel: str
+    lodged_on: date
+    handler: str
+    by_proxy: bool
+
+
+class ClaimReviewedPayload(_Model):
+    claim_id: str
+    recipient_id: str
+    reviewer: str
+
+
+class ClaimApprovedPayload(_Model):
+    claim_id: str
+    recipient_id: str
+    approver: str
+
+
+class ClaimRejectedPayload(_Model):
+    claim_id: str
+    recipient_id: str
+    code: str
+    rule: str
+    message: str
+    expense_id: str | None
+
+
+class ClaimPaidPayload(_Model):
+    claim_id: str
+    recipient_id: str
+    total: Amount
+    to_person: Amount
+
+
+class Decision(_Model):
+    expense_id: str
+    granted: bool
+    total: Amount
+    self_pay: Amount | None
+    by_scheme: Amounts
+    by_fund: Amounts
+    category: str | None
+    code: str | None
+    rule_ids: list[str] = Field(description="every R-id the decision's explanation cites")
+
+
+class AidDecidedPayload(_Model):
+    claim_id: str | None
+    channel: str
+    decisions: list[Decision]
+    policy_hash: str | None
+
+
+class Reassessment(_Model):
+    expense_id: str
+    previous_total: Amount | None
+    total: Amount
+    by_scheme: Amounts
+    by_fund: Amounts
+
+
+class AidReassessedPayload(_Model):
+    trigger: str
+    results: list[Reassessment]
+
+
+class Payment(_Model):
+    expense_id: str
+    total: Amount
+    by_scheme: Amounts
+    by_fund: Amounts
+    channel: str | None
+
+
+class Allocation(_Model):
+    case_id: str
+    amount: Amount
+    by_fund: Amounts
+
+
+class AidPaidPayload(_Model):
+    claim_id: str | None
+    channel: str
+    payments: list[Payment]
+    offsets: list[Allocation]
+    to_person: Amount
+
+
+class ClearingCaseOpenedPayload(_Model):
+    case_id: str
+    expense_id: str
+    trigger: str
+    amount: Amount
+    by_fund: Amounts
+    by_scheme: Amounts
+
+
+class RepaymentReceivedPayload(_Model):
+    amount: Amount
+    allocations: list[Allocation]
+
+
+class WrittenOffPayload(_Model):
+    officer: str
+    approver: str
+    allocations: list[Allocation]
+
+
+class SupplementaryDuePayload(_Model):
+    supplementary_id: str
+    expense_id: str
+    trigger: str
+    amount: Amount
+    by_fund: Amounts
+    by_scheme: Amounts
+
+
+class SuspensionStartedPayload(_Model):
+    scheme: str
+    valid_from: date
+    expense_id: str
+
+
+class SuspensionLiftedPayload(_Model):
+    scheme: str
+    lifted_on: date
+    reviewer: str
+
+
+class SocialHelpGrantedPayload(_Model):
+    amount: Amount
+    organisation: str | None
+    period: str
+
+
+class ParameterAmendedPayload(_Model):
+    name: str
+    value: Any = Field(description="JSON value; decimals as strings")
+    effective_from: date
+    effective_to: date | None
+    reference: str
+    local_setting: bool
+
+
+class ReplayCompletedPayload(_Model):
+    up_to_position: int = Field(ge=0, description="the replay covered every event up to this position")
+
+
+# ---------------------------------------------------------------------------------- messages
+class RecipientEnrolled(Envelope):
+    type: Literal["recipient.enrolled"] = "recipient.enrolled"
+    payload: RecipientEnrolledPayload
+
+
+class CategoryGranted(Envelope):
+    type: Literal["category.granted"] = "category.granted"
+    payload: CategoryGrantedPayload
+
+
+class CategoryRevoked(Envelope):
+    type: Literal["category.revoked"] = "category.revoked"
+    payload: CategoryRevokedPayload
+
+
+class InsuranceEnrolled(Envelope):
+    type: Literal["insurance.enrolled"] = "insurance.enrolled"
+    payload: InsuranceEnrolledPayload
+
+
+class InsuranceEnded(Envelope):
+    type: Literal["insurance.ended"] = "insurance.ended"
+    payload: InsuranceEndedPayload
+
+
+class MutualAidContributionPaid(Envelope):
+    type: Literal["mutual_aid.contribution_paid"] = "mutual_aid.contribution_paid"
+    payload: MutualAidContributionPaidPayload
+
+
+class ExpenseRecorded(Envelope):
+    type: Literal["expense.recorded"] = "expense.recorded"
+    payload: ExpenseRecordedPayload
+
+
+class InsuranceSettled(Envelope):
+    type: Literal["insurance.settled"] = "insurance.settled"
+    payload: InsuranceSettledPayload
+
+
+class ClaimLodged(Envelope):
+    type: Literal["claim.lodged"] = "claim.lodged"
+    payload: ClaimLodgedPayload
+
+
+class ClaimReviewed(Envelope):
+    type: Literal["claim.reviewed"] = "claim.reviewed"
+    payload: ClaimReviewedPayload
+
+
+class ClaimApproved(Envelope):
+    type: Literal["claim.approved"] = "claim.approved"
+    payload: ClaimApprovedPayload
+
+
+class ClaimRejected(Envelope):
+    type: Literal["claim.rejected"] = "claim.rejected"
+    payload: ClaimRejectedPayload
+
+
+class ClaimPaid(Envelope):
+    type: Literal["claim.paid"] = "claim.paid"
+    payload: ClaimPaidPayload
+
+
+class AidDecided(Envelope):
+    type: Literal["aid.decided"] = "aid.decided"
+    payload: AidDecidedPayload
+
+
+class AidReassessed(Envelope):
+    type: Literal["aid.reassessed"] = "aid.reassessed"
+    payload: AidReassessedPayload
+
+
+class AidPaid(Envelope):
+    type: Literal["aid.paid"] = "aid.paid"
+    payload: AidPaidPayload
+
+
+class ClearingCaseOpened(Envelope):
+    type: Literal["clearing.case_opened"] = "clearing.case_opened"
+    payload: ClearingCaseOpenedPayload
+
+
+class ClearingRepaymentReceived(Envelope):
+    type: Literal["clearing.repayment_received"] = "clearing.repayment_received"
+    payload: RepaymentReceivedPayload
+
+
+class ClearingWrittenOff(Envelope):
+    type: Literal["clearing.written_off"] = "clearing.written_off"
+    payload: WrittenOffPayload
+
+
+class SupplementaryDue(Envelope):
+    type: Literal["supplementary.due"] = "supplementary.due"
+    payload: SupplementaryDuePayload
+
+
+class SuspensionStarted(Envelope):
+    type: Literal["suspension.started"] = "suspension.started"
+    payload: SuspensionStartedPayload
+
+
+class SuspensionLifted(Envelope):
+    type: Literal["suspension.lifted"] = "suspension.lifted"
+    payload: SuspensionLiftedPayload
+
+
+class SocialHelpGranted(Envelope):
+    type: Literal["social_help.granted"] = "social_help.granted"
+    payload: SocialHelpGrantedPayload
+
+
+class PolicyParameterAmended(Envelope):
+    type: Literal["policy.parameter_amended"] = "policy.parameter_amended"
+    payload: ParameterAmendedPayload
+
+
+class ReplayCompleted(Envelope):
+    """Control message: the last message of a replay into one subscriber's replay destination
+    (ADR 0011, catch-up). Never published on the live destination."""
+
+    type: Literal["relay.replay_completed"] = "relay.replay_completed"
+    payload: ReplayCompletedPayload
+
+
+#: Every message class, in the order the AsyncAPI document lists them.
+MESSAGE_CLASSES: tuple[type[Envelope], ...] = (
+    RecipientEnrolled,
+    CategoryGranted,
+    CategoryRevoked,
+    InsuranceEnrolled,
+    InsuranceEnded,
+    MutualAidContributionPaid,
+    ExpenseRecorded,
+    InsuranceSettled,
+    ClaimLodged,
+    ClaimReviewed,
+    ClaimApproved,
+    ClaimRejected,
+    ClaimPaid,
+    AidDecided,
+    AidReassessed,
+    AidPaid,
+    ClearingCaseOpened,
+    ClearingRepaymentReceived,
+    ClearingWrittenOff,
+    SupplementaryDue,
+    SuspensionStarted,
+    SuspensionLifted,
+    SocialHelpGranted,
+    PolicyParameterAmended,
+    ReplayCompleted,
+)
+
+#: ``type`` → message class.
+BY_TYPE: dict[str, type[Envelope]] = {c.model_fields["type"].default: c for c in MESSAGE_CLASSES}
+#: The event types published on the live destination (every type but the replay marker).
+EVENT_TYPES: tuple[str, ...] = tuple(t for t in BY_TYPE if t != "relay.replay_completed")
+
+PublicMessage = Annotated[Union[MESSAGE_CLASSES], Field(discriminator="type")]  # type: ignore[valid-type]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(PublicMessage)
+
+
+def parse_message(data: bytes | str | dict[str, Any]) -> Envelope:
+    """A received message body → its model (raises ``pydantic.ValidationError`` on a bad one)."""
+    if isinstance(data, dict):
+        return _ADAPTER.validate_python(data)
+    return _ADAPTER.validate_json(data)

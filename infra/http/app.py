@@ -1,0 +1,737 @@
+"""The HTTP service: a FastAPI adapter over ``LedgerApp.run`` and the read functions.
+
+Each endpoint authenticates the bearer token, checks the caller's role against
+:data:`PERMISSIONS` (and, for a street handler, the recipient's street), turns the request into
+one command and hands it to the ledger, or reads and shapes what the ledger already holds. Rules
+live in the domain: the officer ids a command signs with come from the token, so separation of
+duties (R-PH-4 [002 3.4], R-CLR-3) is decided by ``commands.app`` on authenticated ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import date, datetime
+from types import ModuleType
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from commands import models as m
+from commands.app import LedgerApp, Result, recipient_of
+from commands.queries import case_view
+from infra.http import schemas as s
+from infra.http import views
+from infra.http.auth import Principal, Role, TokenError, verify
+from infra.http.store import HttpStore
+from infra.settings import Settings, get_settings
+from ledger import errors
+from ledger.aggregates import Claim, PolicyLedger, Recipient
+
+R = Role
+_READERS = frozenset({R.STREET_HANDLER, R.REVIEWER, R.APPROVER, R.DISTRICT_OFFICER, R.CLEARING_OFFICER, R.AUDITOR})
+_DISTRICT_READERS = frozenset({R.REVIEWER, R.APPROVER, R.DISTRICT_OFFICER, R.CLEARING_OFFICER, R.AUDITOR})
+
+#: Who may call what (ADR 0013). A street handler is further limited to recipients of their own
+#: street (R-PH-1 [002 4.1]); the auditor reads everything and writes nothing; the regulator
+#: reads point-in-time snapshots only (R-TIME-3).
+PERMISSIONS: dict[str, frozenset[Role]] = {
+    # writes
+    "enrol": frozenset({R.STREET_HANDLER, R.DISTRICT_OFFICER}),
+    "grant_category": frozenset({R.DISTRICT_OFFICER}),
+    "revoke_category": frozenset({R.DISTRICT_OFFICER}),
+    "insure": frozenset({R.DISTRICT_OFFICER, R.SYSTEM}),
+    "end_insurance": frozenset({R.DISTRICT_OFFICER, R.SYSTEM}),
+    "join_mutual_aid": frozenset({R.DISTRICT_OFFICER}),
+    "consent_auto_claim": frozenset({R.STREET_HANDLER, R.DISTRICT_OFFICER}),
+    "record_expense": frozenset({R.STREET_HANDLER, R.SYSTEM}),
+    "settle_insurance": frozenset({R.SYSTEM}),
+    "one_stop": frozenset({R.SYSTEM}),
+    "lodge_claim": frozenset({R.STREET_HANDLER, R.DISTRICT_OFFICER}),
+    "review_claim": frozenset({R.REVIEWER}),
+    "approve_claim": frozenset({R.APPROVER}),
+    "pay_claim": frozenset({R.DISTRICT_OFFICER}),
+    "auto_claims": frozenset({R.SYSTEM}),
+    "set_parameter": frozenset({R.DISTRICT_OFFICER}),
+    "lift_suspension": frozenset({R.DISTRICT_OFFICER}),
+    "social_help": frozenset({R.DISTRICT_OFFICER}),
+    "pay_supplementary": frozenset({R.DISTRICT_OFFICER}),
+    "repay": frozenset({R.CLEARING_OFFICER}),
+    "propose_write_off": frozenset({R.CLEARING_OFFICER}),
+    "approve_write_off": frozenset({R.APPROVER, R.DISTRICT_OFFICER}),
+    "refuse_write_off": frozenset({R.APPROVER, R.DISTRICT_OFFICER}),
+    "run_clearing": frozenset({R.CLEARING_OFFICER, R.DISTRICT_OFFICER}),
+    # reads of one person's data (each one recorded in the access log)
+    "recipient_statement": _READERS,
+    "recipient_caps": _READERS,
+    "recipient_clearing": _READERS,
+    "claim_status": _READERS,
+    "explain_expense": _READERS,
+    "replay_expense": _READERS,
+    # population-wide reads
+    "clearing_cases": frozenset({R.APPROVER, R.DISTRICT_OFFICER, R.CLEARING_OFFICER, R.AUDITOR}),
+    "clearing_case": frozenset({R.APPROVER, R.DISTRICT_OFFICER, R.CLEARING_OFFICER, R.AUDITOR}),
+    "write_off_proposals": frozenset({R.APPROVER, R.DISTRICT_OFFICER, R.CLEARING_OFFICER, R.AUDITOR}),
+    "duplicate_index": _DISTRICT_READERS,
+    "snapshot": frozenset({R.REGULATOR, R.AUDITOR, R.DISTRICT_OFFICER}),
+    "projections_status": frozenset({R.DISTRICT_OFFICER, R.CLEARING_OFFICER, R.AUDITOR, R.SYSTEM}),
+    "access_log": frozenset({R.AUDITOR}),
+    "whoami": frozenset(Role),
+}
+
+RecipientId = Annotated[uuid.UUID, Path(description="the recipient's id (returned by enrol)")]
+ClaimId = Annotated[uuid.UUID, Path(description="the claim's id (returned when it was lodged)")]
+ExpenseId = Annotated[
+    str,
+    Path(
+        description="the expense's id, `<recipient uuid>:<n>` (returned by record_expense)",
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}:[1-9][0-9]{0,8}$",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="a client-chosen key: a retry with the same key returns the first response, status code included",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._:~-]+$",
+    ),
+]
+
+_PROBLEM = {"model": s.Problem}
+_COMMON = {401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 422: _PROBLEM}
+_WRITE = {**_COMMON, 409: {"model": s.Problem, "description": "a rule rejected the command (code and R-id)"}}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, rule: str = "", field: str = "", headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.rule, self.field, self.headers = status, code, message, rule, field, headers
+
+
+def _problem(status: int, code: str, message: str, *, rule: str | None = "", field: str | None = "", kind: str = "error", ids: dict | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"status": kind, "code": code, "rule": rule or "", "message": message, "field": field or "", "ids": ids or {}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _ledger_error_response(exc: errors.LedgerError) -> JSONResponse:
+    if isinstance(exc, errors.UnknownEntity):
+        return _problem(404, exc.code, exc.message, rule=exc.rule, field=exc.field)
+    if isinstance(exc, errors.InvalidInput):
+        return _problem(422, exc.code, exc.message, rule=exc.rule, field=exc.field)
+    if isinstance(exc, errors.Rejected):
+        return _problem(409, exc.code, exc.message, rule=exc.rule, field=exc.field, kind="rejected")
+    return _problem(409, exc.code, exc.message, rule=exc.rule, field=exc.field)
+
+
+def _validation_problem(errs: list[Any]) -> JSONResponse:
+    first = errs[0] if errs else {"loc": (), "msg": "invalid input"}
+    loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path", "header")]
+    message = "; ".join(
+        f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'input'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
+        for e in errs[:10]
+    )
+    return _problem(422, "INVALID_INPUT", message or "invalid input", field=".".join(loc))
+
+
+# ---------------------------------------------------------------------- the service object
+class Service:
+    """What a request needs: the ledger, the HTTP records store, the settings."""
+
+    def __init__(self, settings: Settings, ledger: LedgerApp, store: HttpStore, *, owns: bool):
+        self.settings, self.ledger, self.store, self.owns = settings, ledger, store, owns
+        self._projection_engine: Any = None
+
+    def projections(self) -> Any:
+        """A runner over the read models (for their status and the duplicate index), or None
+        when this build has none; nothing is created or applied here."""
+        runner_mod = _optional_module("projections.runner")
+        if runner_mod is None:
+            return None
+        from projections.common import make_engine, projection_url
+
+        if self._projection_engine is None:
+            self._projection_engine = make_engine(projection_url(self.settings.sqlalchemy_url()))
+        return _ReadOnlyRunner(runner_mod.Runner(self._projection_engine, self.ledger.recorder, self.ledger.mapper))
+
+    def close(self) -> None:
+        self.store.close()
+        if self._projection_engine is not None:
+            self._projection_engine.dispose()
+        if self.owns:
+            close = getattr(self.ledger, "close", None)
+            if close:
+                close()
+
+
+class _ReadOnlyRunner:
+    """The projection runner's reads only; a store where the read models were never set up
+    reports every view as not built instead of failing."""
+
+    def __init__(self, runner: Any):
+        self.runner, self.engine = runner, runner.engine
+
+    def status(self) -> list[Any]:
+        from sqlalchemy import inspect
+
+        if not inspect(self.engine).has_table("proj_tracking"):
+            from projections.runner import Status
+
+            head = self.runner.head()
+            return [Status(p.name, p.version, None, 0, head, None) for p in self.runner.projections]
+        return self.runner.status()
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+_bearer = HTTPBearer(auto_error=False, description="`ledger token issue --officer X --role R [--street S]`")
+
+
+def current(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    """The authenticated caller; 401 without a valid, unexpired token."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise ApiError(401, "UNAUTHENTICATED", "a bearer token is required", headers=challenge)
+    try:
+        return verify(_service(request).settings.token_secret, creds.credentials)
+    except TokenError as exc:
+        raise ApiError(401, "UNAUTHENTICATED", f"invalid token: {exc}", headers=challenge) from None
+
+
+Caller = Annotated[Principal, Depends(current)]
+
+
+def _allow(operation: str) -> Callable[[Principal], Principal]:
+    roles = PERMISSIONS[operation]
+
+    def check(p: Caller) -> Principal:
+        if p.role not in roles:
+            raise ApiError(403, "FORBIDDEN", f"role {p.role.value} may not {operation.replace('_', ' ')}", field="role")
+        return p
+
+    return check
+
+
+def _own_street(p: Principal, street: str, what: str = "recipient") -> None:
+    """R-PH-1 [002 4.1]: a street handler acts only for recipients of their own street office."""
+    if p.role is Role.STREET_HANDLER and street != p.street:
+        raise ApiError(403, "OTHER_STREET", f"this {what} belongs to another street office; a street handler acts for their own street only [002 4.1]", rule="R-PH-1", field=what)
+
+
+def _recipient(svc: Service, p: Principal, recipient_id: uuid.UUID | str) -> Recipient:
+    r = svc.ledger.recipient(recipient_id)
+    _own_street(p, r.street)
+    return r
+
+
+def _log_read(svc: Service, p: Principal, operation: str, target: str, recipients: list[str] | None) -> None:
+    """Every read of personal data is recorded before the data leaves (ADR 0014)."""
+    svc.store.record_access(officer=p.officer, role=p.role.value, street=p.street, recipients=recipients, operation=operation, target=target)
+
+
+def _aware(moment: datetime | None, name: str) -> None:
+    if moment is not None and moment.tzinfo is None:
+        raise ApiError(422, "INVALID_INPUT", f"{name}: a time needs a UTC offset, e.g. 2026-06-30T18:00:00+08:00", field=name)
+
+
+_SNAPSHOT_MEDIA = {
+    "csv": "text/csv; charset=utf-8",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "json": "application/json",
+}
+
+
+def _optional_module(name: str) -> ModuleType | None:
+    """A read module another part of the project provides (``commands.explain``, ...)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+# ---------------------------------------------------------------------- writes
+def _result_response(result: Result, created: bool) -> tuple[int, dict[str, Any]]:
+    if result.status == "accepted":
+        return (201 if created else 200), {"status": "accepted", "ids": jsonable_encoder(result.ids)}
+    return 409, {
+        "status": "rejected",
+        "code": result.code or "REJECTED",
+        "rule": result.rule or "",
+        "message": result.message or "",
+        "field": result.field_name or "",
+        "ids": jsonable_encoder(result.ids),
+    }
+
+
+def _write(request: Request, p: Principal, key: str | None, body: BaseModel | None, run: Callable[[str | None], tuple[int, dict[str, Any]]]) -> JSONResponse:
+    """Run a write once per ``Idempotency-Key`` (per officer): the key becomes the command's
+    ``command_id`` and the first response is kept and returned again, status code included."""
+    svc = _service(request)
+    scoped = f"{p.officer}/{key}" if key else None
+    digest = hashlib.sha256(
+        json.dumps(
+            {"method": request.method, "path": request.url.path, "body": body.model_dump(mode="json", by_alias=True) if body else None},
+            sort_keys=True, ensure_ascii=False,
+        ).encode("utf-8")
+    ).hexdigest()
+    if scoped:
+        stored = svc.store.stored_response(scoped)
+        if stored is not None:
+            if stored.request_hash != digest:
+                return _problem(422, "IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was already used for a different request", field="Idempotency-Key")
+            return JSONResponse(stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
+    try:
+        status, out = run(f"http:{scoped}" if scoped else None)
+    except ValidationError as exc:
+        return _validation_problem(exc.errors())
+    except errors.LedgerError as exc:
+        response = _ledger_error_response(exc)
+        status, out = response.status_code, json.loads(bytes(response.body))
+        if status != 409:
+            return response
+    except ApiError as exc:
+        return _problem(exc.status, exc.code, exc.message, rule=exc.rule, field=exc.field)
+    if scoped and status in (200, 201, 409):
+        stored = svc.store.store_response(scoped, digest, status, out)
+        status, out = stored.status_code, stored.body
+    return JSONResponse(out, status_code=status)
+
+
+def _command(request: Request, p: Principal, key: str | None, body: BaseModel | None, command: type[m.Command], fields: dict[str, Any], *, created: bool = False) -> JSONResponse:
+    svc = _service(request)
+    data = body.model_dump(by_alias=True) if body is not None else {}
+
+    def run(command_id: str | None) -> tuple[int, dict[str, Any]]:
+        cmd = command.model_validate({**data, **fields, "command_id": command_id})
+        return _result_response(svc.ledger.run(cmd), created)
+
+    return _write(request, p, key, body, run)
+
+
+# ---------------------------------------------------------------------- the application
+def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = None, store: HttpStore | None = None) -> FastAPI:
+    """The HTTP service on the configured store (``LEDGER_DATABASE_URL``)."""
+    settings = settings or get_settings()
+    if ledger is None:
+        from infra.wiring import build_app
+
+        ledger_app, owns = build_app(settings), True
+    else:
+        ledger_app, owns = ledger, False
+    service = Service(settings, ledger_app, store or HttpStore.for_settings(settings), owns=owns)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Iterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(
+        title="Medical-aid ledger (医疗救助台账)",
+        version="1",
+        description=(
+            "Commands and queries of the district medical-aid ledger. Every request but `/health` and "
+            "`/ready` carries a bearer token (`ledger token issue`). Errors are `{status, code, rule, "
+            "message, field}`: 422 invalid input, 409 a rule's rejection or a conflict, 404 unknown "
+            "entity, 401/403 authentication and roles. Every write takes an `Idempotency-Key`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    _install_error_handlers(app)
+    _routes(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return _problem(exc.status, exc.code, exc.message, rule=exc.rule, field=exc.field, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_problem(list(exc.errors()))
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return _validation_problem(exc.errors())
+
+    @app.exception_handler(errors.LedgerError)
+    async def _ledger(_: Request, exc: errors.LedgerError) -> JSONResponse:
+        return _ledger_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return _problem(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return _problem(500, "INTERNAL_ERROR", "the server failed to answer; nothing was recorded unless a retry with the same Idempotency-Key says so")
+
+
+def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads best here
+    def op(method: str, path: str, operation: str, *, status_code: int = 200, responses: dict | None = None, **kw: Any):
+        roles = sorted(r.value for r in PERMISSIONS[operation])
+        return app.api_route(
+            path,
+            methods=[method],
+            operation_id=operation,
+            status_code=status_code,
+            dependencies=[Depends(_allow(operation))],
+            responses=responses if responses is not None else (_WRITE if method == "POST" else _COMMON),
+            openapi_extra={"x-roles": roles},
+            description=(kw.pop("description", "") + f"\n\nRoles: {', '.join(roles)}.").strip(),
+            **kw,
+        )
+
+    def public(path: str, operation: str, **kw: Any):
+        return app.api_route(path, methods=["GET"], operation_id=operation, **kw)
+
+    # ------------------------------------------------------------------ health
+    @public("/health", "health", response_model=s.Health, summary="Liveness: the process answers")
+    def health() -> s.Health:
+        return s.Health()
+
+    @public("/ready", "ready", response_model=s.Readiness, summary="Readiness: the store answers and the policy is published",
+            responses={503: {"model": s.Readiness}})
+    def ready(request: Request) -> JSONResponse:
+        svc = _service(request)
+        checks: dict[str, str] = {}
+        try:
+            checks["policy"] = "ok" if PolicyLedger.ID in svc.ledger.repository else "not published"
+        except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
+            checks["policy"] = f"store unavailable: {type(exc).__name__}"
+        try:
+            svc.store.ping()
+            checks["http_store"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["http_store"] = f"unavailable: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+    @op("GET", "/me", "whoami", response_model=s.Me, summary="The caller as the token names them")
+    def whoami(p: Caller) -> s.Me:
+        return s.Me(officer=p.officer, role=p.role.value, street=p.street, expires=p.exp)
+
+    # ------------------------------------------------------------------ recipients
+    @op("POST", "/recipients", "enrol", status_code=201, response_model=s.Accepted, summary="Enrol a recipient")
+    def enrol(request: Request, p: Caller, body: s.EnrolBody, key: IdempotencyKey = None) -> JSONResponse:
+        street = body.street
+        if p.role is Role.STREET_HANDLER:
+            street = street or p.street or ""
+            _own_street(p, street, "street")
+        return _command(request, p, key, body, m.Enrol, {"street": street}, created=True)
+
+    @op("POST", "/recipients/{recipient_id}/categories", "grant_category", response_model=s.Accepted, summary="Grant a category (RULES §2)")
+    def grant_category(request: Request, p: Caller, recipient_id: RecipientId, body: s.GrantCategoryBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.GrantCategory, {"recipient": str(recipient_id)})
+
+    @op("POST", "/recipients/{recipient_id}/categories/revocations", "revoke_category", response_model=s.Accepted, summary="Revoke a category from a date (R-TIME-2)")
+    def revoke_category(request: Request, p: Caller, recipient_id: RecipientId, body: s.RevokeCategoryBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.RevokeCategory, {"recipient": str(recipient_id)})
+
+    @op("POST", "/recipients/{recipient_id}/insurance", "insure", response_model=s.Accepted, summary="Basic insurance enrolment (R-INS-1)")
+    def insure(request: Request, p: Caller, recipient_id: RecipientId, body: s.InsureBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.Insure, {"recipient": str(recipient_id)})
+
+    @op("POST", "/recipients/{recipient_id}/insurance/end", "end_insurance", response_model=s.Accepted, summary="End a basic insurance enrolment")
+    def end_insurance(request: Request, p: Caller, recipient_id: RecipientId, body: s.EndInsuranceBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.EndInsurance, {"recipient": str(recipient_id)})
+
+    @op("POST", "/recipients/{recipient_id}/mutual-aid", "join_mutual_aid", response_model=s.Accepted, summary="Mutual-aid contribution paid for a year (R-MA)")
+    def join_mutual_aid(request: Request, p: Caller, recipient_id: RecipientId, body: s.JoinMutualAidBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.JoinMutualAid, {"recipient": str(recipient_id)})
+
+    @op("POST", "/recipients/{recipient_id}/consent", "consent_auto_claim", response_model=s.Accepted, summary="免申即享 consent signed or withdrawn (R-PH-3)")
+    def consent(request: Request, p: Caller, recipient_id: RecipientId, body: s.ConsentBody, key: IdempotencyKey = None) -> JSONResponse:
+        _recipient(_service(request), p, recipient_id)
+        return _command(request, p, key, body, m.ConsentAutoClaim, {"recipient": str(recipient_id)})
+
+    @op("POST", "/recipients/{recipient_id}/expenses", "record_expense", status_code=201, response_model=s.Accepted, summary="Record an expense (a receipt or settlement record)")
+    def record_expense(request: Request, p: Caller, recipient_id: RecipientId, body: s.RecordExpenseBody, key: IdempotencyKey = None) -> JSONResponse:
+        _recipient(_service(request), p, recipient_id)
+        source = "settlement_system" if p.role is Role.SYSTEM else "claimant"
+        return _command(request, p, key, body, m.RecordExpense, {"recipient": str(recipient_id), "source": source}, created=True)
+
+    @op("POST", "/expenses/{expense_id}/insurance-settlements", "settle_insurance", response_model=s.Accepted, summary="An insurance payment on an expense (R-INS-4)")
+    def settle_insurance(request: Request, p: Caller, expense_id: ExpenseId, body: s.SettleInsuranceBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.SettleInsurance, {"expense": expense_id})
+
+    @op("POST", "/expenses/{expense_id}/one-stop", "one_stop", response_model=s.Accepted, summary="One-stop settlement at the point of care")
+    def one_stop(request: Request, p: Caller, expense_id: ExpenseId, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, None, m.OneStop, {"expense": expense_id})
+
+    # ------------------------------------------------------------------ claims
+    @op("POST", "/recipients/{recipient_id}/claims", "lodge_claim", status_code=201, response_model=s.Accepted,
+        summary="Lodge a post-hoc claim at the street office (R-PH-1, R-PH-2)",
+        description="The handler is the caller. `deadline_override` (R-PH-5) is a district officer's.")
+    def lodge_claim(request: Request, p: Caller, recipient_id: RecipientId, body: s.LodgeClaimBody, key: IdempotencyKey = None) -> JSONResponse:
+        _recipient(_service(request), p, recipient_id)
+        if body.deadline_override and p.role is not Role.DISTRICT_OFFICER:
+            raise ApiError(403, "FORBIDDEN", "a deadline override is the district's decision (R-PH-5 [002 4.3])", rule="R-PH-5", field="deadline_override")
+        return _command(request, p, key, body, m.LodgeClaim, {"recipient": str(recipient_id), "handler": p.officer}, created=True)
+
+    @op("POST", "/claims/{claim_id}/review", "review_claim", response_model=s.Accepted, summary="The reviewer signs (R-PH-4)")
+    def review_claim(request: Request, p: Caller, claim_id: ClaimId, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, None, m.Review, {"claim": str(claim_id), "reviewer": p.officer})
+
+    @op("POST", "/claims/{claim_id}/approve", "approve_claim", response_model=s.Accepted, summary="The approver signs (R-PH-4); the aid is decided")
+    def approve_claim(request: Request, p: Caller, claim_id: ClaimId, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, None, m.Approve, {"claim": str(claim_id), "approver": p.officer})
+
+    @op("POST", "/claims/{claim_id}/pay", "pay_claim", response_model=s.Accepted, summary="District disbursement of an approved claim (R-PH-6, R-CLR-3)")
+    def pay_claim(request: Request, p: Caller, claim_id: ClaimId, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, None, m.Pay, {"claim": str(claim_id)})
+
+    @op("GET", "/claims/{claim_id}", "claim_status", response_model=s.ClaimView, summary="A claim's status and signatures")
+    def claim_status(request: Request, p: Caller, claim_id: ClaimId) -> Any:
+        svc = _service(request)
+        c: Claim = svc.ledger.claim(claim_id)
+        _own_street(p, c.street, "claim")
+        _log_read(svc, p, "claim_status", f"claim:{claim_id}", [c.recipient_id])
+        return views.claim(c)
+
+    @op("POST", "/auto-claims", "auto_claims", response_model=s.Accepted, summary="The 免申即享 monthly batch (R-PH-3)")
+    def auto_claims(request: Request, p: Caller, body: s.AutoClaimsBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.AutoClaims, {})
+
+    # ------------------------------------------------------------------ district actions
+    @op("POST", "/policy/parameters", "set_parameter", response_model=s.Accepted, summary="Publish or amend a policy parameter (may be retroactive)")
+    def set_parameter(request: Request, p: Caller, body: s.SetParameterBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.SetParameter, {})
+
+    @op("POST", "/recipients/{recipient_id}/suspension/lift", "lift_suspension", response_model=s.Accepted, summary="District review lifts a 四医联动 suspension (R-4L-4)")
+    def lift_suspension(request: Request, p: Caller, recipient_id: RecipientId, body: s.LiftSuspensionBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.LiftSuspension, {"recipient": str(recipient_id), "reviewer": p.officer})
+
+    @op("POST", "/recipients/{recipient_id}/social-help", "social_help", response_model=s.Accepted, summary="One-time social-organisation help (R-4L-5)")
+    def social_help(request: Request, p: Caller, recipient_id: RecipientId, body: s.SocialHelpBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.SocialHelp, {"recipient": str(recipient_id)})
+
+    @op("POST", "/recipients/{recipient_id}/supplementary/pay", "pay_supplementary", response_model=s.Accepted, summary="Pay pending supplementary payouts (R-CLR-2)")
+    def pay_supplementary(request: Request, p: Caller, recipient_id: RecipientId, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, None, m.PaySupplementary, {"recipient": str(recipient_id)})
+
+    # ------------------------------------------------------------------ clearing
+    @op("POST", "/recipients/{recipient_id}/repayments", "repay", response_model=s.Accepted, summary="A repayment toward open clearing cases (R-CLR-3)")
+    def repay(request: Request, p: Caller, recipient_id: RecipientId, body: s.RepayBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.Repay, {"recipient": str(recipient_id)})
+
+    @op("POST", "/recipients/{recipient_id}/write-offs", "propose_write_off", status_code=201, response_model=s.WriteOffProposal,
+        summary="A clearing officer proposes a write-off (R-CLR-3)",
+        description="Another officer approves it (`POST /write-offs/{proposal_id}/approve`); the ledger refuses SAME_OFFICER.")
+    def propose_write_off(request: Request, p: Caller, recipient_id: RecipientId, body: s.WriteOffProposalBody, key: IdempotencyKey = None) -> JSONResponse:
+        svc = _service(request)
+
+        def run(_: str | None) -> tuple[int, dict[str, Any]]:
+            r = svc.ledger.recipient(recipient_id)
+            if r.open_balance() <= 0:
+                raise errors.NothingOwed("the recipient has no open clearing balance", field="recipient")
+            return 201, jsonable_encoder(svc.store.propose_write_off(str(r.id), p.officer, body.reason))
+
+        return _write(request, p, key, body, run)
+
+    @op("POST", "/write-offs/{proposal_id}/approve", "approve_write_off", response_model=s.Accepted,
+        summary="A second officer approves a proposed write-off (R-CLR-3)")
+    def approve_write_off(request: Request, p: Caller, proposal_id: Annotated[uuid.UUID, Path()], key: IdempotencyKey = None) -> JSONResponse:
+        svc = _service(request)
+
+        def run(_: str | None) -> tuple[int, dict[str, Any]]:
+            proposal = svc.store.proposal(str(proposal_id))
+            if proposal is None:
+                raise errors.UnknownEntity(f"unknown write-off proposal {proposal_id}", field="proposal_id")
+            if proposal["status"] != "pending":
+                raise errors.Conflict(f"the proposal is already {proposal['status']}", code="PROPOSAL_CLOSED", rule="R-CLR-3", field="proposal_id")
+            # The proposal id is the command id: the write-off is applied at most once.
+            cmd = m.WriteOff(recipient=proposal["recipient"], officer=proposal["officer"], approver=p.officer,
+                             reason=proposal["reason"], command_id=f"write-off:{proposal_id}")
+            status, out = _result_response(svc.ledger.run(cmd), False)
+            if status == 200:
+                svc.store.decide_proposal(str(proposal_id), p.officer, "approved", out)
+            return status, out
+
+        return _write(request, p, key, None, run)
+
+    @op("POST", "/write-offs/{proposal_id}/refuse", "refuse_write_off", response_model=s.WriteOffProposal, summary="Refuse a proposed write-off")
+    def refuse_write_off(request: Request, p: Caller, proposal_id: Annotated[uuid.UUID, Path()], key: IdempotencyKey = None) -> JSONResponse:
+        svc = _service(request)
+
+        def run(_: str | None) -> tuple[int, dict[str, Any]]:
+            proposal = svc.store.proposal(str(proposal_id))
+            if proposal is None:
+                raise errors.UnknownEntity(f"unknown write-off proposal {proposal_id}", field="proposal_id")
+            if not svc.store.decide_proposal(str(proposal_id), p.officer, "refused", {"status": "refused"}):
+                raise errors.Conflict(f"the proposal is already {proposal['status']}", code="PROPOSAL_CLOSED", rule="R-CLR-3", field="proposal_id")
+            return 200, jsonable_encoder(svc.store.proposal(str(proposal_id)))
+
+        return _write(request, p, key, None, run)
+
+    @op("GET", "/write-offs", "write_off_proposals", response_model=list[s.WriteOffProposal], summary="Write-off proposals")
+    def write_off_proposals(request: Request, p: Caller, status: Literal["pending", "approved", "refused"] | None = None) -> Any:
+        svc = _service(request)
+        rows = svc.store.proposals(status)
+        _log_read(svc, p, "write_off_proposals", f"write-offs?status={status or ''}", [r["recipient"] for r in rows])
+        return rows
+
+    @op("POST", "/clearing/run", "run_clearing", response_model=s.Accepted, summary="Recompute every decided expense with today's knowledge (R-CLR-2)")
+    def run_clearing(request: Request, p: Caller, body: s.ClearingRunBody, key: IdempotencyKey = None) -> JSONResponse:
+        return _command(request, p, key, body, m.ClearingRun, {})
+
+    @op("GET", "/clearing/cases", "clearing_cases", response_model=list[dict[str, Any]], summary="Clearing cases, population-wide (R-CLR-2, R-CLR-3)")
+    def clearing_cases(request: Request, p: Caller, status: Literal["open", "settled", "written_off"] | None = None) -> Any:
+        svc = _service(request)
+        cv = _optional_module("commands.clearing_views")
+        if cv is not None:
+            rows = list(cv.clearing_cases(svc.ledger, status=status))
+        else:
+            rows = []
+            for rid in svc.ledger.recipient_ids():
+                r = svc.ledger.recipient(rid)
+                rows += [{"recipient": str(r.id), **case_view(c)} for c in r.cases.values() if status in (None, c.status)]
+        _log_read(svc, p, "clearing_cases", f"clearing/cases?status={status or ''}", [row["recipient"] for row in rows])
+        return jsonable_encoder(rows)
+
+    @op("GET", "/clearing/cases/{case_id}", "clearing_case", response_model=dict[str, Any],
+        summary="One clearing case or supplementary payout: both decisions side by side, the trigger and its rule")
+    def clearing_case(request: Request, p: Caller,
+                      case_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}:(case|supp):[1-9][0-9]{0,8}$", description="`<recipient uuid>:case:<n>` or `:supp:<n>`")]) -> Any:
+        svc = _service(request)
+        cv = _optional_module("commands.clearing_views")
+        if cv is None:
+            raise ApiError(404, "NOT_AVAILABLE", "case details are not available in this build (commands.clearing_views)", field="case_id")
+        r = svc.ledger.recipient(case_id.split(":", 1)[0])
+        detail = cv.case_detail(svc.ledger, case_id)
+        _log_read(svc, p, "clearing_case", f"case:{case_id}", [str(r.id)])
+        return jsonable_encoder(detail)
+
+    # ------------------------------------------------------------------ one recipient's reads
+    @op("GET", "/recipients/{recipient_id}", "recipient_statement", response_model=s.Statement, summary="A recipient's statement")
+    def recipient_statement(request: Request, p: Caller, recipient_id: RecipientId) -> Any:
+        svc = _service(request)
+        r = _recipient(svc, p, recipient_id)
+        _log_read(svc, p, "recipient_statement", f"recipient:{r.id}", [str(r.id)])
+        return views.statement(svc.ledger, r)
+
+    @op("GET", "/recipients/{recipient_id}/caps", "recipient_caps", response_model=s.Caps, summary="Annual caps: granted and remaining (R-CAP-1, R-CAP-2)")
+    def recipient_caps(request: Request, p: Caller, recipient_id: RecipientId) -> Any:
+        svc = _service(request)
+        r = _recipient(svc, p, recipient_id)
+        _log_read(svc, p, "recipient_caps", f"recipient:{r.id}/caps", [str(r.id)])
+        return views.caps(svc.ledger, r)
+
+    @op("GET", "/recipients/{recipient_id}/clearing", "recipient_clearing", response_model=s.RecipientClearing, summary="A recipient's clearing cases and supplementary payouts")
+    def recipient_clearing(request: Request, p: Caller, recipient_id: RecipientId) -> Any:
+        svc = _service(request)
+        r = _recipient(svc, p, recipient_id)
+        _log_read(svc, p, "recipient_clearing", f"recipient:{r.id}/clearing", [str(r.id)])
+        return views.recipient_clearing(r)
+
+    @op("GET", "/expenses/{expense_id}/explain", "explain_expense", response_model=s.Explanation, summary="Why an expense got what it got")
+    def explain_expense(request: Request, p: Caller, expense_id: ExpenseId) -> Any:
+        svc = _service(request)
+        r = _recipient(svc, p, recipient_of(expense_id))
+        if expense_id not in r.expenses:
+            raise errors.UnknownEntity(f"unknown expense {expense_id!r}", field="expense_id")
+        _log_read(svc, p, "explain_expense", f"expense:{expense_id}", [str(r.id)])
+        mod = _optional_module("commands.explain")
+        if mod is not None:
+            return {"expense": expense_id, "source": "commands.explain", "explanation": jsonable_encoder(mod.explain_expense(svc.ledger, expense_id))}
+        return {"expense": expense_id, "source": "stored_decision", "explanation": jsonable_encoder(views.stored_explanation(r, expense_id))}
+
+    @op("GET", "/expenses/{expense_id}/replay", "replay_expense", response_model=s.Replay, summary="Replay an expense's decision with the knowledge it had (R-TIME-1)",
+        description="Each stored decision and reassessment of the expense, re-made with the knowledge it recorded, or with what was known at `known_at`, and compared to the fen.")
+    def replay_expense(request: Request, p: Caller, expense_id: ExpenseId, known_at: datetime | None = None) -> Any:
+        svc = _service(request)
+        r = _recipient(svc, p, recipient_of(expense_id))
+        if expense_id not in r.expenses:
+            raise errors.UnknownEntity(f"unknown expense {expense_id!r}", field="expense_id")
+        _aware(known_at, "known_at")
+        mod = _optional_module("commands.replay")
+        if mod is None:
+            raise ApiError(404, "NOT_AVAILABLE", "replay is not available in this build (commands.replay)", field="expense_id")
+        results = mod.replay_expense(svc.ledger, expense_id, known_at)
+        _log_read(svc, p, "replay_expense", f"expense:{expense_id}", [str(r.id)])
+        return {"expense": expense_id, "known_at": known_at, "equal": all(x.equal for x in results),
+                "results": jsonable_encoder([x.as_dict() for x in results])}
+
+    # ------------------------------------------------------------------ population reads
+    @op("GET", "/duplicates", "duplicate_index", response_model=s.DuplicateIndex,
+        summary="Duplicate index: no aid twice for the same cost (R-CLR-1(b), R-PH-7)",
+        description="From the `duplicates` read model when it has been built (with its position and lag), else from the recipients' aggregates.")
+    def duplicate_index(request: Request, p: Caller, kind: Annotated[str | None, Query(max_length=40)] = None) -> Any:
+        svc = _service(request)
+        runner = svc.projections()
+        status = next((x for x in runner.status() if x.name == "duplicates"), None) if runner else None
+        if status is not None and status.stored_version is not None:
+            from projections.duplicates import index
+
+            with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
+                findings = index(conn, kind)
+            out = {"source": "projection", "position": status.position, "head": status.head, "lag": status.lag, "findings": findings}
+        else:
+            findings = []
+            for rid in svc.ledger.recipient_ids():
+                findings += views.duplicates(svc.ledger.recipient(rid))
+            if kind is not None:
+                findings = [f for f in findings if f["kind"] == kind]
+            out = {"source": "aggregates", "position": None, "head": None, "lag": None, "findings": findings}
+        people = [x for f in findings for x in (f.get("recipient"), f.get("matched_recipient")) if x]
+        _log_read(svc, p, "duplicate_index", f"duplicates?kind={kind or ''}", people)
+        return jsonable_encoder(out)
+
+    @op("GET", "/snapshots", "snapshot", summary="Point-in-time snapshot (R-TIME-3), streamed as CSV, XLSX or JSON",
+        description="The books as effective on `valid_on`, from the events recorded up to `known_at` (everything when absent).",
+        response_class=StreamingResponse,
+        responses={**_COMMON, 200: {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in _SNAPSHOT_MEDIA.values()},
+                                     "description": "the snapshot file"}})
+    def snapshot(request: Request, p: Caller, valid_on: date, known_at: datetime | None = None,
+                 format: Literal["csv", "xlsx", "json"] = "csv") -> StreamingResponse:
+        svc = _service(request)
+        _aware(known_at, "known_at")
+        mod = _optional_module("commands.snapshot")
+        if mod is None:
+            raise ApiError(404, "NOT_AVAILABLE", "snapshots are not available in this build (commands.snapshot)", field="format")
+        snap = mod.take_snapshot(svc.ledger, valid_on, known_at)
+        data = snap.render(format)
+        _log_read(svc, p, "snapshot", f"snapshot?valid_on={valid_on}&known_at={known_at.isoformat() if known_at else ''}&format={format}", None)
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(0, len(data), 64 * 1024):
+                yield data[i : i + 64 * 1024]
+
+        return StreamingResponse(chunks(), media_type=_SNAPSHOT_MEDIA[format],
+                                 headers={"Content-Disposition": f'attachment; filename="{snap.stem}.{format}"', "Content-Length": str(len(data))})
+
+    @op("GET", "/projections/status", "projections_status", response_model=s.ProjectionsStatus, summary="Read models: position and lag")
+    def projections_status(request: Request, p: Caller) -> Any:
+        runner = _service(request).projections()
+        if runner is None:
+            return {"head": None, "projections": []}
+        rows = runner.status()
+        return {"head": rows[0].head if rows else None, "projections": [
+            {"name": x.name, "version": x.version, "built": x.stored_version is not None, "stale": x.stale,
+             "position": x.position, "head": x.head, "lag": x.lag, "updated_at": x.updated_at} for x in rows]}
+
+    @op("GET", "/audit/access", "access_log", response_model=s.AccessLog, summary="Who read this person's data, when (access log)")
+    def access_log(request: Request, p: Caller, recipient: Annotated[uuid.UUID, Query(description="the recipient's id")],
+                   include_population: bool = True, since: datetime | None = None,
+                   limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> Any:
+        svc = _service(request)
+        _aware(since, "since")
+        rows = svc.store.accesses(str(recipient), include_population=include_population, since=since, limit=limit)
+        return {"recipient": str(recipient), "entries": rows}

@@ -1,0 +1,223 @@
+"""The HTTP service's own durable records, in the ledger's database (ADR 0014).
+
+Three small tables beside the event store, written with SQLAlchemy Core on the same
+``LEDGER_DATABASE_URL``:
+
+- ``http_access_log``: who read whose personal data, when, through which operation;
+- ``http_idempotency``: the first response to each ``Idempotency-Key`` (per officer);
+- ``http_write_off_proposals``: a clearing officer's write-off waiting for a second officer
+  (R-CLR-3), so that the two signatures come from two authenticated requests.
+
+None of these is ledger state: the ledger's facts and decisions stay in the event store.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from infra.settings import Settings
+
+metadata = MetaData()
+
+access_log = Table(
+    "http_access_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("officer", String(64), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("street", String(200)),
+    Column("recipient", String(64), index=True),  # NULL: a population-wide read
+    Column("scope", String(16), nullable=False),  # "recipient" | "population"
+    Column("operation", String(100), nullable=False),
+    Column("target", String(500), nullable=False),
+)
+
+idempotency = Table(
+    "http_idempotency",
+    metadata,
+    Column("key", String(200), primary_key=True),  # "<officer>/<Idempotency-Key>"
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+write_off_proposals = Table(
+    "http_write_off_proposals",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("recipient", String(64), nullable=False, index=True),
+    Column("officer", String(64), nullable=False),
+    Column("reason", String(500)),
+    Column("proposed_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | approved | refused
+    Column("decided_by", String(64)),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("result", Text),
+)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def make_engine(settings: Settings) -> Engine:
+    url = settings.sqlalchemy_url()
+    if settings.is_memory:
+        return create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    if settings.is_sqlite:
+        return create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    request_hash: str
+    status_code: int
+    body: Any
+
+
+class HttpStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> "HttpStore":
+        store = cls(make_engine(settings))
+        store.create_tables()
+        return store
+
+    def create_tables(self) -> None:
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # ------------------------------------------------------------------ access log
+    def record_access(self, *, officer: str, role: str, street: str | None, recipients: list[str] | None, operation: str, target: str) -> None:
+        """One row per recipient read; ``recipients=None`` records a population-wide read."""
+        now = datetime.now(timezone.utc)
+        base = {"at": now, "officer": officer, "role": role, "street": street, "operation": operation, "target": target[:500]}
+        rows = [{**base, "recipient": None, "scope": "population"}] if recipients is None else [
+            {**base, "recipient": r, "scope": "recipient"} for r in dict.fromkeys(recipients)
+        ]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(access_log), rows)
+
+    def accesses(self, recipient: str, *, include_population: bool = True, since: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        cond = access_log.c.recipient == recipient
+        if include_population:
+            cond = or_(cond, access_log.c.scope == "population")
+        q = select(access_log).where(cond)
+        if since is not None:
+            q = q.where(access_log.c.at >= _utc(since))
+        q = q.order_by(access_log.c.id).limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [{**dict(r), "at": _utc(r["at"])} for r in rows]
+
+    # ------------------------------------------------------------------ idempotency
+    def stored_response(self, key: str) -> StoredResponse | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(idempotency).where(idempotency.c.key == key)).mappings().first()
+        if row is None:
+            return None
+        return StoredResponse(row["request_hash"], row["status_code"], json.loads(row["body"]))
+
+    def store_response(self, key: str, request_hash: str, status_code: int, body: Any) -> StoredResponse:
+        """Keep the first response for ``key``; a concurrent first writer wins and is returned."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(idempotency).values(
+                        key=key, request_hash=request_hash, status_code=status_code,
+                        body=json.dumps(body, ensure_ascii=False), created_at=datetime.now(timezone.utc),
+                    )
+                )
+        except IntegrityError:
+            stored = self.stored_response(key)
+            if stored is not None:
+                return stored
+            raise
+        return StoredResponse(request_hash, status_code, body)
+
+    # ------------------------------------------------------------------ write-off proposals
+    def propose_write_off(self, recipient: str, officer: str, reason: str | None) -> dict[str, Any]:
+        row = {
+            "id": str(uuid.uuid4()), "recipient": recipient, "officer": officer, "reason": reason,
+            "proposed_at": datetime.now(timezone.utc), "status": "pending",
+        }
+        with self.engine.begin() as conn:
+            conn.execute(insert(write_off_proposals).values(**row))
+        return self.proposal(row["id"])  # type: ignore[return-value]
+
+    def proposal(self, proposal_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(write_off_proposals).where(write_off_proposals.c.id == proposal_id)).mappings().first()
+        return _proposal_view(row) if row else None
+
+    def proposals(self, status: str | None = None, recipient: str | None = None) -> list[dict[str, Any]]:
+        q = select(write_off_proposals)
+        if status:
+            q = q.where(write_off_proposals.c.status == status)
+        if recipient:
+            q = q.where(write_off_proposals.c.recipient == recipient)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.order_by(write_off_proposals.c.proposed_at)).mappings().all()
+        return [_proposal_view(r) for r in rows]
+
+    def decide_proposal(self, proposal_id: str, decided_by: str, status: str, result: dict[str, Any]) -> bool:
+        """Close a pending proposal; False when it was no longer pending (someone else decided)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(write_off_proposals)
+                .where(write_off_proposals.c.id == proposal_id, write_off_proposals.c.status == "pending")
+                .values(status=status, decided_by=decided_by, decided_at=datetime.now(timezone.utc), result=json.dumps(result, ensure_ascii=False))
+            )
+            return done.rowcount == 1
+
+
+def _proposal_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "recipient": row["recipient"],
+        "officer": row["officer"],
+        "reason": row["reason"],
+        "proposed_at": _utc(row["proposed_at"]),
+        "status": row["status"],
+        "decided_by": row["decided_by"],
+        "decided_at": _utc(row["decided_at"]),
+        "result": json.loads(row["result"]) if row["result"] else None,
+    }

@@ -1,0 +1,279 @@
+"""Common ground for the read models (ADR 0008).
+
+- one SQLAlchemy ``metadata`` for every read-model table (all named ``proj_*``) and the tracking
+  table ``proj_tracking`` (one row per projection: the notification id it has applied up to);
+- where the read models live: the event store's PostgreSQL database, or a SQLite file beside the
+  event store's file (``ledger.db`` → ``ledger.projections.db``);
+- money as integer fen (exact on both backends), JSON as canonical text;
+- :class:`Store`: the rows of one table a batch needs, fetched with one ``IN`` query and written
+  back as the difference at the end of the batch;
+- :class:`Projection`: what a view declares (name, version, tables, the events it reads) and does
+  (``apply`` a batch of ``(notification id, domain event)`` inside the runner's transaction).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import StaticPool
+
+from ledger.money import FEN
+
+metadata = MetaData()
+
+tracking = Table(
+    "proj_tracking",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    # The last notification id applied (ids have gaps: a position, never a count).
+    Column("position", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    # Wall-clock time of the last commit: for `status`, not part of any view.
+    Column("updated_at", String(40), nullable=True),
+)
+
+Item = tuple[int, Any]  # (notification id, decoded domain event)
+
+
+# --------------------------------------------------------------------------- where
+
+
+def projection_url(store_url: str) -> str:
+    """The read models' SQLAlchemy URL for an event store at ``store_url`` (a SQLAlchemy URL, as
+    ``Settings.sqlalchemy_url()`` gives it). PostgreSQL: the same database (tables ``proj_*``).
+    SQLite: a file beside the store's (``x.db`` → ``x.projections.db``), so that a rebuild never
+    holds the write lock of the event store's file; ``:memory:`` stays in memory."""
+    if not store_url.startswith("sqlite:"):
+        return store_url
+    path = store_url[len("sqlite:///") :].split("?", 1)[0]
+    if path in ("", ":memory:"):
+        return "sqlite://"
+    p = Path(path)
+    return "sqlite:///" + str(p.with_name(f"{p.stem}.projections{p.suffix or '.db'}"))
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the read models. On SQLite every write transaction starts with ``BEGIN
+    IMMEDIATE`` (it takes the write lock first, so two runners serialise instead of failing at
+    commit), WAL lets readers go on; a connection may ask for a plain ``BEGIN`` with the execution
+    option ``sqlite_deferred=True`` (read-only use)."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    memory = url in ("sqlite://", "sqlite:///:memory:")
+    if memory:
+        engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_connection.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        deferred = conn.get_execution_options().get("sqlite_deferred", False)
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_postgres(conn_or_engine: Connection | Engine) -> bool:
+    return conn_or_engine.dialect.name == "postgresql"
+
+
+# --------------------------------------------------------------------------- values
+
+
+def fen(value: Decimal | str | int | None) -> int:
+    """Yuan (two decimals) → integer fen, exactly; refuses a fraction of a fen."""
+    amount = Decimal(value or 0)
+    cents = amount * 100
+    if cents != cents.to_integral_value():
+        raise ValueError(f"{value!r} is not a whole number of fen")
+    return int(cents)
+
+
+def yuan(value: int | None) -> Decimal | None:
+    return None if value is None else (Decimal(value) * FEN).quantize(FEN)
+
+
+def yuan_str(value: int | None) -> str | None:
+    """The wire format: a string with exactly two decimals (or None)."""
+    return None if value is None else str(yuan(value))
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON text: the same content always gives the same text (rebuilds compare equal)."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_default)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if isinstance(obj, datetime):
+        return utc(obj)
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    return str(obj)
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def utc(moment: datetime) -> str:
+    """Recorded times as sortable UTC text."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def topic(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+# --------------------------------------------------------------------------- the batch store
+
+
+class Store:
+    """The rows of one table that one batch touches.
+
+    ``fetch(column, values)`` loads every row whose ``column`` is in ``values`` (one query per
+    500 values); ``get``/``put``/``delete`` work on the loaded rows; ``flush`` writes back only
+    what changed (bulk insert, update and delete). A key must be fetched before it is read:
+    ``put`` of a row that exists in the database but was never fetched fails on the primary key,
+    which is how a forgotten fetch shows itself.
+    """
+
+    def __init__(self, conn: Connection, table: Table, *, index: Sequence[str] = ()):
+        self.conn = conn
+        self.table = table
+        self.pk = tuple(c.name for c in table.primary_key.columns)
+        self.rows: dict[tuple, dict[str, Any]] = {}
+        self.stored: dict[tuple, dict[str, Any]] = {}
+        self._fetched: set[tuple[str, Any]] = set()
+        # One secondary index (columns that never change once a row is written) for ``where``.
+        self._ix_cols = tuple(index)
+        self._ix: dict[tuple, dict[tuple, None]] = {}
+
+    def _ix_add(self, key: tuple, row: dict[str, Any]) -> None:
+        if self._ix_cols:
+            self._ix.setdefault(tuple(row[c] for c in self._ix_cols), {})[key] = None
+
+    def _ix_drop(self, key: tuple) -> None:
+        row = self.rows.get(key)
+        if self._ix_cols and row is not None:
+            self._ix.get(tuple(row[c] for c in self._ix_cols), {}).pop(key, None)
+
+    def key(self, row: dict[str, Any]) -> tuple:
+        return tuple(row[c] for c in self.pk)
+
+    def fetch(self, column: str, values: Iterable[Any]) -> None:
+        todo = sorted({v for v in values if (column, v) not in self._fetched}, key=repr)
+        col = self.table.c[column]
+        for part in chunks(todo):
+            for r in self.conn.execute(select(self.table).where(col.in_(part))).mappings():
+                k = self.key(r)
+                if k not in self.stored:
+                    self.stored[k] = dict(r)
+                    self.rows[k] = dict(r)
+                    self._ix_add(k, self.rows[k])
+            self._fetched.update((column, v) for v in part)
+
+    def get(self, *key: Any) -> dict[str, Any] | None:
+        return self.rows.get(key)
+
+    def put(self, row: dict[str, Any]) -> dict[str, Any]:
+        key = self.key(row)
+        self._ix_drop(key)
+        self.rows[key] = row
+        self._ix_add(key, row)
+        return row
+
+    def delete(self, *key: Any) -> None:
+        self._ix_drop(key)
+        self.rows.pop(key, None)
+
+    def where(self, **equal: Any) -> list[dict[str, Any]]:
+        """The loaded rows with these column values (by the index when it covers them)."""
+        if self._ix_cols and set(self._ix_cols) <= set(equal):
+            keys = self._ix.get(tuple(equal[c] for c in self._ix_cols), {})
+            candidates = [self.rows[k] for k in keys]
+        else:
+            candidates = list(self.rows.values())
+        return [r for r in candidates if all(r[k] == v for k, v in equal.items())]
+
+    def flush(self) -> None:
+        t = self.table
+        inserts = [r for k, r in self.rows.items() if k not in self.stored]
+        updates = [r for k, r in self.rows.items() if k in self.stored and r != self.stored[k]]
+        deletes = [k for k in self.stored if k not in self.rows]
+        if deletes:
+            cond = and_(*(t.c[c] == bindparam(f"k_{c}") for c in self.pk))
+            self.conn.execute(t.delete().where(cond), [{f"k_{c}": v for c, v in zip(self.pk, k)} for k in deletes])
+        if updates:
+            cols = [c.name for c in t.columns if c.name not in self.pk]
+            cond = and_(*(t.c[c] == bindparam(f"k_{c}") for c in self.pk))
+            stmt = t.update().where(cond).values({c: bindparam(f"v_{c}") for c in cols})
+            self.conn.execute(
+                stmt,
+                [{**{f"k_{c}": r[c] for c in self.pk}, **{f"v_{c}": r.get(c) for c in cols}} for r in updates],
+            )
+        if inserts:
+            names = [c.name for c in t.columns]
+            self.conn.execute(t.insert(), [{n: r.get(n) for n in names} for r in inserts])
+        self.stored = {k: dict(r) for k, r in self.rows.items()}
+
+
+# --------------------------------------------------------------------------- a projection
+
+
+class Projection:
+    """One read model: its tables, the events it reads, and how a batch of them changes its rows.
+
+    ``apply`` runs inside the runner's transaction, together with the tracking update; it must be
+    a function of the events alone (no wall clock, no randomness), so that a rebuild from zero
+    and any split into batches give the same rows. Bump ``version`` when the tables or the meaning
+    of a column change: the runner then rebuilds the view.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    tables: ClassVar[tuple[Table, ...]]
+    events: ClassVar[tuple[type, ...]]
+
+    @classmethod
+    def topics(cls) -> frozenset[str]:
+        return frozenset(topic(e) for e in cls.events)
+
+    def apply(self, conn: Connection, items: Sequence[Item]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,179 @@
+"""The recipient statement: every expense, decision, payout and recovery of a person, in the order
+the ledger recorded them (RULES.md §10).
+
+``proj_statement`` has one row per item (an event can give several: one per expense decided or
+paid, one per case a recovery went to), keyed by (recipient, notification id, item). ``amount``
+is the item's money (the receipt's total, the aid due, the amount paid or recovered); ``detail``
+the rest as JSON (scheme and fund splits, codes and R-ids, triggers). ``proj_statement_claim``
+maps claims to their recipient, for the claim events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Integer, String, Table, Text, select
+from sqlalchemy.engine import Connection
+
+from ledger.aggregates import Claim, Recipient
+from projections.common import Item, Projection, Store, dumps, fen, loads, metadata, utc, yuan_str
+
+statement = Table(
+    "proj_statement",
+    metadata,
+    Column("recipient", String(36), primary_key=True),
+    Column("position", BigInteger, primary_key=True),
+    Column("item", Integer, primary_key=True),
+    Column("kind", String(24), nullable=False),
+    Column("recorded_at", String(40), nullable=False),
+    Column("expense_id", String(80), nullable=True),
+    Column("claim_id", String(36), nullable=True),
+    Column("amount_fen", BigInteger, nullable=True),
+    Column("detail", Text, nullable=False),
+)
+
+statement_claim = Table(
+    "proj_statement_claim",
+    metadata,
+    Column("claim_id", String(36), primary_key=True),
+    Column("recipient", String(36), nullable=False),
+)
+
+
+def _money(d: dict[str, Any] | None) -> dict[str, str]:
+    return {k: str(v) for k, v in sorted((d or {}).items())}
+
+
+class Statement(Projection):
+    name = "statement"
+    version = 1
+    tables = (statement, statement_claim)
+    events = (
+        Recipient.Enrolled,
+        Recipient.InsuranceEnrolmentStarted,
+        Recipient.ExpenseRecorded,
+        Recipient.InsuranceSettled,
+        Recipient.DuplicateAttempted,
+        Recipient.AidDecided,
+        Recipient.AidReassessed,
+        Recipient.SuspensionStarted,
+        Recipient.SuspensionLifted,
+        Recipient.SocialHelpGranted,
+        Recipient.AidPaid,
+        Recipient.ClearingCaseOpened,
+        Recipient.SupplementaryPayoutDue,
+        Recipient.RepaymentReceived,
+        Recipient.WriteOffApproved,
+        Claim.Lodged,
+        Claim.Rejected,
+    )
+
+    def apply(self, conn: Connection, items: Sequence[Item]) -> None:
+        claims = Store(conn, statement_claim)
+        claims.fetch("claim_id", {str(e.originator_id) for _, e in items if isinstance(e, Claim.Rejected)})
+        rows: list[dict[str, Any]] = []
+        for position, e in items:
+            at = utc(e.timestamp)
+            n = 0
+
+            def add(rid: str, kind: str, amount: Any = None, expense: str | None = None, claim: str | None = None, **detail: Any) -> None:
+                nonlocal n
+                n += 1
+                rows.append(
+                    {
+                        "recipient": rid,
+                        "position": position,
+                        "item": n,
+                        "kind": kind,
+                        "recorded_at": at,
+                        "expense_id": expense,
+                        "claim_id": claim,
+                        "amount_fen": None if amount is None else fen(Decimal(str(amount))),
+                        "detail": dumps(detail),
+                    }
+                )
+
+            if isinstance(e, Claim.Lodged):
+                claims.put({"claim_id": str(e.originator_id), "recipient": e.recipient_id})
+                add(e.recipient_id, "claim_lodged", None, None, str(e.originator_id), channel=e.channel, expenses=e.expense_ids, handler=e.handler, street=e.street, proxy=bool(e.proxy_id_number))
+                continue
+            if isinstance(e, Claim.Rejected):
+                c = claims.get(str(e.originator_id))
+                if c is not None:
+                    add(c["recipient"], "claim_rejected", None, e.expense_id, str(e.originator_id), code=e.code, rule=e.rule, message=e.message)
+                continue
+            rid = str(e.originator_id)
+            if isinstance(e, Recipient.Enrolled):
+                add(rid, "enrolled", street=e.street)
+            elif isinstance(e, Recipient.InsuranceEnrolmentStarted):
+                if e.subsidy:
+                    add(rid, "subsidy", e.subsidy.get("amount") or "0", scheme=e.scheme, subsidy={k: v for k, v in e.subsidy.items() if k != "amount"}, rule="R-INS-2")
+            elif isinstance(e, Recipient.ExpenseRecorded):
+                add(
+                    rid, "expense_recorded", e.total, e.expense_id,
+                    visit_type=e.visit_type, facility=e.facility, service_date=e.service_date, invoice_date=e.invoice_date,
+                    invoice_no=e.invoice_no, in_scope=str(e.in_scope), basic_insurance_paid=str(e.basic_insurance_paid),
+                    duplicate_of=e.duplicate_of, source=e.source,
+                )
+            elif isinstance(e, Recipient.InsuranceSettled):
+                add(rid, "insurance_settled", e.amount, e.expense_id, scheme=e.scheme)
+            elif isinstance(e, Recipient.DuplicateAttempted):
+                add(rid, "duplicate_attempted", None, e.expense_id, e.claim_id, channel=e.channel, aided_as=e.aided_as, reason=e.reason)
+            elif isinstance(e, Recipient.AidDecided):
+                for s in e.decisions:
+                    add(
+                        rid, "aid_decided", s["total"], s["expense"], e.claim_id,
+                        channel=e.channel, granted=s["granted"], category=s.get("category"), self_pay=s.get("self_pay"),
+                        by_scheme=_money(s.get("by_scheme")), by_fund=_money(s.get("by_fund")),
+                    )
+            elif isinstance(e, Recipient.AidReassessed):
+                for r in e.results:
+                    due, prev = r["due"], r.get("previous") or {}
+                    add(
+                        rid, "aid_reassessed", due["total"], r["expense"],
+                        trigger=e.trigger, granted=due["granted"], code=due.get("code"), rule=due.get("rule"),
+                        previous_total=prev.get("total"), by_scheme=_money(due.get("by_scheme")), by_fund=_money(due.get("by_fund")),
+                    )
+            elif isinstance(e, Recipient.SuspensionStarted):
+                add(rid, "suspension_started", None, e.expense_id, scheme=e.scheme, valid_from=e.valid_from, reason=e.reason)
+            elif isinstance(e, Recipient.SuspensionLifted):
+                add(rid, "suspension_lifted", scheme=e.scheme, lifted_on=e.lifted_on, reviewer=e.reviewer)
+            elif isinstance(e, Recipient.SocialHelpGranted):
+                add(rid, "social_help", e.amount, organisation=e.organisation, period=e.period, rule="R-4L-5")
+            elif isinstance(e, Recipient.AidPaid):
+                for p in e.payments:
+                    add(rid, "aid_paid", p["total"], p["expense"], e.claim_id, channel=p.get("channel") or e.channel, by_scheme=_money(p["by_scheme"]), by_fund=_money(p["by_fund"]))
+                for o in e.offsets:
+                    add(rid, "offset", o["amount"], None, e.claim_id, case=o["case"], by_fund=_money(o["by_fund"]), rule="R-CLR-3")
+            elif isinstance(e, Recipient.ClearingCaseOpened):
+                add(rid, "case_opened", e.amount, e.expense_id, case=e.case_id, trigger=e.trigger, by_fund=_money(e.by_fund), rule="R-CLR-2")
+            elif isinstance(e, Recipient.SupplementaryPayoutDue):
+                add(rid, "supplementary_due", e.amount, e.expense_id, supplementary=e.supplementary_id, trigger=e.trigger, by_fund=_money(e.by_fund), rule="R-CLR-2")
+            elif isinstance(e, Recipient.RepaymentReceived):
+                for a in e.allocations:
+                    add(rid, "repayment", a["amount"], case=a["case"], by_fund=_money(a["by_fund"]), rule="R-CLR-3")
+            elif isinstance(e, Recipient.WriteOffApproved):
+                for a in e.allocations:
+                    add(rid, "write_off", a["amount"], case=a["case"], by_fund=_money(a["by_fund"]), officer=e.officer, approver=e.approver, reason=e.reason, rule="R-CLR-3")
+        claims.flush()
+        if rows:
+            conn.execute(statement.insert(), rows)
+
+
+def for_recipient(conn: Connection, recipient: str) -> list[dict[str, Any]]:
+    """A person's statement, in recorded order."""
+    q = select(statement).where(statement.c.recipient == recipient).order_by(statement.c.position, statement.c.item)
+    return [
+        {
+            "position": r.position,
+            "kind": r.kind,
+            "recorded_at": r.recorded_at,
+            "expense": r.expense_id,
+            "claim": r.claim_id,
+            "amount": yuan_str(r.amount_fen),
+            **loads(r.detail),
+        }
+        for r in conn.execute(q)
+    ]

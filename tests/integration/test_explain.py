@@ -1,0 +1,170 @@
+"""``ledger explain``: the stored decision trace of an expense, rendered (issue 3).
+
+Expected figures are worked out here from RULES.md, not read back from the ledger:
+dibao at a Changning community health centre, self-pay 100.00 →
+city part 60% = 60.00 [001 二(二)4]; 四医联动 total 95% = 95.00 [000 第四条(二)2];
+district top-up 95.00 − 60.00 = 35.00 (R-4L-3).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from commands import models as m
+from infra.cli import _register, app as cli
+from infra.settings import Settings
+from infra.wiring import build_app
+from ledger.aggregates import Recipient
+from ledger.values import CST
+
+_register()
+
+SCENARIO = """name: explain-four-linkage
+jurisdiction: shanghai.changning
+steps:
+  - {at: "2026-05-01T09:00:00+08:00", do: enrol, recipient: R1, id_number: "310105195803122013", name: 王秀英, street: 华阳路街道}
+  - {at: "2026-05-01T09:01:00+08:00", do: grant_category, recipient: R1, category: low_income, from: "2025-01-01"}
+  - {at: "2026-05-01T09:02:00+08:00", do: grant_category, recipient: R1, category: dibao, from: "2026-01-01"}
+  - {at: "2026-05-01T09:03:00+08:00", do: insure, recipient: R1, scheme: resident, from: "2020-01-01"}
+  - {at: "2026-05-05T10:00:00+08:00", do: record_expense, expense: E1, recipient: R1, visit_type: outpatient, facility: {kind: community_health_centre, level: 1, district_designated: true}, service_date: "2026-05-05", invoice_date: "2026-05-05", invoice_no: "X-1", total: "130.00", in_scope: "120.00", basic_insurance_paid: "20.00"}
+  - {at: "2026-05-10T10:00:00+08:00", do: aid, claim: C1, recipient: R1, expenses: [E1]}
+  - {at: "2026-05-12T10:00:00+08:00", do: settle_insurance, expense: E1, scheme: union_mutual_aid, amount: "20.00"}
+"""
+
+
+@pytest.fixture()
+def scenario_file(tmp_path: Path) -> Path:
+    path = tmp_path / "explain.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    return path
+
+
+def _invoke(*args: str, env: dict[str, str] | None = None):
+    result = CliRunner().invoke(cli, ["explain", *args], env=env)
+    return result
+
+
+def _four_linkage(decision: dict) -> dict:
+    [entry] = [s for s in decision["schemes"] if s["scheme"] == "changning.four_linkage"]
+    return entry
+
+
+def test_four_linkage_expense_shows_city_part_top_up_both_rates_and_policy_version(scenario_file: Path):
+    result = _invoke("--scenario", str(scenario_file), "--expense", "E1", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    d = data["decision"]
+    assert data["handle"] == "E1"
+    assert (d["self_pay"], d["total"]) == ("100.00", "95.00")
+    fl = _four_linkage(d)
+    assert fl["total_four_linkage"] == "95.00"
+    assert fl["city_part"]["amount"] == "60.00"
+    assert fl["top_up"]["amount"] == "35.00"
+    assert (fl["city_part"]["rate"]["value"], fl["city_part"]["rate"]["reference"]) == ("0.60", "[001 二(二)4]")
+    assert (fl["coverage"]["value"], fl["coverage"]["reference"]) == ("0.95", "[000 第四条(二)2]")
+    assert fl["by_fund"]["district"]["amount"] == "35.00"
+    # R-CAT-2: both categories were weighed, dibao (60% city + top-up) against low income (50% + top-up):
+    # both come to 95.00 in total; the tie goes to dibao by the fixed precedence (ADR 0007)
+    considered = {c["category"]: c.get("total") for c in d["category"]["considered"]}
+    assert considered == {"dibao": "95.00", "low_income": "95.00"}
+    assert d["category"]["chosen"] == "dibao"
+    # the monthly ceiling and visit count are local settings, and say so
+    assert "changning.four_linkage.monthly_cap.community_outpatient" in d["local_settings"]
+    assert fl["monthly"]["ceiling"]["local_setting"] is True
+    assert fl["coverage"]["local_setting"] is False
+    # a later union mutual-aid payment: self-pay 80.00 → city 48.00, total 76.00, top-up 28.00
+    [again] = data["reassessments"]
+    assert again["trigger"] == "late_insurance"
+    assert (again["previous_total"], again["total"]) == ("95.00", "76.00")
+    assert again["by_scheme"] == {"shanghai.medical_aid": "48.00", "changning.four_linkage": "28.00"}
+    [case] = data["clearing_cases"]
+    assert (case["trigger"], case["amount"]) == ("late_insurance", "19.00")
+
+
+def test_policy_version_is_the_hash_of_the_policy_known_at_the_decision(scenario_file: Path):
+    from infra.scenario import replay
+
+    _, runner = replay(SCENARIO)
+    eid = runner.expenses["E1"]
+    from commands.explain import explain_expense
+
+    policy = explain_expense(runner.app, eid)["decision"]["policy"]
+    book = runner.app.policy(version=policy["policy_version"]).book
+    assert policy["hash"] == book.content_hash()
+    decided = [e for e in runner.app.events.get(uuid.UUID(eid.split(":")[0])) if isinstance(e, Recipient.AidDecided)]
+    assert policy["recipient_version"] == decided[0].knowledge["recipient_version"]
+    text = _invoke("--scenario", str(scenario_file), "--expense", "E1")
+    assert text.exit_code == 0, text.output
+    assert policy["hash"] in text.stdout
+
+
+def test_text_rendering_names_both_parts_with_chinese_terms(scenario_file: Path):
+    result = _invoke("--scenario", str(scenario_file), "E1")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for needle in (
+        "市级医疗救助部分 60.00",
+        "区级补足",
+        "= 95.00 − 60.00 = 35.00",
+        "shanghai.medical_aid.rate.outpatient.dibao = 0.60 [001 二(二)4]",
+        "changning.four_linkage.coverage.community_health_centre = 0.95 [000 第四条(二)2]",
+        "就高不重复",
+        "自负医疗费用",
+        "本地设定",
+        "Reassessments 重新核定",
+        "late_insurance",
+    ):
+        assert needle in out, f"{needle!r} not in:\n{out}"
+
+
+def test_usage_errors(scenario_file: Path):
+    assert _invoke("--scenario", str(scenario_file)).exit_code == 2
+    assert _invoke("--scenario", str(scenario_file), "--expense", "E9").exit_code == 1
+    assert _invoke().exit_code == 2
+
+
+def test_explain_over_the_configured_store(database_url: str):
+    """The store named by LEDGER_DATABASE_URL, on SQLite and PostgreSQL."""
+    settings = Settings(database_url=database_url)
+    ledger = build_app(settings)  # publishes the packs now: the commands below are recorded now too
+    served = (datetime.now(CST) - timedelta(days=20)).date().isoformat()
+    rid = ledger.run(m.Enrol(id_number="310105196207154427", name="陈美华", street="江苏路街道")).ids["recipient"]
+    ledger.run(m.GrantCategory(recipient=rid, category="low_income", valid_from="2019-06-01"))
+    ledger.run(m.Insure(recipient=rid, scheme="resident", valid_from="2019-01-01"))
+    eid = ledger.run(
+        m.RecordExpense(
+            recipient=rid, visit_type="inpatient", facility={"kind": "hospital", "level": 3}, service_date=served,
+            invoice_date=served, invoice_no="T3-1", total="50000.00", in_scope="40000.00", basic_insurance_paid="25000.00",
+        )
+    ).ids["expense"]
+    decided = ledger.aid(rid, [eid], None)
+    assert decided.status == "accepted", decided
+    # 居保大病 pays 9750.00 afterwards: self-pay 15000.00 → 5250.00; 80% → 4200.00 (was 12000.00)
+    ledger.run(m.SettleInsurance(expense=eid, scheme="critical_illness", amount="9750.00"))
+
+    result = _invoke(eid, "--json", env={"LEDGER_DATABASE_URL": database_url, "LEDGER_JURISDICTION": "shanghai.changning"})
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    d = data["decision"]
+    assert (d["self_pay"], d["total"], d["category"]["chosen"]) == ("15000.00", "12000.00", "low_income")
+    [city] = [s for s in d["schemes"] if s["scheme"] == "shanghai.medical_aid"]
+    assert (city["rate"]["value"], city["rate"]["reference"], city["rate"]["local_setting"]) == ("0.80", "[001 二(二)4]", False)
+    assert city["cap"]["parameter"]["value"] == "80000.00" and city["cap"]["parameter"]["local_setting"] is True
+    [fl] = [s for s in d["schemes"] if s["scheme"] == "changning.four_linkage"]
+    assert fl["applied"] is False and "district-designated" in fl["why_not"]
+    [again] = data["reassessments"]
+    assert (again["trigger"], again["total"], again["self_pay"]) == ("late_insurance", "4200.00", "5250.00")
+    assert Decimal(data["clearing_cases"][0]["amount"]) == Decimal("7800.00")
+    assert data["paid"]["total"] == "12000.00" and data["due"]["total"] == "4200.00"
+    waterfall = {row["step"]: row["amount"] for row in d["waterfall"]}
+    assert waterfall == {
+        "total": "50000.00", "out_of_scope": "10000.00", "in_scope": "40000.00", "basic_insurance": "25000.00",
+        "critical_illness": "0.00", "supplements": "0.00", "self_pay": "15000.00", "aid": "12000.00",
+    }
