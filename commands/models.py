@@ -58,6 +58,10 @@ class Command(BaseModel):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("recorded time needs a UTC offset, e.g. 2026-01-05T09:00:00+08:00")
+        if value is not None and not 1900 <= value.year <= 2199:
+            # the clock keeps recorded times strictly increasing: one at the end of the calendar
+            # would leave no room for the next command
+            raise ValueError("recorded time must fall in the years 1900–2199")
         return value
 
 
@@ -215,7 +219,7 @@ class Pay(Command):
 
 
 class AutoClaims(Command):
-    month: str = Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")
+    month: str = Field(pattern=r"^(19|20|21)\d{2}-(0[1-9]|1[0-2])$")
 
 
 class SetParameter(Command):

@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import sqlalchemy as sa
-from pydantic import ValidationError
+from pydantic import PydanticUserError, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.contract import mapping
@@ -563,7 +563,7 @@ class Relay:
 
 
 #: Errors that a retry cannot cure (a bug, a message outside the contract): the relay stops.
-_FATAL = (asyncio.CancelledError, ImportError, NameError, AttributeError, TypeError, AssertionError, ValidationError)
+_FATAL = (asyncio.CancelledError, ImportError, NameError, AttributeError, TypeError, AssertionError, ValidationError, PydanticUserError)
 
 
 async def _sleep(seconds: float, stop: threading.Event) -> None:

@@ -92,6 +92,9 @@ def make_engine(url: str) -> Engine:
         cur = dbapi_connection.cursor()
         if not memory:
             cur.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL never breaks a transaction: a power cut may lose the last
+            # commits, rows and tracking position together, and the runner redoes them.
+            cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.close()
 

@@ -232,6 +232,12 @@ def _id_number_hostile(draw: Callable) -> Any:
 
 
 id_numbers = st.composite(lambda draw: _id_number_hostile(draw))()
+good_id_numbers = st.builds(
+    lambda region, born, seq: id_number(f"{region}{born:%Y%m%d}{seq:03d}"),
+    st.sampled_from(["310105", "310104", "320703", "110101"]),
+    st.dates(min_value=date(1920, 1, 1), max_value=date(2025, 12, 31)),
+    st.integers(min_value=0, max_value=999),
+)
 
 
 def refs(kind: str) -> st.SearchStrategy:
@@ -338,7 +344,7 @@ facility_valid = st.fixed_dictionaries(
 )
 
 COMMANDS: dict[type[m.Command], dict[str, F]] = {
-    m.Enrol: {"id_number": F(id_numbers, weird_text), "name": F(text_valid, weird_text), "street": _opt(text_valid, weird_text)},
+    m.Enrol: {"id_number": F(good_id_numbers, id_numbers), "name": F(text_valid, weird_text), "street": _opt(text_valid, weird_text)},
     m.GrantCategory: {
         "recipient": recipient,
         "category": category_f,
@@ -389,7 +395,7 @@ COMMANDS: dict[type[m.Command], dict[str, F]] = {
         "expenses": F(st.lists(expense.valid, min_size=1, max_size=3), st.one_of(st.lists(expense_refs(), max_size=4), st.lists(st.just(Ref("expense", 0)), min_size=2, max_size=3), weird_text)),
         "handler": officer_f,
         "channel": _opt(st.sampled_from(["post_hoc", "auto"]), st.one_of(st.just("one_stop"), weird_text)),
-        "proxy_id_number": _opt(id_numbers, weird_text),
+        "proxy_id_number": _opt(good_id_numbers, id_numbers),
         "deadline_override": _opt(text_valid, weird_text),
     },
     m.Review: {"claim": claim, "reviewer": officer_f},

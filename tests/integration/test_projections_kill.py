@@ -3,6 +3,7 @@ exactly the rows of an uninterrupted rebuild (ADR 0008: rows and tracking commit
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -11,10 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+import infra.cli.projections  # noqa: F401 - registers `ledger projections`
 import projections_dataset as ds
+from infra.cli import app as cli_app
 from infra.settings import Settings
 from projections import funds
-from projections_support import dump, engine_for, runner
+from projections_support import dump, engine_for
 
 LEDGER = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
 
@@ -61,8 +66,20 @@ def test_sigkill_mid_batch_then_restart_gives_the_same_rows(database_url: str) -
         after_restart = dump(engine)
         assert set(dict(after_restart["positions"]).values()) == {head}
 
-        runner(engine, app).rebuild()
+        # The uninterrupted run: `ledger projections rebuild` from zero, in one process.
+        cli = CliRunner()
+        env = {"LEDGER_DATABASE_URL": database_url}
+        rebuilt = cli.invoke(cli_app, ["projections", "rebuild"], env=env)
+        assert rebuilt.exit_code == 0, rebuilt.output
         assert dump(engine) == after_restart
+
+        status = cli.invoke(cli_app, ["projections", "status", "--json"], env=env)
+        assert status.exit_code == 0, status.output
+        assert {(s["name"], s["position"], s["lag"]) for s in json.loads(status.stdout)} == {(n, head, 0) for n in dict(after_restart["positions"])}
+        checked = cli.invoke(cli_app, ["projections", "check", "--json"], env=env)
+        assert checked.exit_code == 0, checked.output
+        report = json.loads(checked.stdout)
+        assert report["ok"] and report["position"] == head and report["entries"] > 0
         with engine.connect() as conn:
             assert funds.check(conn).ok
     finally:

@@ -48,3 +48,31 @@ def test_read_models_live_beside_a_sqlite_store_and_inside_a_postgres_one() -> N
     assert projection_url("sqlite:///:memory:") == "sqlite://"
     pg = "postgresql+psycopg://postgres@127.0.0.1:5432/ledger"
     assert projection_url(pg) == pg
+
+
+def test_a_view_whose_version_changed_is_rebuilt_on_setup() -> None:
+    from sqlalchemy import select, update
+
+    from projections.common import make_engine, tracking
+    from projections.funds import fund_line
+    from projections.runner import Runner
+
+    import projections_dataset as ds
+
+    app = ds.app_on(None)
+    ds.build(app)
+    engine = make_engine("sqlite://")
+    first = Runner(engine, app.recorder, app.mapper)
+    first.setup()
+    first.catch_up()
+    with engine.begin() as conn:
+        lines = conn.execute(select(fund_line)).all()
+        assert lines
+        conn.execute(update(tracking).where(tracking.c.name == "funds").values(version=0))
+        conn.execute(fund_line.delete())
+    again = Runner(engine, app.recorder, app.mapper)
+    again.setup()
+    assert {s.name: s.position for s in again.status()}["funds"] == 0
+    again.catch_up()
+    with engine.connect() as conn:
+        assert conn.execute(select(fund_line)).all() == lines
