@@ -83,23 +83,35 @@ class PolicyBook:
     """Every parameter version the ledger has been told, in publication order."""
 
     versions: list[ParameterVersion] = field(default_factory=list)
+    _by_name: dict[str, list[ParameterVersion]] | None = field(default=None, init=False, repr=False, compare=False)
+    _hash: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def add(self, version: ParameterVersion) -> None:
         self.versions.append(version)
+        self._by_name = self._hash = None
 
     def extend(self, versions: Iterable[ParameterVersion]) -> None:
         self.versions.extend(versions)
+        self._by_name = self._hash = None
+
+    def _index(self) -> dict[str, list[ParameterVersion]]:
+        if self._by_name is None:
+            index: dict[str, list[ParameterVersion]] = {}
+            for v in self.versions:
+                index.setdefault(v.name, []).append(v)
+            self._by_name = index
+        return self._by_name
 
     def known_at(self, t: datetime | None) -> "PolicyBook":
-        if t is None:
+        if t is None or all(v.published_at <= t for v in self.versions):
             return self
         return PolicyBook([v for v in self.versions if v.published_at <= t])
 
     def lookup(self, name: str, on: date) -> ParameterVersion | None:
         """The version of ``name`` in force on ``on`` (latest publication wins)."""
         found: ParameterVersion | None = None
-        for v in self.versions:  # publication order: later entries win
-            if v.name == name and v.covers(on):
+        for v in self._index().get(name, ()):  # publication order: later entries win
+            if v.covers(on):
                 found = v
         return found
 
@@ -108,7 +120,9 @@ class PolicyBook:
 
     def content_hash(self) -> str:
         """The policy version: a hash of every version known (what the decision could see)."""
-        h = hashlib.sha256()
-        for v in self.versions:
-            h.update(json.dumps(v.as_trace(), sort_keys=True, ensure_ascii=False).encode())
-        return h.hexdigest()[:16]
+        if self._hash is None:
+            h = hashlib.sha256()
+            for v in self.versions:
+                h.update(json.dumps(v.as_trace(), sort_keys=True, ensure_ascii=False).encode())
+            self._hash = h.hexdigest()[:16]
+        return self._hash
