@@ -502,8 +502,11 @@ class LedgerApp(Application):
             decisions=[a.summary() for a in decided],
             knowledge=knowledge,
         )
-        for a in decided:
-            if a.suspension_started is not None and r.active_suspension(Scheme.FOUR_LINKAGE.value) is None:
+        # R-4L-4: the expense that passes the month's limit starts the suspension; decided out of
+        # order, that can be an expense decided earlier (ADR 0007), so the whole pass is read.
+        started = {s["expense"] for s in r.suspensions if s["scheme"] == Scheme.FOUR_LINKAGE.value}
+        for a in result.assessments.values():
+            if a.suspension_started is not None and a.expense_id not in started and r.active_suspension(Scheme.FOUR_LINKAGE.value) is None:
                 r.trigger_event(
                     Recipient.SuspensionStarted,
                     timestamp=at,

@@ -27,10 +27,14 @@ from commands import models as m
 from commands.app import LedgerApp, Result
 from infra.wiring import ensure_policy
 from ledger.aggregates import Recipient
+from ledger.errors import UnknownEntity
 from ledger.money import ZERO, fmt, money
 from ledger.values import CST, FUNDS
 
 Progress = Callable[[int, int], None]
+
+#: The default scale: several hundred recipients, a few thousand expenses over three years.
+DEFAULT_RECIPIENTS = 300
 
 # --------------------------------------------------------------------------------------- places
 
@@ -214,10 +218,13 @@ class Person:
     has_home_insurance: bool = False
     consent_at: datetime | None = None
     expenses: list[PlannedExpense] = field(default_factory=list)
+    #: The ledger's id for this person (``LedgerApp.recipient_id_for``: a keyed hash when the
+    #: wiring installed one, ADR 0015); None: the plain uuid5 of the number.
+    recipient_id: str | None = None
 
     @property
     def rid(self) -> str:
-        return str(Recipient.id_for(self.id_number))
+        return self.recipient_id or str(Recipient.id_for(self.id_number))
 
     @property
     def child(self) -> bool:
@@ -234,11 +241,12 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, recipients: int, seed: int, years: tuple[int, ...], until: date | None):
+    def __init__(self, recipients: int, seed: int, years: tuple[int, ...], until: date | None, id_for: Callable[[str], Any] | None = None):
         if recipients < 1:
             raise ValueError("recipients must be at least 1")
         self.rng = random.Random(seed)
         self.n = recipients
+        self.id_for = id_for
         self.start = date(min(years), 1, 1)
         last = date(max(years), 12, 31)
         self.end = min(last, until or (datetime.now(CST).date() - timedelta(days=1)))
@@ -331,7 +339,7 @@ class Planner:
         if rng.random() < 0.04 and leave_from < self.end - timedelta(days=30):  # moved away or died
             until = self.random_day(leave_from, self.end - timedelta(days=30))
         elder = age >= 60
-        intensity = rng.lognormvariate(math.log(0.4 if elder else 0.22), 0.6)
+        intensity = rng.lognormvariate(math.log(0.3 if elder else 0.16), 0.6)
         return Person(
             handle=f"P{index:05d}",
             id_number=number,
@@ -348,6 +356,7 @@ class Planner:
             enrol_at=enrol_at,
             new=new,
             has_home_insurance=category == "mutual_aid_participant" and rng.random() < 0.6,
+            recipient_id=str(self.id_for(number)) if self.id_for is not None else None,
         )
 
     def plan_person(self, p: Person) -> None:
@@ -736,9 +745,11 @@ def _poisson(rng: random.Random, lam: float) -> int:
         k += 1
 
 
-def plan(*, recipients: int = 400, seed: int = 2026, years: Iterable[int] = (2024, 2025, 2026), until: date | None = None) -> Plan:
-    """The timeline, sorted by recorded time (nothing is run)."""
-    return Planner(recipients, seed, tuple(years), until).build()
+def plan(*, recipients: int = DEFAULT_RECIPIENTS, seed: int = 2026, years: Iterable[int] = (2024, 2025, 2026), until: date | None = None,
+         id_for: Callable[[str], Any] | None = None) -> Plan:
+    """The timeline, sorted by recorded time (nothing is run). ``id_for`` maps a resident id
+    number to the ledger's recipient id (``LedgerApp.recipient_id_for``; default: plain uuid5)."""
+    return Planner(recipients, seed, tuple(years), until, id_for).build()
 
 
 # --------------------------------------------------------------------------------------- replay
@@ -813,7 +824,11 @@ class Replay:
 
     def pay_supplementary(self, rids: list[str], at: datetime) -> None:
         for rid in rids:
-            if any(s.paid_at is None for s in self.app.recipient(rid).supplementary.values()):
+            try:
+                pending = any(s.paid_at is None for s in self.app.recipient(rid).supplementary.values())
+            except UnknownEntity:  # recognised later in the year: not enrolled yet
+                continue
+            if pending:
                 self.run("pay_supplementary", m.PaySupplementary(recipient=rid, at=at))
 
     def lift(self, rid: str, at: datetime) -> None:
@@ -936,7 +951,7 @@ def demo_app(env: dict[str, str], *, start: date) -> LedgerApp:
 def generate(
     app: LedgerApp,
     *,
-    recipients: int = 400,
+    recipients: int = DEFAULT_RECIPIENTS,
     seed: int = 2026,
     years: Iterable[int] = (2024, 2025, 2026),
     until: date | None = None,
@@ -949,7 +964,7 @@ def generate(
     ``progress(done, total)`` is called as steps run.
     """
     began = time.perf_counter()
-    the_plan = plan(recipients=recipients, seed=seed, years=years, until=until)
+    the_plan = plan(recipients=recipients, seed=seed, years=years, until=until, id_for=app.recipient_id_for)
     if app.jurisdiction != "shanghai.changning":
         raise ValueError("the demo dataset is a Changning one: build the app for shanghai.changning")
     if next(iter(app.recipient_ids()), None) is not None:

@@ -39,7 +39,8 @@ class Built:
 
 
 def build(app: Any, recipients: int = 12, *, seed: int = 7, start: datetime = START, months: int = 5) -> Built:
-    """Fill ``app`` (an empty LedgerApp with its policy published) with a small district."""
+    """Fill ``app`` (a LedgerApp with its policy published) with a small district, from ``start``
+    (the first day of a month) over ``months`` months."""
     rnd = random.Random(seed)
     plan: list[tuple[datetime, int, Callable[[], Any]]] = []
     built = Built()

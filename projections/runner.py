@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.engine import Connection
+from eventsourcing.persistence import PersistenceError
 from sqlalchemy.exc import DBAPIError
 
 from projections.common import Projection, is_postgres, metadata, tracking
@@ -239,7 +240,7 @@ class Runner:
                 if exit_when_idle:
                     return
                 stop.wait(interval)
-            except DBAPIError as exc:  # a dropped connection, a server restart: resume from tracking
+            except (DBAPIError, PersistenceError) as exc:  # a lost connection, a restart: resume from tracking
                 if on_error:
                     on_error(exc)
                 stop.wait(backoff)

@@ -42,7 +42,7 @@ def ledger_with_data(database_url: str, recipients: int = 6, months: int = 2, se
 
 def more_data(app: Any, recipients: int = 2, seed: int = 11) -> None:
     """Further commands on the same ledger (new people, later dates)."""
-    build(app, recipients, seed=seed, months=1, start=START + timedelta(days=120))
+    build(app, recipients, seed=seed, months=1, start=START.replace(month=START.month + 4))
 
 
 def expected_messages(app: Any) -> list[Any]:

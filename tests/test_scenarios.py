@@ -5,7 +5,8 @@
   in-process (one case per file, for a readable diff).
 - The project's own scenarios (``tests/scenarios/*.yaml``, expected values written by hand from
   RULES.md, the arithmetic in each file's comments) run in-process through
-  :func:`infra.scenario.run_scenario`, the function behind ``ledger scenario run``.
+  :func:`infra.scenario.replay` and the runner's report, what ``ledger scenario run`` prints; each
+  stored decision is then replayed with its recorded knowledge and must come out the same.
 - Comparison uses ``mismatches`` imported from the shared ``check.py``: the same partial-matching
   semantics as the acceptance run.
 - A malformed file (unknown command, missing field, bad date) exits 2 and names its step.
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from infra.scenario import ScenarioError, run_scenario
+from infra.scenario import ScenarioError, replay, run_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = ROOT.parent / "shared" / "scenarios"
@@ -102,10 +103,17 @@ def test_public_scenario_in_process(path: Path):
 
 @pytest.mark.parametrize("path", _own_files(), ids=_case_ids(_own_files()))
 def test_own_scenario(path: Path):
+    """The report matches the hand-computed expectation; and every stored decision, replayed with
+    the knowledge it recorded, comes out the same to the fen (R-TIME-1)."""
+    from commands.replay import audit
+
     expected = _expected(path)
     assert expected.get("scenario") == path.stem, "the expected output names its scenario"
-    problems = _checker().mismatches(expected, run_scenario(path.read_text(encoding="utf-8")))
+    name, runner = replay(path.read_text(encoding="utf-8"))
+    problems = _checker().mismatches(expected, runner.report(name))
     assert not problems, "\n".join(problems)
+    replayed = audit(runner.app)
+    assert replayed.ok, json.dumps(replayed.as_dict(), ensure_ascii=False, default=str)[:2000]
 
 
 def test_own_scenarios_are_collected():

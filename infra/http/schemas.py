@@ -20,15 +20,12 @@ from commands import models as m
 _SERVER_SUPPLIED = {"command_id", "at"}
 
 
-def body_model(command: type[m.Command], name: str, *, exclude: tuple[str, ...] = (), narrower: dict[str, Any] | None = None) -> type[BaseModel]:
-    """``narrower``: a field redeclared with a tighter constraint than the command's, where the
-    command model lets through input its handler cannot take (reported as a core issue)."""
+def body_model(command: type[m.Command], name: str, *, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
     fields = {
         k: (info.annotation, info)
         for k, info in command.model_fields.items()
         if k not in _SERVER_SUPPLIED and k not in exclude
     }
-    fields.update(narrower or {})
     model = create_model(  # type: ignore[call-overload]
         name,
         __config__=ConfigDict(extra="forbid", populate_by_name=True),
@@ -48,11 +45,7 @@ ConsentBody = body_model(m.ConsentAutoClaim, "ConsentBody", exclude=("recipient"
 RecordExpenseBody = body_model(m.RecordExpense, "RecordExpenseBody", exclude=("recipient", "source"))
 SettleInsuranceBody = body_model(m.SettleInsurance, "SettleInsuranceBody", exclude=("expense",))
 LodgeClaimBody = body_model(m.LodgeClaim, "LodgeClaimBody", exclude=("recipient", "handler"))
-# The batch computes the month's last day: a year outside 1990-2100 (e.g. 9999-12) overflows ``date``.
-AutoClaimsBody = body_model(
-    m.AutoClaims, "AutoClaimsBody",
-    narrower={"month": (str, Field(pattern=r"^(199\d|20\d\d|2100)-(0[1-9]|1[0-2])$", description="YYYY-MM, the batch's month"))},
-)
+AutoClaimsBody = body_model(m.AutoClaims, "AutoClaimsBody")
 SetParameterBody = body_model(m.SetParameter, "SetParameterBody")
 LiftSuspensionBody = body_model(m.LiftSuspension, "LiftSuspensionBody", exclude=("recipient", "reviewer"))
 SocialHelpBody = body_model(m.SocialHelp, "SocialHelpBody", exclude=("recipient",))

@@ -3,6 +3,7 @@ idempotent retries, clearing and the two-officer write-off (R-CLR-3), the access
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 from sqlalchemy import delete
@@ -171,3 +172,50 @@ def test_every_read_of_personal_data_is_in_the_access_log(database_url):
         theirs = api.get("/audit/access", auditor, recipient=other, include_population="false").json()["entries"]
         assert [(e["officer"], e["operation"]) for e in theirs] == [("h-7", "recipient_statement")]
         assert api.get("/audit/access", api.auth("d-7", "district_officer"), recipient=rid).status_code == 403
+
+
+def test_district_and_system_commands_over_http(database_url):
+    with api_on(database_url) as api:
+        district, system = api.auth("d-1", "district_officer"), api.auth("push", "system")
+        handler = api.auth("h-1", "street_handler", STREET)
+        rid = api.recipient(81)
+
+        # one-stop at the point of care (system), then the same receipt claimed: DUPLICATE (R-PH-7)
+        onestop = api.expense(rid, "OS-1")
+        assert api.post(f"/expenses/{onestop}/one-stop", system).status_code == 200
+        assert api.post(f"/recipients/{rid}/claims", handler, {"expenses": [onestop]}).json()["code"] == "DUPLICATE"
+
+        # 免申即享 (R-PH-3): consent at the street office, the system's monthly batch claims the rest
+        assert api.post(f"/recipients/{rid}/consent", handler, {"signed": True}).status_code == 200
+        auto = api.expense(rid, "AU-1")
+        month = date.today().strftime("%Y-%m")
+        batch = api.post("/auto-claims", system, {"month": month})
+        assert batch.status_code == 200 and len(batch.json()["ids"]["claims"]) == 1
+        statement = api.get(f"/recipients/{rid}", district).json()
+        assert {e["id"]: e["channel"] for e in statement["expenses"]} == {onestop: "one_stop", auto: "auto"}
+
+        # district actions: a suspension that is not there, one-time social help (R-4L-5)
+        lift = api.post(f"/recipients/{rid}/suspension/lift", district, {})
+        assert (lift.status_code, lift.json()["code"], lift.json()["rule"]) == (409, "NOT_SUSPENDED", "R-4L-4")
+        assert api.post(f"/recipients/{rid}/social-help", district, {"amount": "500.00", "organisation": "慈善基金会"}).status_code == 200
+        second = api.post(f"/recipients/{rid}/social-help", district, {"amount": "100.00"})
+        assert (second.status_code, second.json()["code"]) == (409, "ALREADY_GRANTED")
+        assert api.post(f"/recipients/{rid}/supplementary/pay", district).json()["ids"]["paid"] == "0.00"
+
+        # a retroactive parameter (R-CLR-1(d)): city aid only at a non-district hospital is 60% of
+        # self-pay; a cap lowered below it opens a clearing case for the difference
+        city_only = {"kind": "hospital", "level": 3, "district_designated": False}
+        other = api.recipient(82)
+        eid = api.expense(other, "H-1", in_scope="120.00", insurance="30.00", facility=city_only)
+        claim = api.post(f"/recipients/{other}/claims", handler, {"expenses": [eid]}).json()["ids"]["claim"]
+        api.post(f"/claims/{claim}/review", api.auth("r-1", "reviewer"))
+        api.post(f"/claims/{claim}/approve", api.auth("a-1", "approver"))
+        api.post(f"/claims/{claim}/pay", district)
+        year = date.today().year
+        unknown = api.post("/policy/parameters", district, {"name": "shanghai.medical_aid.no_such_thing", "value": "1", "effective_from": f"{year}-01-01"})
+        assert unknown.status_code == 422
+        lowered = api.post("/policy/parameters", district, {"name": "shanghai.medical_aid.annual_cap.outpatient.dibao", "value": "10.00", "effective_from": f"{year}-01-01"})
+        assert lowered.status_code == 200, lowered.text
+        [case] = api.get(f"/recipients/{other}/clearing", district).json()["clearing_cases"]
+        assert case["trigger"] == "parameter_change"
+        assert Decimal(case["amount"]) == (Decimal("90.00") * CITY_RATE - Decimal("10.00"))

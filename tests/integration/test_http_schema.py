@@ -18,7 +18,7 @@ from infra.http import PERMISSIONS
 # in JSON Schema, so a schema-valid body may still be a 422: that check does not apply here.
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = 6
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,281 @@
+"""The relay and the report subscriber against the REAL RabbitMQ and NATS JetStream of this machine
+(ADR 0011): the relay killed with SIGKILL mid-stream and restarted; the broker stopped for a while
+and started again; a new subscriber catching up from position 0 while the ledger keeps writing.
+Each time the subscriber ends with every event exactly once and the same report as an
+uninterrupted run.
+
+Isolation: RabbitMQ tests run in their own virtual host (created and deleted here); the outage is a
+connection limit of 0 on that virtual host plus closing its connections, so nothing else on the
+broker notices. The NATS outage stops and restarts a private ``nats-server`` started with the
+command in ``.ci/run`` (another port, a temporary store), so the shared server keeps serving; the
+SIGKILL test uses the shared server with uniquely named streams, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.relay import Relay, Topology, Tracking
+from infra.reports import ReportStore, ReportSubscriber
+from relay_support import BackgroundLoop, expected_messages, ledger_with_data, more_data, reference_reports, reports_of, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+LEDGER = Path(sys.executable).parent / "ledger"
+SHARED_NATS = "nats://127.0.0.1:4222"
+
+
+# ---------------------------------------------------------------------------------- brokers
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def rabbit_vhost():
+    name = f"ledger_test_{os.getpid()}_{secrets.token_hex(3)}"
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield name
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def nats_command(port: int, store: Path) -> list[str]:
+    """The NATS command of ``.ci/run``, on another port and another store directory."""
+    text = (ROOT / ".ci" / "run").read_text(encoding="utf-8").replace("\\\n", " ")
+    match = re.search(r"--exec (\S+) -- (.+)$", text, re.M)
+    assert match, ".ci/run no longer starts nats-server with start-stop-daemon --exec"
+    args = shlex.split(match.group(2))
+    args[args.index("-p") + 1] = str(port)
+    args[args.index("-sd") + 1] = str(store)
+    assert "-js" in args
+    return [match.group(1), *args]
+
+
+class PrivateNats:
+    def __init__(self, store: Path):
+        self.port = _free_port()
+        self.command = nats_command(self.port, store)
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _port_open(self.port), 15, "the private nats-server")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(15)
+        wait_until(lambda: not _port_open(self.port), 10, "nats-server to stop")
+
+
+@pytest.fixture(scope="module")
+def private_nats(tmp_path_factory):
+    server = PrivateNats(tmp_path_factory.mktemp("nats-store"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _delete_streams(url: str, prefix: str) -> None:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
+    try:
+        js = nc.jetstream()
+        for name in await js.streams_info():
+            if name.config.name.startswith(prefix):
+                await js.delete_stream(name.config.name)
+    finally:
+        await nc.close()
+
+
+async def _stream_messages(url: str, stream: str) -> int:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
+    try:
+        return (await nc.jetstream().stream_info(stream)).state.messages
+    finally:
+        await nc.close()
+
+
+def topology_for(kind: str, rabbit_vhost: str | None, nats_url: str) -> Topology:
+    tag = "t" + secrets.token_hex(4)
+    if kind == "rabbit":
+        return Topology("rabbit", f"amqp://guest:guest@127.0.0.1:5672/{rabbit_vhost}", exchange=f"{tag}.events", stream="")
+    return Topology("nats", nats_url, exchange=f"{tag}.events", stream=f"{tag.upper()}_EVENTS")
+
+
+@pytest.fixture
+def cleanup_streams():
+    created: list[tuple[str, str]] = []
+    yield created
+    for url, prefix in created:
+        asyncio.run(_delete_streams(url, prefix))
+
+
+# ---------------------------------------------------------------------------------- helpers
+def relay_process(settings: Any, topology: Topology, *args: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "LEDGER_DATABASE_URL": settings.database_url,
+        "LEDGER_BROKER": topology.kind,
+        "LEDGER_BROKER_URL": topology.url,
+        "LEDGER_RELAY_EXCHANGE": topology.exchange,
+        "LEDGER_RELAY_STREAM": topology.stream,
+    }
+    return subprocess.Popen([str(LEDGER), "relay", "run", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def subscribe(store: ReportStore, topology: Topology, name: str, *, catch_up: bool = False) -> tuple[ReportSubscriber, BackgroundLoop]:
+    sub = ReportSubscriber(store, topology, name)
+    asyncio.run(sub.prepare())
+    return sub, BackgroundLoop(lambda stop: sub.run(catch_up=catch_up, stop=stop))
+
+
+def assert_exactly_once(store: ReportStore, expected: list, reference: dict) -> dict:
+    state = store.state()
+    ids = store.event_ids()
+    assert len(ids) == len(set(ids)) == len(expected) == state["applied"]
+    assert set(ids) == {str(m.event_id) for m in expected}
+    assert state["last_position"] >= expected[-1].position
+    assert reports_of(store, list(reference)) == reference
+    return state
+
+
+# ---------------------------------------------------------------------------------- the tests
+@pytest.mark.parametrize("kind", ["rabbit", "nats"])
+def test_relay_killed_mid_stream_then_a_new_subscriber_catches_up_from_zero(kind, database_url, tmp_path, rabbit_vhost, cleanup_streams):
+    settings, app = ledger_with_data(database_url, recipients=4, months=1, seed=5)
+    topology = topology_for(kind, rabbit_vhost, SHARED_NATS)
+    if kind == "nats":
+        cleanup_streams.append((SHARED_NATS, topology.stream))
+    head = app.recorder.max_notification_id()
+    tracking = Tracking(settings.sqlalchemy_url())
+    store_a = ReportStore(f"sqlite:///{tmp_path / 'a.db'}")
+    sub_a, loop_a = subscribe(store_a, topology, f"{topology.exchange}.a")
+    loop_b: BackgroundLoop | None = None
+    relay = relay_process(settings, topology, "--batch-size", "5", "--max-rate", "40")
+    try:
+        # Kill it while messages are out that it has not yet recorded as done.
+        wait_until(lambda: tracking.load("main") >= 15 and store_a.last_position() > tracking.load("main"), 60, "the relay to be mid-stream", 0.01)
+        relay.send_signal(signal.SIGKILL)
+        relay.wait(10)
+        tracked, seen = tracking.load("main"), store_a.last_position()
+        assert 0 < tracked < seen < head, (tracked, seen, head)
+
+        relay = relay_process(settings, topology)  # follows the log from the tracked position
+        wait_until(lambda: store_a.last_position() >= expected_messages(app)[-1].position, 60, "subscriber A to catch up after the restart")
+
+        # A new subscriber: its live destination first, then the replay from position 0, while
+        # the ledger keeps writing and the relay keeps publishing.
+        store_b = ReportStore(f"sqlite:///{tmp_path / 'b.db'}")
+        sub_b = ReportSubscriber(store_b, topology, f"{topology.exchange}.b")
+        asyncio.run(sub_b.prepare())
+        writer = threading.Thread(target=more_data, args=(app,), kwargs={"recipients": 2, "seed": 11})
+        writer.start()
+        replayer = Relay(settings, topology, name="replay")
+        replayed_to = asyncio.run(replayer.replay(sub_b.name))
+        replayer.close()
+        loop_b = BackgroundLoop(lambda stop: sub_b.run(catch_up=True, stop=stop))
+        writer.join(120)
+        expected = expected_messages(app)
+        last = expected[-1].position
+        wait_until(lambda: store_a.last_position() >= last and store_b.last_position() >= last, 90, "both subscribers to reach the head")
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        out, err = relay.communicate(timeout=20)
+        loop_a.join()
+        if loop_b is not None:
+            loop_b.join()
+    reference = reference_reports(expected, tmp_path)
+    state_a = assert_exactly_once(store_a, expected, reference)
+    state_b = assert_exactly_once(store_b, expected, reference)
+    assert state_b["replayed_to"] == replayed_to > head
+    restarted = json.loads(out.strip().splitlines()[-1])
+    resent = sum(1 for m in expected if tracked < m.position <= seen)
+    assert resent > 0
+    # The restarted relay began at the tracked position: it published again what A already had.
+    assert restarted["published"] == sum(1 for m in expected if m.position > tracked)
+    if kind == "rabbit":
+        assert state_a["repeats"] >= resent  # dropped by the subscriber
+    else:
+        # JetStream dropped them itself (Nats-Msg-Id = event id): the stream holds each event once.
+        assert asyncio.run(_stream_messages(topology.url, topology.stream)) == len(expected)
+    store_a.close()
+    store_b.close()
+    tracking.dispose()
+
+
+@pytest.mark.parametrize("kind", ["rabbit", "nats"])
+def test_broker_stopped_for_a_while_and_started_again(kind, database_url, tmp_path, rabbit_vhost, private_nats):
+    settings, app = ledger_with_data(database_url, recipients=4, months=1, seed=6)
+    topology = topology_for(kind, rabbit_vhost, private_nats.url)
+    store = ReportStore(f"sqlite:///{tmp_path / 'reports.db'}")
+    sub, loop_sub = subscribe(store, topology, f"{topology.exchange}.reports")
+    relay = Relay(settings, topology, batch_size=5, max_rate=60)
+    loop_relay = BackgroundLoop(lambda stop: relay.run(stop=stop))
+    try:
+        wait_until(lambda: store.state()["applied"] >= 15, 60, "the first messages")
+        outage_started = time.monotonic()
+        if kind == "rabbit":
+            rabbitmqctl("set_vhost_limits", "-p", rabbit_vhost, '{"max-connections": 0}')
+            rabbitmqctl("close_all_connections", "-p", rabbit_vhost, "test outage")
+        else:
+            private_nats.stop()
+        try:
+            more_data(app, recipients=2, seed=12)  # the ledger keeps working while the broker is away
+            time.sleep(max(0.0, 3.0 - (time.monotonic() - outage_started)))
+            during = store.state()["applied"]
+        finally:
+            if kind == "rabbit":
+                rabbitmqctl("clear_vhost_limits", "-p", rabbit_vhost)
+            else:
+                private_nats.start()
+        expected = expected_messages(app)
+        assert during < len(expected)
+        wait_until(lambda: store.last_position() >= expected[-1].position, 90, "the subscriber to reach the head after the outage")
+    finally:
+        loop_relay.join(30)
+        loop_sub.join(30)
+        relay.close()
+        if kind == "nats":
+            asyncio.run(_delete_streams(private_nats.url, topology.stream))
+    assert relay.stats.reconnects >= 1
+    assert_exactly_once(store, expected, reference_reports(expected, tmp_path))
+    store.close()
