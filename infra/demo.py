@@ -25,8 +25,11 @@ import chinese_calendar
 
 from commands import models as m
 from commands.app import LedgerApp, Result
-from infra.wiring import ensure_policy
-from ledger.aggregates import Recipient
+from infra.ops import event_count, topic_of
+from infra.settings import Settings
+from infra.sqlite_bulk import bulk_env
+from infra.wiring import APP_NAME, ensure_policy
+from ledger.aggregates import Claim, Recipient
 from ledger.errors import UnknownEntity
 from ledger.money import ZERO, fmt, money
 from ledger.values import CST, FUNDS
@@ -764,6 +767,7 @@ class Replay:
         self.claims: dict[str, str] = {}
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self.rejections: Counter[tuple[str, str]] = Counter()
+        self.auto_claims = 0
 
     def _tally(self, kind: str, result: Result) -> Result:
         self.outcomes[(kind, result.status)] += 1
@@ -772,7 +776,10 @@ class Replay:
         return result
 
     def run(self, kind: str, cmd: m.Command) -> Result:
-        return self._tally(kind, self.app.run(cmd))
+        result = self._tally(kind, self.app.run(cmd))
+        if isinstance(cmd, m.AutoClaims):
+            self.auto_claims += len(result.ids.get("claims", []))
+        return result
 
     def signed(self, handle: str, build: Callable[[str], m.Command]) -> None:
         """A signature (or the payment) on a claim lodged earlier, if it was lodged."""
@@ -880,17 +887,6 @@ class Summary:
         return out
 
 
-def event_count(app: LedgerApp) -> int:
-    """The number of stored events (notifications), counted: ids may have gaps (ADR 0002)."""
-    count, start = 0, 1
-    while True:
-        batch = app.recorder.select_notifications(start=start, limit=5000)
-        if not batch:
-            return count
-        count += len(batch)
-        start = batch[-1].id + 1
-
-
 def summarise(app: LedgerApp, replay: Replay | None = None) -> Summary:
     """What the ledger now holds (read from the aggregates, not from the plan)."""
     s = Summary()
@@ -925,19 +921,32 @@ def summarise(app: LedgerApp, replay: Replay | None = None) -> Summary:
     s.paid_by_fund = {f: s.paid_by_fund.get(f, ZERO) for f in FUNDS if f in s.paid_by_fund}
     s.paid_by_scheme = dict(sorted(s.paid_by_scheme.items()))
     s.events = event_count(app)
+    s.claims = {
+        "lodged": event_count(app, [topic_of(Claim.Lodged)]),
+        "paid": event_count(app, [topic_of(Claim.Paid)]),
+        "rejected": event_count(app, [topic_of(Claim.Rejected)]),
+    }
     if replay is not None:
-        claims: Counter[str] = Counter()
-        for (kind, status), k in replay.outcomes.items():
-            if kind in ("aid", "claim"):
-                claims["lodged"] += k
-                claims[status] += k
-        claims["auto_batches"] = replay.outcomes[("auto_claims", "accepted")]
-        s.claims = dict(claims)
+        s.claims["auto"] = replay.auto_claims
+        s.claims["auto_batches"] = replay.outcomes[("auto_claims", "accepted")]
         s.rejections = {f"{kind}:{code}": k for (kind, code), k in sorted(replay.rejections.items())}
     return s
 
 
 # --------------------------------------------------------------------------------------- entry
+
+
+def demo_env(settings: Settings) -> dict[str, str]:
+    """The store's env for building the demo in one process.
+
+    - The aggregate cache without deep copies: the demo is the store's only writer, and every
+      handler refuses before it changes an aggregate, so a cached recipient never holds an unsaved
+      change; a reload would replay its whole stream (ADR 0003), a deep copy costs as much.
+    - A SQLite file is written with ``synchronous=NORMAL`` (:mod:`infra.sqlite_bulk`).
+    """
+    env = bulk_env(settings.eventsourcing_env(APP_NAME))
+    env.update({"AGGREGATE_CACHE_MAXSIZE": "100000", "DEEPCOPY_FROM_AGGREGATE_CACHE": "n"})
+    return env
 
 
 def demo_app(env: dict[str, str], *, start: date) -> LedgerApp:

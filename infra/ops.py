@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from commands.app import LedgerApp
-from infra.settings import DEFAULT_DATABASE_URL, Settings, _sqlite_path
+from infra.settings import DEFAULT_DATABASE_URL, Settings
 from infra.wiring import APP_NAME
 from ledger.aggregates import Claim, PolicyLedger, Recipient
 
@@ -68,6 +68,10 @@ def mask(url: str) -> str:
         user = parts.username or ""
         return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
     return url
+
+
+def _sqlite_path(url: str) -> str:
+    return url[len("sqlite:///") :].split("?", 1)[0]
 
 
 def sqlite_file(settings: Settings) -> Path | None:

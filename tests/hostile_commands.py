@@ -112,6 +112,7 @@ def build_world() -> World:
         (r1, "outpatient", {"kind": "community_health_centre", "level": 1, "district_designated": True, "code": "C1"}, "A-1", ("150.00", "120.00", "30.00")),
         (r2, "outpatient", {"kind": "hospital", "level": 3, "code": "H3"}, "D-1", ("900.00", "800.00", "100.00")),
         (r2, "inpatient", {"kind": "hospital", "level": 3, "code": "H3"}, "D-2", ("3000.00", "2500.00", "1000.00")),
+        (r1, "outpatient", {"kind": "community_health_centre", "level": 1, "district_designated": True, "code": "C1"}, "A-2", ("80.00", "80.00", "20.00")),
     ):
         res = app.run(
             m.RecordExpense.model_validate(
@@ -131,7 +132,7 @@ def build_world() -> World:
             )
         )
         world.refs["expense"].append(_ok(res).ids["expense"])
-    e1, e2, _e3, e4, e5 = world.refs["expense"]
+    e1, e2, _e3, e4, e5, _e6 = world.refs["expense"]  # e6: recorded, not yet claimed
     paid = _ok(app.aid(r1, [e2], next(at))).ids["claim"]
     pending = _ok(app.run(m.LodgeClaim(recipient=r2, expenses=[e4], handler="handler-1", at=next(at)))).ids["claim"]
     _ok(app.run(m.Review(claim=pending, reviewer="reviewer-1", at=next(at))))

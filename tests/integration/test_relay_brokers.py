@@ -276,6 +276,11 @@ def test_broker_stopped_for_a_while_and_started_again(kind, database_url, tmp_pa
         relay.close()
         if kind == "nats":
             asyncio.run(_delete_streams(private_nats.url, topology.stream))
-    assert relay.stats.reconnects >= 1
+    if kind == "rabbit":
+        # The broker closed the relay's connection and refused new ones: the relay backed off and
+        # resumed from its tracked position. (The NATS client reconnects by itself and re-sends
+        # what it had buffered; a publish that timed out is re-sent by the relay and dropped by
+        # JetStream through its Nats-Msg-Id.)
+        assert relay.stats.reconnects >= 1
     assert_exactly_once(store, expected, reference_reports(expected, tmp_path))
     store.close()
