@@ -489,7 +489,7 @@ class Planner:
                 day = self.random_day(means_from, p.since - timedelta(days=1))
                 e = self.new_expense(p, rng.choice(["tertiary", "inpatient", "tertiary"]), day)
                 e.channel, e.source = "post_hoc", "claimant"
-                e.at = p.enrol_at + timedelta(days=rng.randint(2, 9), minutes=rng.randint(0, 300))
+                e.at = p.enrol_at + timedelta(days=rng.randint(2, 9), minutes=rng.randint(0, 60))
                 planned.append(e)
         planned.sort(key=lambda e: e.at)
         # keep every person's stream well under the snapshot interval (ADR 0003)
@@ -529,7 +529,7 @@ class Planner:
         self.plan_claims(p, rid)
 
     def first_batch_after(self, moment: datetime) -> datetime | None:
-        month = _month_start(moment.date())
+        month = _add_months(_month_start(moment.date()), -1)
         for _ in range(60):
             run = self.batch_time(month)
             if run > moment:
@@ -543,7 +543,8 @@ class Planner:
 
     def plan_claims(self, p: Person, rid: str) -> None:
         rng = self.rng
-        pending = [e for e in p.expenses if e.channel == "post_hoc"]
+        # other_hardship is a four-linkage category only: nothing to claim outside the network
+        pending = [e for e in p.expenses if e.channel == "post_hoc" and p.category != "other_hardship"]
         first_auto = self.first_batch_after(p.consent_at) if p.consent_at else None
         while pending:
             head = pending[0]
