@@ -6,6 +6,8 @@ finds them too. Parsing and checking stay in the pure ``ledger.policy.packs``.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from datetime import datetime
 from importlib import import_module, resources
@@ -39,14 +41,20 @@ def _packs_dir():
 
 
 def load_pack_data(scheme: str) -> dict:
-    """The raw data of ``ledger/policy/packs/<scheme>.yaml``."""
+    """The raw data of ``ledger/policy/packs/<scheme>.yaml`` (a fresh copy each call)."""
+    return copy.deepcopy(_read_pack_data(scheme))
+
+
+@functools.lru_cache(maxsize=None)
+def _read_pack_data(scheme: str) -> dict:
+    """Read and parse a pack file once per process: the files ship with the code."""
     resource = pack_resource(scheme)
     try:
         text = resource.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PolicyError(f"no policy pack file for {scheme!r}", code="UNKNOWN_SCHEME", field="scheme") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise PolicyError(f"policy pack {scheme}.yaml is not valid YAML: {exc}", field=scheme) from None
     if not isinstance(data, dict):
