@@ -697,10 +697,13 @@ class LedgerApp(Application):
 
     def recipient_ids(self) -> Iterator[uuid.UUID]:
         """Every enrolled recipient, in enrolment order (from the notification log)."""
-        topic = f"{Recipient.Enrolled.__module__}:{Recipient.Enrolled.__qualname__}"
+        yield from self._originators([f"{Recipient.Enrolled.__module__}:{Recipient.Enrolled.__qualname__}"])
+
+    def _originators(self, topics: list[str]) -> Iterator[uuid.UUID]:
+        """The originator of every event with one of ``topics``, in log order (repeats included)."""
         start = 1
         while True:
-            batch = self.recorder.select_notifications(start=start, limit=1000, topics=[topic])
+            batch = self.recorder.select_notifications(start=start, limit=1000, topics=topics)
             if not batch:
                 return
             for n in batch:
@@ -715,7 +718,10 @@ class LedgerApp(Application):
         month_end = (date(year + month // 12, month % 12 + 1, 1)) - timedelta(days=1)
         at = cmd.at
         claims = []
-        for rid in list(self.recipient_ids()):
+        # Only a recipient with a consent event can have consented: load just those (ADR 0017).
+        consent_topic = f"{Recipient.AutoClaimConsentChanged.__module__}:{Recipient.AutoClaimConsentChanged.__qualname__}"
+        asked = set(self._originators([consent_topic]))
+        for rid in [rid for rid in self.recipient_ids() if rid in asked]:
             r = self.recipient(rid)
             if not r.consent:
                 continue

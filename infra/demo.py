@@ -25,10 +25,11 @@ import chinese_calendar
 
 from commands import models as m
 from commands.app import LedgerApp, Result
+from infra import integrity
 from infra.ops import event_count, topic_of
 from infra.settings import Settings
 from infra.sqlite_bulk import bulk_env
-from infra.wiring import APP_NAME, ensure_policy
+from infra.wiring import APP_NAME, build_app, ensure_policy
 from ledger.aggregates import Claim, Recipient
 from ledger.errors import UnknownEntity
 from ledger.money import ZERO, fmt, money
@@ -244,12 +245,15 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, recipients: int, seed: int, years: tuple[int, ...], until: date | None, id_for: Callable[[str], Any] | None = None):
+    def __init__(self, recipients: int, seed: int, years: tuple[int, ...], until: date | None, id_for: Callable[[str], Any] | None = None,
+                 visits: float | dict[str, float] = 1.0):
         if recipients < 1:
             raise ValueError("recipients must be at least 1")
         self.rng = random.Random(seed)
         self.n = recipients
         self.id_for = id_for
+        #: Multiplier of every monthly visit rate, overall or per category (missing: 1.0).
+        self.visits = visits
         self.start = date(min(years), 1, 1)
         last = date(max(years), 12, 31)
         self.end = min(last, until or (datetime.now(CST).date() - timedelta(days=1)))
@@ -474,8 +478,9 @@ class Planner:
             hi = min(_add_months(month, 1) - timedelta(days=1), p.until)
             if hi < lo:
                 continue
-            visits = [("chc", _poisson(rng, p.intensity)), ("district", _poisson(rng, 0.06)), ("tertiary", _poisson(rng, 0.11)),
-                      ("pharmacy", _poisson(rng, 0.05)), ("inpatient", 1 if rng.random() < 0.018 else 0)]
+            k = self.visits if isinstance(self.visits, (int, float)) else self.visits.get(p.category, 1.0)
+            visits = [("chc", _poisson(rng, p.intensity * k)), ("district", _poisson(rng, 0.06 * k)), ("tertiary", _poisson(rng, 0.11 * k)),
+                      ("pharmacy", _poisson(rng, 0.05 * k)), ("inpatient", 1 if rng.random() < 0.018 * k else 0)]
             if p.chronic:
                 visits.append(("critical", 1 if rng.random() < 0.5 else 0))
             if month == bad_month:
@@ -713,12 +718,11 @@ class Planner:
                 "social_help", m.SocialHelp(recipient=rid, amount=a, organisation=o, at=at)))
 
     def plan_write_off(self) -> None:
-        """One small clearing balance written off at the year's end, officer and approver distinct (R-CLR-3)."""
-        late = [p for p in self.people for e in p.expenses if any(w == "late" for _, _, w in e.settlements) and e.paid_at]
+        """Near the period's end, the smallest open clearing balance is written off, officer and
+        approver distinct (R-CLR-3)."""
+        late = sorted({p.rid for p in self.people for e in p.expenses if any(w == "late" for _, _, w in e.settlements)})
         if late:
-            p = late[len(late) // 2]
-            when = self.office(self.end - timedelta(days=14))
-            self.add(when, "write_off", lambda x, at, rid=p.rid: x.write_off(rid, at))
+            self.add(self.office(self.end - timedelta(days=14)), "write_off", lambda x, at: x.write_off(late, at))
 
     def build(self) -> Plan:
         for index, category in enumerate(self.categories(), start=1):
@@ -750,10 +754,12 @@ def _poisson(rng: random.Random, lam: float) -> int:
 
 
 def plan(*, recipients: int = DEFAULT_RECIPIENTS, seed: int = 2026, years: Iterable[int] = (2024, 2025, 2026), until: date | None = None,
-         id_for: Callable[[str], Any] | None = None) -> Plan:
+         id_for: Callable[[str], Any] | None = None, visits: float | dict[str, float] = 1.0) -> Plan:
     """The timeline, sorted by recorded time (nothing is run). ``id_for`` maps a resident id
-    number to the ledger's recipient id (``LedgerApp.recipient_id_for``; default: plain uuid5)."""
-    return Planner(recipients, seed, tuple(years), until, id_for).build()
+    number to the ledger's recipient id (``LedgerApp.recipient_id_for``; default: plain uuid5);
+    ``visits`` multiplies every monthly visit rate, overall or per category (the benchmark's
+    denser district year)."""
+    return Planner(recipients, seed, tuple(years), until, id_for, visits).build()
 
 
 # --------------------------------------------------------------------------------------- replay
@@ -825,8 +831,10 @@ class Replay:
         if amount > 0:
             self.run("repay", m.Repay(recipient=rid, amount=amount, at=at))
 
-    def write_off(self, rid: str, at: datetime) -> None:
-        if self.app.recipient(rid).open_balance() > 0:
+    def write_off(self, candidates: list[str], at: datetime) -> None:
+        owed = [(b, rid) for rid in candidates if (b := self.app.recipient(rid).open_balance()) > 0]
+        if owed:
+            rid = min(owed)[1]
             self.run("write_off", m.WriteOff(recipient=rid, officer=CLEARING_OFFICER, approver=DISTRICT_APPROVERS[1],
                                              reason="small balance, recovery not economical", at=at))
 
@@ -950,10 +958,13 @@ def demo_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def demo_app(env: dict[str, str], *, start: date) -> LedgerApp:
-    """A Changning ledger whose policy packs are published before the demo's first day, so that
-    recorded times can run through the demo's years (the app keeps them strictly increasing)."""
-    app = LedgerApp(env, jurisdiction="shanghai.changning")
+def demo_app(settings: Settings, *, start: date = date(2024, 1, 1)) -> LedgerApp:
+    """The ledger on the configured store, wired as always (personal data encrypted, keyed
+    recipient ids, the integrity chain: ``infra.wiring.build_app``) with :func:`demo_env`, and its
+    policy packs published before the demo's first day, so that recorded times can run through the
+    demo's years (the app keeps them strictly increasing). The chain is extended once at the end
+    of :func:`generate` rather than after every save."""
+    app = build_app(settings.model_copy(update={"chain_on_save": False}), env=demo_env(settings), publish_policy=False)
     ensure_policy(app, published_at=_at(start, 0) - timedelta(hours=16))
     return app
 
@@ -992,6 +1003,10 @@ def generate(
         step.action(replay, step.at)
         if progress is not None and (done % every == 0 or done == total):
             progress(done, total)
+    try:
+        integrity.chain_for(app).run()
+    except RuntimeError:  # an application built without the chain (not through the wiring)
+        pass
     summary = summarise(app, replay)
     summary.steps = total
     summary.first_at, summary.last_at = the_plan.steps[0].at, the_plan.steps[-1].at

@@ -22,6 +22,8 @@ import hashlib
 import json
 import logging
 import threading
+import time
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -166,6 +168,25 @@ class Row(NamedTuple):
     digests: str | None
 
 
+class _Stored(NamedTuple):
+    """A stored event as read from the events table (the fields of a notification)."""
+
+    id: int
+    originator_id: Any
+    originator_version: int
+    topic: str
+    state: bytes
+
+
+def _uuid(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return value  # a store keyed by text ids
+
+
 class Checkpoint(NamedTuple):
     position: int
     hash: str
@@ -173,17 +194,26 @@ class Checkpoint(NamedTuple):
     seal: str
 
 
+#: Given the current head and the next stored events, the links and checkpoints to add.
+Linker = Callable[["Row | None", list[Any]], "tuple[list[Row], list[Checkpoint]]"]
+
+
 class ChainStore(Protocol):
     def head(self) -> Row | None: ...
     def rows(self, after: int, limit: int) -> list[Row]: ...
     def at_or_before(self, position: int) -> Row | None: ...
+    def advance(self, link: Linker, *, stop: int | None, wait: bool) -> tuple[bool, Row | None, int]:
+        """Under the writers' lock: read the head and up to :data:`PAGE` events after it (up to
+        ``stop``), add their links. Returns (done, new head, events chained); not done when
+        another chainer holds the lock and ``wait`` is false, or got in first."""
     def append(self, expected_head: int, rows: list[Row], checkpoints: list[Checkpoint], *, wait: bool) -> bool: ...
     def checkpoints(self) -> list[Checkpoint]: ...
     def last_checkpoint(self) -> Checkpoint | None: ...
 
 
 class MemoryChainStore:
-    def __init__(self) -> None:
+    def __init__(self, read: Callable[..., list[Any]] | None = None) -> None:
+        self._read = read  # the recorder's select_notifications
         self._rows: list[Row] = []
         self._checkpoints: list[Checkpoint] = []
         self._lock = threading.Lock()
@@ -201,6 +231,16 @@ class MemoryChainStore:
                 break
             found = r
         return found
+
+    def advance(self, link: Linker, *, stop: int | None, wait: bool) -> tuple[bool, Row | None, int]:
+        assert self._read is not None
+        with self._lock:
+            head = self.head()
+            batch = list(self._read(start=(head.position if head else 0) + 1, limit=PAGE, stop=stop))
+            rows, checkpoints = link(head, batch)
+            self._rows.extend(rows)
+            self._checkpoints.extend(checkpoints)
+            return True, self.head(), len(batch)
 
     def append(self, expected_head: int, rows: list[Row], checkpoints: list[Checkpoint], *, wait: bool) -> bool:
         with self._lock:
@@ -225,11 +265,16 @@ class SqlChainStore:
 
     LOCK = "hashtext('ledger.event_chain')"
 
-    def __init__(self, datastore: Any, *, postgres: bool):
+    def __init__(self, datastore: Any, *, postgres: bool, events_table: str):
         self.datastore = datastore
         self.postgres = postgres
         self.p = "%s" if postgres else "?"
         big = "BIGINT" if postgres else "INTEGER"
+        position = "notification_id" if postgres else "rowid"
+        self._select_events = (
+            f"SELECT {position} AS id, originator_id, originator_version, topic, state FROM {events_table} "
+            f"WHERE {position} > {self.p} AND {position} <= {self.p} ORDER BY {position} LIMIT {self.p}"
+        )
         with datastore.transaction(commit=True) as c:
             if postgres:
                 c.execute(f"SELECT pg_advisory_xact_lock({self.LOCK})")
@@ -263,6 +308,42 @@ class SqlChainStore:
             r = c.fetchone()
         return self._row(r) if r else None
 
+    def _lock(self, c: Any, wait: bool) -> bool:
+        if not self.postgres:
+            return True  # SQLite: its one write lock, taken at the first write
+        if wait:
+            c.execute(f"SELECT pg_advisory_xact_lock({self.LOCK})")
+            return True
+        c.execute(f"SELECT pg_try_advisory_xact_lock({self.LOCK}) AS ok")
+        return bool(c.fetchone()["ok"])
+
+    def _insert(self, c: Any, rows: list[Row], checkpoints: list[Checkpoint]) -> None:
+        p = self.p
+        if rows:
+            c.executemany(f"INSERT INTO event_chain (position, hash, seq, digests) VALUES ({p}, {p}, {p}, {p})", [tuple(r) for r in rows])
+        if checkpoints:
+            c.executemany(
+                f"INSERT INTO chain_checkpoints (position, hash, recorded_at, seal) VALUES ({p}, {p}, {p}, {p})", [tuple(cp) for cp in checkpoints]
+            )
+
+    def advance(self, link: Linker, *, stop: int | None, wait: bool) -> tuple[bool, Row | None, int]:
+        """One transaction: lock, head, the next events (read from the events table itself, so the
+        writers' commit order is the order chained), links."""
+        try:
+            with self.datastore.transaction(commit=True) as c:
+                if not self._lock(c, wait):
+                    return False, None, 0
+                c.execute("SELECT position, hash, seq, digests FROM event_chain ORDER BY position DESC LIMIT 1")
+                r = c.fetchone()
+                head = self._row(r) if r else None
+                c.execute(self._select_events, ((head.position if head else 0), stop if stop is not None else 2**62, PAGE))
+                batch = [_Stored(int(e["id"]), _uuid(e["originator_id"]), int(e["originator_version"]), e["topic"], bytes(e["state"])) for e in c.fetchall()]
+                rows, checkpoints = link(head, batch)
+                self._insert(c, rows, checkpoints)
+            return True, (rows[-1] if rows else head), len(batch)
+        except (StoreIntegrityError, StoreOperationalError):
+            return False, None, 0  # another chainer got in first, or held SQLite's write lock
+
     def append(self, expected_head: int, rows: list[Row], checkpoints: list[Checkpoint], *, wait: bool) -> bool:
         try:
             with self.datastore.transaction(commit=True) as c:
@@ -277,17 +358,7 @@ class SqlChainStore:
                 current = c.fetchone()["head"] or 0
                 if int(current) != expected_head:
                     return False
-                p = self.p
-                if rows:
-                    c.executemany(
-                        f"INSERT INTO event_chain (position, hash, seq, digests) VALUES ({p}, {p}, {p}, {p})",
-                        [tuple(r) for r in rows],
-                    )
-                if checkpoints:
-                    c.executemany(
-                        f"INSERT INTO chain_checkpoints (position, hash, recorded_at, seal) VALUES ({p}, {p}, {p}, {p})",
-                        [tuple(cp) for cp in checkpoints],
-                    )
+                self._insert(c, rows, checkpoints)
             return True
         except (StoreIntegrityError, StoreOperationalError):
             # Another chainer wrote the same positions first (or held SQLite's write lock): the
@@ -335,32 +406,32 @@ class Chain:
                     return head
             raise RuntimeError("the chain head kept moving under this chainer")  # pragma: no cover
 
+    def _link(self, head: Row | None, batch: list[Any]) -> tuple[list[Row], list[Checkpoint]]:
+        prev, seq = (bytes.fromhex(head.hash), head.seq) if head else (GENESIS, 0)
+        rows, checkpoints = [], []
+        for n in batch:
+            prev = link_hash(prev, n.id, n.topic, n.originator_id, n.originator_version, n.state)
+            seq += 1
+            rows.append(Row(n.id, prev.hex(), seq, field_digests(n.topic, n.originator_id, n.originator_version, n.state)))
+            if seq % self.checkpoint_every == 0:
+                checkpoints.append(self._checkpoint(n.id, prev.hex()))
+        return rows, checkpoints
+
     def _run_once(self, *, stop: int | None, wait: bool, checkpoint_at_end: bool) -> tuple[bool, ChainLink | None]:
-        head = self.store.head()
-        position, prev, seq = (head.position, bytes.fromhex(head.hash), head.seq) if head else (0, GENESIS, 0)
+        head = None
         while True:
-            limit = PAGE if stop is None else max(0, min(PAGE, stop - position))
-            batch = self.app.recorder.select_notifications(start=position + 1, limit=limit, stop=stop) if limit else []
-            if not batch:
+            done, head, count = self.store.advance(self._link, stop=stop, wait=wait)
+            if not done:
+                if wait:
+                    time.sleep(0.01)
+                return False, self.head()
+            if count < PAGE:
                 break
-            rows, checkpoints = [], []
-            expected = position
-            for n in batch:
-                digest = link_hash(prev, n.id, n.topic, n.originator_id, n.originator_version, n.state)
-                seq += 1
-                rows.append(Row(n.id, digest.hex(), seq, field_digests(n.topic, n.originator_id, n.originator_version, n.state)))
-                prev, position = digest, n.id
-                if seq % self.checkpoint_every == 0:
-                    checkpoints.append(self._checkpoint(n.id, digest.hex()))
-            if not self.store.append(expected, rows, checkpoints, wait=wait):
-                return False, ChainLink(expected, prev.hex()) if expected else None
-            if len(batch) < limit:
-                break
-        if checkpoint_at_end and position:
+        if checkpoint_at_end and head is not None:
             last = self.store.last_checkpoint()
-            if last is None or last.position < position:
-                self.store.append(position, [], [self._checkpoint(position, prev.hex())], wait=True)
-        return True, (ChainLink(position, prev.hex()) if position else None)
+            if last is None or last.position < head.position:
+                self.store.append(head.position, [], [self._checkpoint(head.position, head.hash)], wait=True)
+        return True, (ChainLink(head.position, head.hash) if head else None)
 
     def _checkpoint(self, position: int, hash_hex: str) -> Checkpoint:
         at = datetime.now(timezone.utc).isoformat()
@@ -470,7 +541,7 @@ def verify(chain: Chain, progress: Callable[[int], None] | None = None, max_prob
     def rows() -> Iterator[Row]:
         after = 0
         while True:
-            batch = chain.store.rows(after, PAGE)
+            batch = [r for r in chain.store.rows(after, PAGE) if r.position <= head_position]  # links added meanwhile wait for the next run
             yield from batch
             if len(batch) < PAGE:
                 return
@@ -541,9 +612,11 @@ def install(app: Any, seal: Callable[[str], str], *, on_save: bool = True) -> Ch
     """Give the application its chain (tables created if needed); chain after every save."""
     datastore = getattr(app.recorder, "datastore", None)
     if datastore is None:
-        store: Any = MemoryChainStore()
+        store: Any = MemoryChainStore(app.recorder.select_notifications)
     else:
-        store = SqlChainStore(datastore, postgres=type(app.recorder).__module__.startswith("eventsourcing.postgres"))
+        postgres = type(app.recorder).__module__.startswith("eventsourcing.postgres")
+        table = f'"{datastore.schema}"."{app.recorder.events_table_name}"' if postgres else app.recorder.events_table_name
+        store = SqlChainStore(datastore, postgres=postgres, events_table=table)
     chain = Chain(app, store, seal)
     _chains[app] = chain
     if on_save and chain.after_save not in app.after_save:

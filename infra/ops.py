@@ -17,7 +17,7 @@ from psycopg import sql
 
 from commands.app import LedgerApp
 from infra.settings import DEFAULT_DATABASE_URL, Settings
-from infra.wiring import APP_NAME
+from infra.wiring import build_app
 from ledger.aggregates import Claim, PolicyLedger, Recipient
 
 
@@ -25,9 +25,10 @@ def topic_of(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def open_app(settings: Settings, env: dict[str, str] | None = None) -> LedgerApp:
-    """The application on the configured store, without publishing anything (read-only use)."""
-    return LedgerApp(env if env is not None else settings.eventsourcing_env(APP_NAME), jurisdiction=settings.jurisdiction)
+def open_app(settings: Settings) -> LedgerApp:
+    """The application on the configured store, wired as always but publishing nothing (for
+    reading what the store holds)."""
+    return build_app(settings, publish_policy=False)
 
 
 def event_count(app: LedgerApp, topics: list[str] | None = None) -> int:

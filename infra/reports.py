@@ -49,6 +49,10 @@ CHANNEL_ZH = {"post_hoc": "事后申请", "auto": "免申即享"}
 FUND_ZH = {"city": "市级财政", "district": "区级财政", "mutual_aid": "互助帮困资金", "social": "社会组织"}
 UNKNOWN_STREET = "（未登记街镇）"
 REPORTED_CHANNELS = ("post_hoc", "auto")
+#: JetStream redelivers an unacknowledged message after this long. With one message in flight
+#: (max ack pending 1, for the log order) an ack lost with a broken connection stalls the consumer
+#: for at most this long; a redelivery of a message still being applied is dropped as a repeat.
+ACK_WAIT_S = 5
 
 
 class ReportSettings(BaseSettings):
@@ -578,7 +582,7 @@ class ReportSubscriber:
                 durable=durable,
                 pull_sub=PullSub(batch_size=1, timeout=1.0),
                 deliver_policy=DeliverPolicy.ALL if replay else DeliverPolicy.NEW,
-                config=ConsumerConfig(max_ack_pending=1, ack_wait=30),
+                config=ConsumerConfig(max_ack_pending=1, ack_wait=ACK_WAIT_S),
                 ack_policy=AckPolicy.NACK_ON_ERROR,
             )(handle)
         return done
@@ -611,7 +615,7 @@ class ReportSubscriber:
                 try:
                     await js.consumer_info(t.stream, safe_name(self.name))
                 except NotFoundError:
-                    await js.add_consumer(t.stream, ConsumerConfig(durable_name=safe_name(self.name), deliver_policy=DeliverPolicy.NEW, filter_subject=t.subject(">"), max_ack_pending=1, ack_wait=30))
+                    await js.add_consumer(t.stream, ConsumerConfig(durable_name=safe_name(self.name), deliver_policy=DeliverPolicy.NEW, filter_subject=t.subject(">"), max_ack_pending=1, ack_wait=ACK_WAIT_S))
 
     async def run(self, *, catch_up: bool = False, stop: threading.Event | None = None) -> None:
         """Consume the replay first (``catch_up``) until its marker, then the live destination

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from ledger.aggregates import PolicyLedger, Recipient
 from ledger.money import ZERO, money
 from ledger.values import Scheme
-from projections.common import Item, Projection, Store, dumps, fen, loads, metadata, yuan_str
+from projections.common import Item, Projection, Store, insert_rows, dumps, fen, loads, metadata, yuan_str
 
 CAPPED = {Scheme.SHANGHAI_MEDICAL_AID.value, Scheme.LIANYUNGANG.value}
 
@@ -136,7 +136,7 @@ class Caps(Projection):
                     for scheme, amount in p["by_scheme"].items():
                         paid[scheme] = str(Decimal(paid.get(scheme, "0")) + Decimal(amount))
         if params:
-            conn.execute(caps_parameter.insert(), params)
+            insert_rows(conn, caps_parameter, params)
             # A cap parameter published or amended can change the cap of any bucket that has one.
             capped = conn.execute(select(caps.c.recipient).where(caps.c.cap_fen.is_not(None)).distinct()).scalars()
             more = set(capped) - touched
@@ -219,10 +219,7 @@ class _Book:
         for v in self._by_name.get(name, ()):
             if v.effective_from <= on and (v.effective_to is None or on <= v.effective_to):
                 found = v
-        if found is None:
-            return None
-        value = _decode(loads(found.value))
-        return None if value is None else value
+        return None if found is None else _decode(loads(found.value))
 
     def cap(self, scheme: str, info: dict[str, Any], on: date) -> tuple[Decimal, str | None]:
         names = info["names"]

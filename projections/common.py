@@ -164,6 +164,23 @@ def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
         yield values[i : i + size]
 
 
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows in the batch's transaction: PostgreSQL ``COPY … FROM STDIN`` for more than a
+    few rows (one stream instead of a round trip per row), else one executemany INSERT."""
+    if not rows:
+        return
+    names = [c.name for c in table.columns]
+    if len(rows) > 20 and is_postgres(conn):
+        from psycopg import sql
+
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, names)))
+        with conn.connection.driver_connection.cursor() as cur, cur.copy(stmt) as copy:
+            for r in rows:
+                copy.write_row([r.get(n) for n in names])
+        return
+    conn.execute(table.insert(), [{n: r.get(n) for n in names} for r in rows])
+
+
 # --------------------------------------------------------------------------- the batch store
 
 
@@ -251,9 +268,7 @@ class Store:
                 stmt,
                 [{**{f"k_{c}": r[c] for c in self.pk}, **{f"v_{c}": r.get(c) for c in cols}} for r in updates],
             )
-        if inserts:
-            names = [c.name for c in t.columns]
-            self.conn.execute(t.insert(), [{n: r.get(n) for n in names} for r in inserts])
+        insert_rows(self.conn, t, inserts)
         self.stored = {k: dict(r) for k, r in self.rows.items()}
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import BigInteger, Column, String, Table, Text, select
 from sqlalchemy.engine import Connection
 
 from ledger.aggregates import Claim, Recipient
-from projections.common import Item, Projection, Store, dumps, loads, metadata, utc
+from projections.common import Item, Projection, Store, insert_rows, dumps, loads, metadata, utc
 
 dup_expense = Table(
     "proj_dup_expense",
@@ -194,8 +194,7 @@ class Duplicates(Projection):
                 )
         exp.flush()
         claims.flush()
-        if found:
-            conn.execute(duplicate.insert(), found)
+        insert_rows(conn, duplicate, found)
 
 
 def _finding(position, kind, subject, matched, recipient, matched_recipient, code, invoice_no, channel, evidence, reason, at) -> dict[str, Any]:  # noqa: ANN001

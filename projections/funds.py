@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection
 
 from ledger.aggregates import Recipient
 from ledger.values import FUNDS
-from projections.common import Item, Projection, Store, fen, metadata, utc, yuan_str
+from projections.common import Item, Projection, Store, insert_rows, fen, metadata, utc, yuan_str
 
 fund_line = Table(
     "proj_fund_line",
@@ -169,8 +169,7 @@ class FundBooks(Projection):
             row["credit_fen"] += line["credit_fen"]
         accounts.flush()
         cases.flush()
-        if lines:
-            conn.execute(fund_line.insert(), lines)
+        insert_rows(conn, fund_line, lines)
 
 
 def _recover(cases: Store, allocation: dict[str, Any], *, written_off: bool = False) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import BigInteger, Column, Integer, String, Table, Text, select
 from sqlalchemy.engine import Connection
 
 from ledger.aggregates import Claim, Recipient
-from projections.common import Item, Projection, Store, dumps, fen, loads, metadata, utc, yuan_str
+from projections.common import Item, Projection, Store, insert_rows, dumps, fen, loads, metadata, utc, yuan_str
 
 statement = Table(
     "proj_statement",
@@ -158,8 +158,7 @@ class Statement(Projection):
                 for a in e.allocations:
                     add(rid, "write_off", a["amount"], case=a["case"], by_fund=_money(a["by_fund"]), officer=e.officer, approver=e.approver, reason=e.reason, rule="R-CLR-3")
         claims.flush()
-        if rows:
-            conn.execute(statement.insert(), rows)
+        insert_rows(conn, statement, rows)
 
 
 def for_recipient(conn: Connection, recipient: str) -> list[dict[str, Any]]:

@@ -216,7 +216,7 @@ def demo(
             )
             raise typer.Exit(EXIT_REJECTED)
         console.print(f"--reset: {ops.erase_store(settings)}.")
-    ledger = generator.demo_app(generator.demo_env(settings), start=date(years[0], 1, 1))
+    ledger = generator.demo_app(settings, start=date(years[0], 1, 1))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     try:
         with Progress(*columns, console=console, transient=False) as bar:
@@ -248,6 +248,8 @@ def print_summary(console: Any, store: str, s: Any) -> None:
         return f"¥{v:,.2f}"
 
     head = Table(title=f"Recorded in {store}", show_header=False, title_justify="left")
+    head.add_column(no_wrap=True)
+    head.add_column(overflow="fold")
     head.add_row("period", f"{s.first_at.date()} … {s.last_at.date()} ({s.steps:,} steps)")
     head.add_row("recipients", f"{s.recipients:,}  " + ", ".join(f"{k} {v}" for k, v in s.by_category.items()))
     head.add_row("expenses", f"{s.expenses:,}  ({s.one_stop:,} settled one-stop, {s.duplicates} duplicate receipt(s) flagged)")

@@ -49,6 +49,15 @@ def _runner(names: list[str] | None, batch: int, pause: float = 0.0) -> Runner:
     return Runner(engine, ledger.recorder, ledger.mapper, chosen, batch_size=batch, pause_in_batch=pause)
 
 
+def _need_tables(runner: Runner) -> None:
+    """Reading commands create nothing: without read models they say how to make them."""
+    from sqlalchemy import inspect
+
+    if not inspect(runner.engine).has_table("proj_tracking"):
+        err.print("no read models yet: run `ledger projections rebuild` (or `ledger projections run`)")
+        raise typer.Exit(2)
+
+
 class _Rate(ProgressColumn):
     """Notifications per second over the whole run (the read count, not the id span)."""
 
@@ -92,16 +101,17 @@ def rebuild(
 def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Position and lag of each read model."""
     runner = _runner(None, DEFAULT_BATCH)
-    runner.setup()
+    _need_tables(runner)
     rows = runner.status()
     if as_json:
-        sys.stdout.write(json.dumps([{"name": s.name, "version": s.version, "position": s.position, "head": s.head, "lag": s.lag, "updated_at": s.updated_at} for s in rows], indent=2) + "\n")
+        sys.stdout.write(json.dumps([{"name": s.name, "version": s.version, "position": s.position, "head": s.head, "lag": s.lag, "stale": s.stale, "updated_at": s.updated_at} for s in rows], indent=2) + "\n")
         return
     table = Table(title="read models")
     for col in ("projection", "version", "position", "head", "lag", "last commit"):
         table.add_column(col, justify="right" if col in ("version", "position", "head", "lag") else "left")
     for s in rows:
-        table.add_row(s.name, str(s.version), str(s.position), str(s.head), str(s.lag), s.updated_at or "-")
+        version = f"{s.stored_version} → {s.version} (rebuilt on next run)" if s.stale else str(s.version)
+        table.add_row(s.name, version, str(s.position), str(s.head), str(s.lag), s.updated_at or "-")
     Console().print(table)
 
 
@@ -136,7 +146,7 @@ def check(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> N
     from projections import funds
 
     runner = _runner(["funds"], DEFAULT_BATCH)
-    runner.setup()
+    _need_tables(runner)
     [st] = runner.status()
     with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
         result = funds.check(conn)
@@ -160,7 +170,7 @@ def statement(recipient: str = typer.Argument(..., help="the recipient's ledger 
     from projections import statement as st
 
     runner = _runner(["statement"], DEFAULT_BATCH)
-    runner.setup()
+    _need_tables(runner)
     with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
         rows = st.for_recipient(conn, recipient)
     if as_json:

@@ -354,6 +354,9 @@ def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = N
     app.state.service = service
     _install_error_handlers(app)
     _routes(app)
+    console = _optional_module("infra.http.console")  # the browser console's pages (ADR 0018)
+    if console is not None:
+        console.install(app)
     return app
 
 

@@ -209,6 +209,7 @@ def test_relay_killed_mid_stream_then_a_new_subscriber_catches_up_from_zero(kind
         asyncio.run(sub_b.prepare())
         writer = threading.Thread(target=more_data, args=(app,), kwargs={"recipients": 2, "seed": 11})
         writer.start()
+        wait_until(lambda: app.recorder.max_notification_id() > head, 30, "the ledger to write again")
         replayer = Relay(settings, topology, name="replay")
         replayed_to = asyncio.run(replayer.replay(sub_b.name))
         replayer.close()

@@ -1,0 +1,507 @@
+"""What the browser console shows that no API endpoint answers (ADR 0018): finding a person by
+name or street, a person's whole event history, the cap-usage series, and the district's figures.
+
+Everything here only reads and arranges what the ledger recorded; it decides nothing. The
+district figures are kept by small followers of the notification log that the console catches up
+on each visit, built from the project's own read-model code: the fund books are
+:class:`projections.funds.FundBooks` and the monthly street report is the report subscriber's
+:class:`infra.reports.ReportStore`, fed with the public messages of :mod:`infra.contract.mapping`
+exactly as the relay would feed it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import shutil
+import tempfile
+import threading
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Iterator
+
+from eventsourcing.utils import get_topic
+
+from infra.http import svg
+from ledger import errors
+from ledger.aggregates import Claim, Recipient
+from ledger.eligibility import category_periods
+from ledger.money import ZERO, fmt
+from ledger.values import CATEGORY_ZH, CST, ERASED, SCHEME_ZH, VISIT_ZH, local_date, validate_id_number
+
+BATCH = 1000
+_ENROLLED = get_topic(Recipient.Enrolled)
+_PAID = get_topic(Recipient.AidPaid)
+
+
+def local_time(moment: datetime) -> str:
+    """A recorded time as officers read it: China Standard Time, to the second."""
+    return moment.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _notifications(app: Any, topics: list[str], after: int = 0, stop: int | None = None) -> Iterator[Any]:
+    start = after + 1
+    while True:
+        batch = app.recorder.select_notifications(start=start, limit=BATCH, stop=stop, topics=topics)
+        if not batch:
+            return
+        yield from batch
+        start = batch[-1].id + 1
+
+
+# ------------------------------------------------------------------------------------ finding
+@dataclass(frozen=True)
+class Person:
+    recipient: str
+    name: str
+    street: str
+    id_number: str
+    enrolled_at: str
+
+    @property
+    def masked_id(self) -> str:
+        """The id number as a result list shows it: region and check digit only."""
+        n = self.id_number
+        return n if n == ERASED or len(n) < 10 else f"{n[:6]}{'*' * (len(n) - 10)}{n[-4:]}"
+
+
+SEARCH_BY = ("auto", "id_number", "name", "street")
+
+
+def people(app: Any) -> Iterator[Person]:
+    """Every enrolled person, from the enrolment events (name and street are set only there).
+    Read afresh each time: plaintext personal data is never kept by the console (ADR 0015)."""
+    for n in _notifications(app, [_ENROLLED]):
+        e = app.mapper.to_domain_event(n)
+        yield Person(str(e.originator_id), e.name, e.street, e.id_number, local_time(e.timestamp))
+
+
+def search(app: Any, query: str, by: str = "auto", *, street: str | None = None, limit: int = 200) -> tuple[str, list[Person]]:
+    """Find recipients: by resident id number (through the ledger's keyed hash, ADR 0015: the
+    number itself is never compared or stored), by name (contains), or by street office.
+    ``street`` limits the results to one street (a street handler's, R-PH-1 [002 4.1]).
+    Returns how the query was read and the matches."""
+    q = (query or "").strip()
+    if by not in SEARCH_BY:
+        raise errors.InvalidInput(f"by: one of {', '.join(SEARCH_BY)}", field="by")
+    if not q:
+        return by, []
+    if by == "auto":
+        compact = q.replace(" ", "")
+        by = "id_number" if len(compact) == 18 and compact[:17].isdigit() else "name"
+    if by == "id_number":
+        try:
+            number = validate_id_number(q.replace(" ", ""))
+        except Exception:  # noqa: BLE001 - a malformed number is the same answer: not found
+            raise errors.InvalidInput("not an 18-character resident id number with a valid check digit", field="q") from None
+        try:
+            r = app.recipient(app.recipient_id_for(number))
+        except errors.UnknownEntity:
+            return by, []
+        found = [Person(str(r.id), r.name, r.street, r.id_number, local_time(r.created_on))]
+    elif by == "name":
+        needle = q.casefold()
+        found = [p for p in people(app) if needle in p.name.casefold()]
+        if not found and street is None:  # a street typed in the name box is still found
+            found = [p for p in people(app) if needle in p.street.casefold()]
+            by = "street" if found else by
+    else:
+        needle = q.casefold()
+        found = [p for p in people(app) if needle in p.street.casefold()]
+    if street is not None:
+        found = [p for p in found if p.street == street]
+    return by, found[:limit]
+
+
+# ------------------------------------------------------------------------------------ timeline
+EVENT_ZH: dict[str, str] = {
+    "Enrolled": "登记为救助对象",
+    "CategoryGranted": "认定救助对象类别",
+    "CategoryRevoked": "撤销救助对象类别",
+    "InsuranceEnrolmentStarted": "参加基本医疗保险",
+    "InsuranceEnrolmentEnded": "基本医疗保险终止",
+    "MutualAidContributionPaid": "缴纳互助帮困费用",
+    "AutoClaimConsentChanged": "免申即享授权变更",
+    "ExpenseRecorded": "记录医疗费用",
+    "InsuranceSettled": "保险支付",
+    "ClaimAttached": "费用列入申请",
+    "DuplicateAttempted": "重复申请被拒",
+    "AidDecided": "救助决定",
+    "AidReassessed": "重新核定",
+    "SuspensionStarted": "四医联动暂停",
+    "SuspensionLifted": "四医联动恢复",
+    "SocialHelpGranted": "社会组织帮扶",
+    "AidPaid": "救助金支付",
+    "ClearingCaseOpened": "开立个人清算",
+    "SupplementaryPayoutDue": "应补发",
+    "RepaymentReceived": "收到退款",
+    "WriteOffApproved": "核销批准",
+    "Lodged": "申请受理（经办人）",
+    "Reviewed": "审核（审核人）",
+    "Approved": "审批（审批人）",
+    "Rejected": "申请驳回",
+    "Paid": "区级发放",
+}
+#: Events whose effective date starts (or ends) a status in valid time: recorded after that
+#: date, they change the past (R-TIME-2) and are marked retroactive.
+_STATUS_EVENTS = {"CategoryGranted", "CategoryRevoked", "InsuranceEnrolmentStarted", "InsuranceEnrolmentEnded", "SuspensionStarted", "SuspensionLifted"}
+
+
+@dataclass
+class Entry:
+    recorded_at: datetime
+    aggregate: str  # recipient | claim
+    version: int
+    kind: str
+    effective: str | None = None
+    effective_to: str | None = None
+    retroactive: bool = False
+    late_insurance: bool = False
+    detail: str = ""
+    amount: str | None = None
+    expenses: list[str] = dataclasses.field(default_factory=list)
+    rules: str = ""
+
+    @property
+    def zh(self) -> str:
+        return EVENT_ZH.get(self.kind, self.kind)
+
+    @property
+    def recorded(self) -> str:
+        return local_time(self.recorded_at)
+
+
+def _money_text(d: dict[str, Any] | None, names: dict[str, str] | None = None) -> str:
+    return "，".join(f"{(names or {}).get(k, k)} {svg.yuan(v)}" for k, v in sorted((d or {}).items()) if Decimal(str(v)) != 0)
+
+
+def _entry(e: Any, r: Recipient) -> Entry:
+    kind = type(e).__name__
+    out = Entry(e.timestamp, "recipient", e.originator_version, kind)
+    if kind == "Enrolled":
+        out.detail = f"{e.name}，{e.street or '（未登记街镇）'}"
+    elif kind == "CategoryGranted":
+        out.effective, out.effective_to = e.valid_from, e.valid_to
+        out.detail = f"{CATEGORY_ZH.get(e.category, e.category)} {e.category}" + (f"（{e.subtype}）" if e.subtype else "")
+        out.rules = "R-CAT-1"
+    elif kind == "CategoryRevoked":
+        out.effective = e.valid_from
+        out.detail = f"{CATEGORY_ZH.get(e.category, e.category)} {e.category}" + (f"：{e.reason}" if e.reason else "")
+        out.rules = "R-TIME-2, R-CLR-1(c)"
+    elif kind == "InsuranceEnrolmentStarted":
+        out.effective, out.effective_to = e.valid_from, e.valid_to
+        out.detail = {"employee": "职工医保 employee", "resident": "城乡居民医保 resident"}.get(e.scheme, e.scheme)
+        if e.subsidy:
+            out.detail += f"；参保补贴 subsidy {svg.yuan(e.subsidy.get('amount'))}"
+        out.rules = "R-INS-1"
+    elif kind == "InsuranceEnrolmentEnded":
+        out.effective = e.valid_to
+        out.detail = e.scheme
+        out.rules = "R-INS-1"
+    elif kind == "MutualAidContributionPaid":
+        out.detail = f"{e.year} 年度" + ("，有外地职工医保" if e.has_home_insurance else "")
+        out.rules = "R-MA-1, R-MA-2"
+    elif kind == "AutoClaimConsentChanged":
+        out.detail = "已签署 signed" if e.signed else "已撤回 withdrawn"
+        out.rules = "R-PH-3"
+    elif kind == "ExpenseRecorded":
+        out.effective = e.service_date
+        out.detail = f"{VISIT_ZH.get(e.visit_type, e.visit_type)}，{e.facility.get('code', '')}，票据 {e.invoice_no}（开具 {e.invoice_date}）" + (
+            f"；重复票据 duplicate of {e.duplicate_of}" if e.duplicate_of else "")
+        out.amount = fmt(e.total)
+        out.expenses = [e.expense_id]
+    elif kind == "InsuranceSettled":
+        acc = r.expenses.get(e.expense_id)
+        decided = acc is not None and acc.decision is not None and acc.decision.decided_at < e.timestamp
+        out.late_insurance = decided
+        out.detail = {"critical_illness": "居保大病", "union_mutual_aid": "职工互助保障", "burden_reduction": "综合减负",
+                      "children_fund": "少儿住院互助基金"}.get(e.scheme, e.scheme) + f" {e.scheme}"
+        out.amount = fmt(e.amount)
+        out.expenses = [e.expense_id]
+        out.rules = "R-INS-4, R-CLR-1(a)" if decided else "R-INS-3"
+    elif kind == "ClaimAttached":
+        out.detail = f"申请 claim {e.claim_id}" + ("" if e.attached else "（释放 released）")
+        out.expenses = list(e.expense_ids)
+    elif kind == "DuplicateAttempted":
+        out.detail = f"{e.channel}：{e.reason}"
+        out.expenses = [e.expense_id]
+        out.rules = "R-PH-7"
+    elif kind == "AidDecided":
+        total = sum((Decimal(d.get("total") or "0") for d in e.decisions), ZERO)
+        refused = [d for d in e.decisions if not d.get("granted")]
+        out.detail = f"{e.channel}" + (f"，申请 claim {e.claim_id}" if e.claim_id else "") + (f"；{len(refused)} 项不予救助" if refused else "")
+        out.amount = fmt(total)
+        out.expenses = [d["expense"] for d in e.decisions]
+        out.rules = "R-TIME-1"
+    elif kind == "AidReassessed":
+        cause = e.cause or {}
+        out.effective = cause.get("revoked_from") or cause.get("granted_from")
+        out.detail = f"{e.trigger}" + ("：" + "，".join(f"{k} {v}" for k, v in sorted(cause.items())) if cause else "")
+        out.expenses = [x["expense"] for x in e.results]
+        out.rules = "R-TIME-2, R-CLR-2"
+    elif kind == "SuspensionStarted":
+        out.effective = e.valid_from
+        out.detail = f"{SCHEME_ZH.get(e.scheme, e.scheme)}：{e.reason}"
+        out.expenses = [e.expense_id]
+        out.rules = "R-4L-4"
+    elif kind == "SuspensionLifted":
+        out.effective = e.lifted_on
+        out.detail = f"{SCHEME_ZH.get(e.scheme, e.scheme)}，复核 reviewer {e.reviewer}"
+        out.rules = "R-4L-4"
+    elif kind == "SocialHelpGranted":
+        out.detail = f"{e.organisation or ''} {e.period}"
+        out.amount = fmt(e.amount)
+        out.rules = "R-4L-5"
+    elif kind == "AidPaid":
+        total = sum((Decimal(p["total"]) for p in e.payments), ZERO)
+        offsets = sum((Decimal(o["amount"]) for o in e.offsets), ZERO)
+        out.detail = f"{e.channel}；抵扣清算 offset {svg.yuan(offsets)}，到个人 to person {svg.yuan(e.to_person)}"
+        out.amount = fmt(total)
+        out.expenses = [p["expense"] for p in e.payments]
+        out.rules = "R-CLR-3" if offsets else ""
+    elif kind == "ClearingCaseOpened":
+        out.detail = f"{e.case_id}，{e.trigger}；{_money_text(e.by_fund)}"
+        out.amount = fmt(e.amount)
+        out.expenses = [e.expense_id]
+        out.rules = "R-CLR-1, R-CLR-2"
+    elif kind == "SupplementaryPayoutDue":
+        out.detail = f"{e.supplementary_id}，{e.trigger}"
+        out.amount = fmt(e.amount)
+        out.expenses = [e.expense_id]
+        out.rules = "R-CLR-2"
+    elif kind == "RepaymentReceived":
+        out.detail = "，".join(f"{a['case']} {svg.yuan(a['amount'])}" for a in e.allocations)
+        out.amount = fmt(e.amount)
+        out.rules = "R-CLR-3"
+    elif kind == "WriteOffApproved":
+        total = sum((Decimal(a["amount"]) for a in e.allocations), ZERO)
+        out.detail = f"提出 {e.officer}，批准 {e.approver}" + (f"：{e.reason}" if e.reason else "")
+        out.amount = fmt(total)
+        out.rules = "R-CLR-3"
+    if kind in _STATUS_EVENTS and out.effective:
+        out.retroactive = date.fromisoformat(out.effective) < local_date(e.timestamp)
+    return out
+
+
+def _claim_entry(e: Any) -> Entry:
+    kind = type(e).__name__
+    out = Entry(e.timestamp, "claim", e.originator_version, kind, rules="R-PH-4")
+    claim = str(e.originator_id)
+    if kind == "Lodged":
+        out.detail = f"申请 claim {claim}，{e.channel}，经办人 handler {e.handler}"
+        out.expenses = list(e.expense_ids)
+        out.rules = "R-PH-1, R-PH-2, R-PH-5"
+    elif kind == "Reviewed":
+        out.detail = f"申请 claim {claim}，审核人 reviewer {e.reviewer}"
+    elif kind == "Approved":
+        out.detail = f"申请 claim {claim}，审批人 approver {e.approver}"
+    elif kind == "Rejected":
+        out.detail = f"申请 claim {claim}：{e.code} {e.message or ''}"
+        out.rules = e.rule or ""
+    elif kind == "Paid":
+        out.detail = f"申请 claim {claim}，到个人 to person {svg.yuan(e.to_person)}"
+        out.amount = fmt(e.total)
+        out.rules = "R-PH-6"
+    else:
+        out.detail = f"申请 claim {claim}"
+    return out
+
+
+def timeline(app: Any, r: Recipient) -> list[Entry]:
+    """Every event of the person and of their claims, in recorded order, each with its effective
+    date where it has one; a status recorded after its effective date is retroactive (R-TIME-2)."""
+    entries = [_entry(e, r) for e in app.events.get(r.id)]
+    claims: set[str] = set()
+    for e in app.events.get(r.id):
+        if isinstance(e, Recipient.ClaimAttached) or (isinstance(e, (Recipient.AidDecided, Recipient.AidPaid)) and e.claim_id):
+            claims.add(e.claim_id)
+    for cid in sorted(claims):
+        entries += [_claim_entry(e) for e in app.events.get(uuid.UUID(cid))]
+    entries.sort(key=lambda x: (x.recorded_at, x.aggregate != "recipient", x.version))
+    return entries
+
+
+# ------------------------------------------------------------------------------------ charts' data
+def _subtract(span: tuple[date, date | None], holes: list[tuple[date, date | None]]) -> list[tuple[date, date | None]]:
+    """The parts of ``span`` not covered by ``holes`` (inclusive day ranges; None: open)."""
+    parts = [span]
+    for hs, he in holes:
+        out = []
+        for s, e in parts:
+            if he is not None and he < s or (e is not None and hs > e):
+                out.append((s, e))
+                continue
+            if hs > s:
+                out.append((s, hs.fromordinal(hs.toordinal() - 1)))
+            if he is not None and (e is None or he < e):
+                out.append((he.fromordinal(he.toordinal() + 1), e))
+        parts = out
+    return parts
+
+
+def category_rows(r: Recipient, today: date) -> tuple[list[svg.Row], date, date]:
+    """R-CAT-1 periods as the ledger knows them now (``held``), and the parts of earlier grants a
+    later revocation took back (``revoked``, R-TIME-2). Returns the rows and the date range."""
+    knowledge = r.knowledge()
+    held = category_periods(knowledge)
+    granted = category_periods(dataclasses.replace(knowledge, categories=[f for f in knowledge.categories if f.kind == "grant"]))
+    rows: list[svg.Row] = []
+    first = today
+    for category in sorted(set(held) | set(granted), key=lambda c: list(CATEGORY_ZH).index(c) if c in CATEGORY_ZH else 99):
+        spans: list[svg.Span] = []
+        kept = [(s, e) for s, e, _ in held.get(category, [])]
+        for s, e in kept:
+            spans.append(svg.Span(s, e, "held", f"{s.isoformat()} → {e.isoformat() if e else '至今 open'}"))
+            first = min(first, s)
+        for s, e, _ in granted.get(category, []):
+            for rs, re_ in _subtract((s, e), kept):
+                spans.append(svg.Span(rs, re_, "revoked", f"撤销 {rs.isoformat()} → {re_.isoformat() if re_ else '至今'}"))
+                first = min(first, rs)
+        rows.append(svg.Row(CATEGORY_ZH.get(category, category), category, tuple(sorted(spans, key=lambda x: x.start))))
+    start = date(first.year, 1, 1)
+    end = date(max(today.year, start.year), 12, 31)
+    return rows, start, end
+
+
+@dataclass
+class CapSeries:
+    year: int
+    scheme: str
+    kind: str
+    cap: Decimal | None
+    granted: Decimal  # as the API's caps answer says
+    points: list[svg.Point]
+
+    @property
+    def cumulative(self) -> Decimal:
+        return self.points[-1].cumulative if self.points else ZERO
+
+    @property
+    def agrees(self) -> bool:
+        return self.cumulative == self.granted
+
+
+def cap_series(r: Recipient, caps_rows: list[dict[str, Any]]) -> list[CapSeries]:
+    """R-CAP-1, R-CAP-2 [002 4.3]: for each annual cap, the aid due now that counts against it,
+    accumulated in invoice-date order through the cap year (the year of the invoice date)."""
+    out = []
+    for row in caps_rows:
+        if row.get("cap") is None:
+            continue
+        year, scheme, kind = int(row["year"]), row["scheme"], row["kind"]
+        items = []
+        for eid, acc in r.expenses.items():
+            due = acc.due or {}
+            if acc.decision is None or acc.facts.invoice_date.year != year or not due.get("granted"):
+                continue
+            amount = sum((Decimal(p["amount"]) for p in due.get("parts", []) if p["scheme"] == scheme and p["kind"] == kind), ZERO)
+            if amount:
+                items.append((acc.facts.invoice_date, acc.facts.service_date, acc.decision.seq, acc.decision.position, eid, amount))
+        items.sort()
+        level, points = ZERO, []
+        for invoice, _, _, _, eid, amount in items:
+            level += amount
+            points.append(svg.Point(invoice, level, f"{r.expenses[eid].handle or eid} +{svg.yuan(amount)}"))
+        out.append(CapSeries(year, scheme, kind, Decimal(row["cap"]), Decimal(row["granted"]), points))
+    return out
+
+
+# ------------------------------------------------------------------------------------ district
+class District:
+    """The district's figures, following the ledger's log: aid paid per month, street and fund;
+    the fund books (``FundBooks`` on an in-memory database) and the monthly street report (the
+    report subscriber's store in a temporary file). Caught up, under a lock, on each visit."""
+
+    def __init__(self, app: Any):
+        from infra.relay import StoreReader
+        from infra.reports import ReportStore
+        from projections.common import make_engine
+        from projections.funds import FundBooks
+        from projections.runner import Runner
+
+        self.app = app
+        self.lock = threading.Lock()
+        self.position = 0
+        self.streets: dict[str, str] = {}
+        self.aid: dict[tuple[str, str, str], Decimal] = defaultdict(lambda: ZERO)  # (month, street, fund)
+        self.funds_engine = make_engine("sqlite://")
+        self.funds = Runner(self.funds_engine, app.recorder, app.mapper, [FundBooks()])
+        self.funds.setup()
+        self.folder = tempfile.mkdtemp(prefix="ledger-console-")
+        atexit.register(shutil.rmtree, self.folder, True)
+        self.reports = ReportStore(f"sqlite:///{self.folder}/reports.db", "console")
+        self.reader = StoreReader(app)
+        self.report_topics = [get_topic(c) for c in (Recipient.Enrolled, Claim.Lodged, Claim.Rejected, Recipient.AidDecided, Recipient.AidPaid)]
+
+    def close(self) -> None:
+        self.funds_engine.dispose()
+        self.reports.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def catch_up(self) -> int:
+        """Bring every figure to the log's head; returns that position."""
+        from infra.contract import mapping
+
+        with self.lock:
+            head = int(self.app.recorder.max_notification_id() or 0)
+            if head <= self.position:
+                return self.position
+            for n in _notifications(self.app, self.report_topics, self.position, head):
+                e = self.app.mapper.to_domain_event(n)
+                if n.topic == _ENROLLED:
+                    self.streets[str(e.originator_id)] = e.street or "（未登记街镇）"
+                elif n.topic == _PAID:
+                    month = local_date(e.timestamp).strftime("%Y-%m")
+                    street = self.streets.get(str(e.originator_id), "（未登记街镇）")
+                    for p in e.payments:
+                        for fund, v in p["by_fund"].items():
+                            self.aid[(month, street, fund)] += Decimal(str(v))
+                elif isinstance(e, Claim.Lodged):
+                    self.reader._claims[e.originator_id] = e.recipient_id  # noqa: SLF001 - the relay's own cache
+                message = mapping.to_public(e, n.id, self.reader.claim_recipient)
+                if message is not None:
+                    self.reports.apply(message)
+            self.funds.catch_up()
+            self.position = head
+            return head
+
+    # -- reading -------------------------------------------------------------------------
+    def months(self) -> list[str]:
+        keys = sorted({m for m, _, _ in self.aid})
+        if not keys:
+            return []
+        first, last = date.fromisoformat(keys[0] + "-01"), date.fromisoformat(keys[-1] + "-01")
+        return svg.months_between(first, last)
+
+    def by_fund(self, months: list[str]) -> list[tuple[str, list[Decimal]]]:
+        funds = sorted({f for _, _, f in self.aid})
+        return [(f, [sum((v for (m, _, ff), v in self.aid.items() if m == month and ff == f), ZERO) for month in months]) for f in funds]
+
+    def by_street(self, months: list[str]) -> list[tuple[str, list[Decimal]]]:
+        streets = sorted({s for _, s, _ in self.aid})
+        return [(s, [sum((v for (m, ss, _), v in self.aid.items() if m == month and ss == s), ZERO) for month in months]) for s in streets]
+
+    def fund_books(self) -> dict[str, Any]:
+        from projections import funds
+
+        with self.funds_engine.connect() as conn:
+            rows = funds.balances(conn)
+            result = funds.check(conn)
+        return {"rows": summarise_books(rows), "ok": result.ok, "problems": result.problems, "lines": result.lines}
+
+    def report(self, month: str) -> Any:
+        return self.reports.monthly(month)
+
+
+def summarise_books(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trial balance per fund and account (receivables of all recipients together)."""
+    acc: dict[tuple[str, str], list[Decimal]] = defaultdict(lambda: [ZERO, ZERO])
+    for row in rows:
+        a = acc[(row["fund"], row["account"])]
+        a[0] += Decimal(row["debit"])
+        a[1] += Decimal(row["credit"])
+    return [{"fund": f, "account": a, "debit": fmt(d), "credit": fmt(c), "balance": fmt(d - c)} for (f, a), (d, c) in sorted(acc.items())]
+
