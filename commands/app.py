@@ -101,6 +101,7 @@ class LedgerApp(Application):
         """The library's repository with a cheaper projector (commands.repository, ADR 0017)."""
         repository = super().construct_repository()
         repository.__class__ = LedgerRepository
+        repository.snapshot_intervals = dict(self.snapshotting_intervals or {})
         return repository
 
     def _notify(self, recordings: list[Any]) -> None:

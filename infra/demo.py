@@ -977,6 +977,7 @@ def generate(
     years: Iterable[int] = (2024, 2025, 2026),
     until: date | None = None,
     progress: Progress | None = None,
+    visits: float | dict[str, float] = 1.0,
 ) -> Summary:
     """Plan the timeline and replay it through ``app``'s handlers; return what the ledger holds.
 
@@ -985,7 +986,7 @@ def generate(
     ``progress(done, total)`` is called as steps run.
     """
     began = time.perf_counter()
-    the_plan = plan(recipients=recipients, seed=seed, years=years, until=until, id_for=app.recipient_id_for)
+    the_plan = plan(recipients=recipients, seed=seed, years=years, until=until, id_for=app.recipient_id_for, visits=visits)
     if app.jurisdiction != "shanghai.changning":
         raise ValueError("the demo dataset is a Changning one: build the app for shanghai.changning")
     if next(iter(app.recipient_ids()), None) is not None:

@@ -13,7 +13,6 @@ ceiling and visit count (R-4L-4), the mutual-aid year (R-MA-1, R-MA-2) and the L
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -143,6 +142,21 @@ class PassState:
     ma_outpatient: dict[int, list] = field(default_factory=dict)  # year -> [allowance used, cash]
     ma_inpatient: dict[int, Decimal] = field(default_factory=dict)
     lyg_cumulative: dict[int, Decimal] = field(default_factory=dict)
+
+    def copy(self) -> "PassState":
+        """An independent copy for one option (R-CAT-2: each category is tried on its own copy).
+        Every value is immutable (Decimal, int, tuple) and the two-item lists are replaced, never
+        changed in place, so copying the dicts is a deep copy, at a fraction of ``copy.deepcopy``'s
+        cost (ADR 0017)."""
+        return PassState(
+            dict(self.caps_used),
+            dict(self.caps_value),
+            {k: list(v) for k, v in self.month.items()},
+            self.suspension,
+            {k: list(v) for k, v in self.ma_outpatient.items()},
+            dict(self.ma_inpatient),
+            dict(self.lyg_cumulative),
+        )
 
 
 class Policy:
@@ -493,7 +507,7 @@ def _option(
             "R-CAT-1",
             f"category {h.category} is not aided by any scheme in force here on {on}",
         )
-    state = copy.deepcopy(st)
+    state = st.copy()
     parts: list[SchemePart] = []
     notes: list[dict[str, Any]] = []
     started = None

@@ -207,15 +207,16 @@ def demo(
     years = (2024, 2025, 2026)
     if ops.is_default_store(settings):
         if ops.sqlite_file(settings).exists():  # type: ignore[union-attr]
-            console.print(f"Starting afresh: {ops.erase_store(settings)} (the demo store is always rebuilt).")
+            console.print(f"Starting afresh: {ops.erase_store(settings)} (the demo store is always rebuilt).", soft_wrap=True)
     elif ops.holds_events(settings):
         if not reset:
             console.print(
                 f"[red]{ops.mask(settings.database_url)} already holds events; the demo needs an empty store.[/red]\n"
-                "Use another LEDGER_DATABASE_URL, or --reset to erase this one first."
+                "Use another LEDGER_DATABASE_URL, or --reset to erase this one first.",
+                soft_wrap=True,
             )
             raise typer.Exit(EXIT_REJECTED)
-        console.print(f"--reset: {ops.erase_store(settings)}.")
+        console.print(f"--reset: {ops.erase_store(settings)}.", soft_wrap=True)
     ledger = generator.demo_app(settings, start=date(years[0], 1, 1))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     try:

@@ -346,6 +346,17 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
     async def find(request: Request, q: str = "", by: str = "auto") -> Response:
         s = _session(request)
         _need(s, "search")
+        return await _find(request, s, q, by)
+
+    @post(f"{BASE}/recipients")
+    async def find_posted(request: Request) -> Response:
+        """The search form posts, so that an id number never lands in a URL (access logs, history)."""
+        s = _session(request)
+        _need(s, "search")
+        form = await _check_form(request, s)
+        return await _find(request, s, form.get("q", ""), form.get("by", "auto"))
+
+    async def _find(request: Request, s: Session, q: str, by: str) -> Response:
         found: list[data.Person] = []
         read_as, message = by, None
         if q.strip():
@@ -385,7 +396,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
                               desc=f"按票据日期累计的应救助金额（R-CAP-2），限额 {svg.yuan(x.cap)}。"))
             for x in series
         ]
-        return page(request, s, "recipient.html", st=statement, caps=caps["annual"], entries=entries, category_chart=category_chart,
+        return page(request, s, "recipient.html", st=statement, caps=caps["annual"], entries=entries, category_chart=category_chart, category_rows=rows,
                     cap_charts=cap_charts, title=f"{statement['name']} · 救助对象 Recipient")
 
     # -------------------------------------------------------------------- one expense
@@ -567,3 +578,4 @@ def local(moment: str | None) -> str:
 
 templates.env.filters["local"] = local
 templates.env.filters["yuan"] = svg.yuan
+templates.env.filters["epoch"] = lambda seconds: datetime.fromtimestamp(int(seconds), CST).strftime("%Y-%m-%d %H:%M:%S")

@@ -11,10 +11,7 @@ exactly as the relay would feed it.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import shutil
-import tempfile
 import threading
 import uuid
 from collections import defaultdict
@@ -145,9 +142,6 @@ EVENT_ZH: dict[str, str] = {
     "Rejected": "申请驳回",
     "Paid": "区级发放",
 }
-#: Events whose effective date starts (or ends) a status in valid time: recorded after that
-#: date, they change the past (R-TIME-2) and are marked retroactive.
-_STATUS_EVENTS = {"CategoryGranted", "CategoryRevoked", "InsuranceEnrolmentStarted", "InsuranceEnrolmentEnded", "SuspensionStarted", "SuspensionLifted"}
 
 
 @dataclass
@@ -281,7 +275,7 @@ def _entry(e: Any, r: Recipient) -> Entry:
         out.detail = f"提出 {e.officer}，批准 {e.approver}" + (f"：{e.reason}" if e.reason else "")
         out.amount = fmt(total)
         out.rules = "R-CLR-3"
-    if kind in _STATUS_EVENTS and out.effective:
+    if out.effective:
         out.retroactive = date.fromisoformat(out.effective) < local_date(e.timestamp)
     return out
 
@@ -312,7 +306,8 @@ def _claim_entry(e: Any) -> Entry:
 
 def timeline(app: Any, r: Recipient) -> list[Entry]:
     """Every event of the person and of their claims, in recorded order, each with its effective
-    date where it has one; a status recorded after its effective date is retroactive (R-TIME-2)."""
+    date where it has one; a fact recorded after its effective date is marked retroactive
+    (R-TIME-2: it changes what was true before the ledger knew it)."""
     entries = [_entry(e, r) for e in app.events.get(r.id)]
     claims: set[str] = set()
     for e in app.events.get(r.id):
@@ -320,7 +315,9 @@ def timeline(app: Any, r: Recipient) -> list[Entry]:
             claims.add(e.claim_id)
     for cid in sorted(claims):
         entries += [_claim_entry(e) for e in app.events.get(uuid.UUID(cid))]
-    entries.sort(key=lambda x: (x.recorded_at, x.aggregate != "recipient", x.version))
+    # At one recorded time the claim's signature comes first: it is what the recipient's decision
+    # or payment recorded with it follows from.
+    entries.sort(key=lambda x: (x.recorded_at, x.aggregate != "claim", x.version))
     return entries
 
 
@@ -412,12 +409,12 @@ def cap_series(r: Recipient, caps_rows: list[dict[str, Any]]) -> list[CapSeries]
 # ------------------------------------------------------------------------------------ district
 class District:
     """The district's figures, following the ledger's log: aid paid per month, street and fund;
-    the fund books (``FundBooks`` on an in-memory database) and the monthly street report (the
-    report subscriber's store in a temporary file). Caught up, under a lock, on each visit."""
+    the fund books (the ``FundBooks`` read model on an in-memory database); and the monthly street
+    report (R-PH-6 [002 3.5]), built by :func:`infra.reports.build_report` from the same claim rows
+    the report subscriber keeps (its ``report_claims`` / ``report_claim_amounts``), folded here in
+    memory from the same events. Caught up, under a lock, on each visit."""
 
     def __init__(self, app: Any):
-        from infra.relay import StoreReader
-        from infra.reports import ReportStore
         from projections.common import make_engine
         from projections.funds import FundBooks
         from projections.runner import Runner
@@ -427,46 +424,68 @@ class District:
         self.position = 0
         self.streets: dict[str, str] = {}
         self.aid: dict[tuple[str, str, str], Decimal] = defaultdict(lambda: ZERO)  # (month, street, fund)
+        self.claims: dict[str, dict[str, Any]] = {}
+        self.amounts: dict[str, dict[str, dict[str, Decimal]]] = {}
         self.funds_engine = make_engine("sqlite://")
         self.funds = Runner(self.funds_engine, app.recorder, app.mapper, [FundBooks()])
         self.funds.setup()
-        self.folder = tempfile.mkdtemp(prefix="ledger-console-")
-        atexit.register(shutil.rmtree, self.folder, True)
-        self.reports = ReportStore(f"sqlite:///{self.folder}/reports.db", "console")
-        self.reader = StoreReader(app)
-        self.report_topics = [get_topic(c) for c in (Recipient.Enrolled, Claim.Lodged, Claim.Rejected, Recipient.AidDecided, Recipient.AidPaid)]
+        self.topics = [get_topic(c) for c in (Recipient.Enrolled, Recipient.AidDecided, Recipient.AidPaid, Claim.Lodged, Claim.Rejected)]
 
     def close(self) -> None:
         self.funds_engine.dispose()
-        self.reports.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
     def catch_up(self) -> int:
         """Bring every figure to the log's head; returns that position."""
-        from infra.contract import mapping
-
         with self.lock:
             head = int(self.app.recorder.max_notification_id() or 0)
             if head <= self.position:
                 return self.position
-            for n in _notifications(self.app, self.report_topics, self.position, head):
-                e = self.app.mapper.to_domain_event(n)
-                if n.topic == _ENROLLED:
-                    self.streets[str(e.originator_id)] = e.street or "（未登记街镇）"
-                elif n.topic == _PAID:
-                    month = local_date(e.timestamp).strftime("%Y-%m")
-                    street = self.streets.get(str(e.originator_id), "（未登记街镇）")
-                    for p in e.payments:
-                        for fund, v in p["by_fund"].items():
-                            self.aid[(month, street, fund)] += Decimal(str(v))
-                elif isinstance(e, Claim.Lodged):
-                    self.reader._claims[e.originator_id] = e.recipient_id  # noqa: SLF001 - the relay's own cache
-                message = mapping.to_public(e, n.id, self.reader.claim_recipient)
-                if message is not None:
-                    self.reports.apply(message)
+            for n in _notifications(self.app, self.topics, self.position, head):
+                self._apply(self.app.mapper.to_domain_event(n))
             self.funds.catch_up()
             self.position = head
             return head
+
+    def _claim(self, claim_id: str) -> dict[str, Any]:
+        return self.claims.setdefault(claim_id, {k: None for k in _CLAIM_COLUMNS} | {"claim_id": claim_id})
+
+    def _apply(self, e: Any) -> None:
+        """The report subscriber's handlers (``infra.reports._on_*``), on rows in memory."""
+        from infra.reports import REPORTED_CHANNELS
+
+        rid = str(e.originator_id)
+        if isinstance(e, Recipient.Enrolled):
+            self.streets[rid] = e.street or ""
+        elif isinstance(e, Claim.Lodged):
+            self._claim(rid).update(recipient_key=e.recipient_id, channel=e.channel, lodged_on=e.lodged_on)
+        elif isinstance(e, Claim.Rejected):
+            self._claim(rid)["rejected"] = True
+        elif isinstance(e, Recipient.AidDecided):
+            if e.claim_id is None or e.channel not in REPORTED_CHANNELS:
+                return
+            by: dict[str, dict[str, Decimal]] = {"scheme": defaultdict(lambda: ZERO), "fund": defaultdict(lambda: ZERO)}
+            for d in e.decisions:
+                for k, v in (d.get("by_scheme") or {}).items():
+                    by["scheme"][k] += Decimal(str(v))
+                for k, v in (d.get("by_fund") or {}).items():
+                    by["fund"][k] += Decimal(str(v))
+            self._claim(e.claim_id).update(
+                recipient_key=rid, channel=e.channel, approved_at=e.timestamp.isoformat(), approved_on=local_date(e.timestamp).isoformat(),
+                expenses=len(e.decisions), aid_total=fmt(sum((Decimal(str(d.get("total") or "0")) for d in e.decisions), ZERO)),
+            )
+            self.amounts[e.claim_id] = {kind: dict(v) for kind, v in by.items()}
+        elif isinstance(e, Recipient.AidPaid):
+            month = local_date(e.timestamp).strftime("%Y-%m")
+            street = self.streets.get(rid) or UNKNOWN_STREET
+            for p in e.payments:
+                for fund, v in p["by_fund"].items():
+                    self.aid[(month, street, fund)] += Decimal(str(v))
+            if e.claim_id is not None:
+                self._claim(e.claim_id).update(
+                    recipient_key=rid, paid_at=e.timestamp.isoformat(), paid_on=local_date(e.timestamp).isoformat(),
+                    paid_total=fmt(sum((Decimal(str(p["total"])) for p in e.payments), ZERO)),
+                    offsets=fmt(sum((Decimal(str(o["amount"])) for o in e.offsets), ZERO)), to_person=fmt(e.to_person),
+                )
 
     # -- reading -------------------------------------------------------------------------
     def months(self) -> list[str]:
@@ -477,12 +496,16 @@ class District:
         return svg.months_between(first, last)
 
     def by_fund(self, months: list[str]) -> list[tuple[str, list[Decimal]]]:
-        funds = sorted({f for _, _, f in self.aid})
-        return [(f, [sum((v for (m, _, ff), v in self.aid.items() if m == month and ff == f), ZERO) for month in months]) for f in funds]
+        totals: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
+        for (m, _, f), v in self.aid.items():
+            totals[(m, f)] += v
+        return [(f, [totals.get((m, f), ZERO) for m in months]) for f in sorted({f for _, f in totals})]
 
     def by_street(self, months: list[str]) -> list[tuple[str, list[Decimal]]]:
-        streets = sorted({s for _, s, _ in self.aid})
-        return [(s, [sum((v for (m, ss, _), v in self.aid.items() if m == month and ss == s), ZERO) for month in months]) for s in streets]
+        totals: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
+        for (m, s, _), v in self.aid.items():
+            totals[(m, s)] += v
+        return [(s, [totals.get((m, s), ZERO) for m in months]) for s in sorted({s for _, s in totals})]
 
     def fund_books(self) -> dict[str, Any]:
         from projections import funds
@@ -493,7 +516,24 @@ class District:
         return {"rows": summarise_books(rows), "ok": result.ok, "problems": result.problems, "lines": result.lines}
 
     def report(self, month: str) -> Any:
-        return self.reports.monthly(month)
+        """The month's street summary and payout list, as ``ReportStore.monthly`` selects them:
+        claims approved in the settlement period ending on the (moved) 20th, not rejected."""
+        from infra import working_days
+        from infra.reports import build_report
+
+        sched = working_days.schedule(month)
+        lo, hi = sched.period_start.isoformat(), sched.period_end.isoformat()
+        with self.lock:
+            rows = [dict(r) for r in self.claims.values() if r["approved_on"] and lo <= r["approved_on"] <= hi and not r["rejected"]]
+            rows.sort(key=lambda r: r["claim_id"])
+            amounts = defaultdict(lambda: {"scheme": {}, "fund": {}}, {r["claim_id"]: self.amounts.get(r["claim_id"], {"scheme": {}, "fund": {}}) for r in rows})
+            streets = dict(self.streets)
+        return build_report(sched, rows, amounts, streets)
+
+
+UNKNOWN_STREET = "（未登记街镇）"
+_CLAIM_COLUMNS = ("recipient_key", "channel", "lodged_on", "approved_at", "approved_on", "expenses", "aid_total", "rejected",
+                  "paid_at", "paid_on", "paid_total", "offsets", "to_person")
 
 
 def summarise_books(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -504,4 +544,3 @@ def summarise_books(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         a[0] += Decimal(row["debit"])
         a[1] += Decimal(row["credit"])
     return [{"fund": f, "account": a, "debit": fmt(d), "credit": fmt(c), "balance": fmt(d - c)} for (f, a), (d, c) in sorted(acc.items())]
-

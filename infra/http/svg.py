@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from html import escape
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from markupsafe import Markup
 
@@ -93,9 +93,10 @@ class _Canvas:
         self.parts.append(element)
 
     def text(self, x: float, y: float, text: object, *, size: int = 12, anchor: str = "start", weight: str = "normal",
-             fill: str = INK, cls: str = "") -> None:
+             fill: str = INK, cls: str = "", halo: bool = False) -> None:
         c = f' class="{_t(cls)}"' if cls else ""
-        self.add(f'<text x="{_num(x)}" y="{_num(y)}" font-size="{size}" text-anchor="{anchor}" font-weight="{weight}" fill="{fill}"{c}>{_t(text)}</text>')
+        h = ' stroke="#ffffff" stroke-width="3" paint-order="stroke"' if halo else ""
+        self.add(f'<text x="{_num(x)}" y="{_num(y)}" font-size="{size}" text-anchor="{anchor}" font-weight="{weight}" fill="{fill}"{h}{c}>{_t(text)}</text>')
 
     def rect(self, x: float, y: float, w: float, h: float, fill: str, *, stroke: str = INK, label: str = "", dash: str = "") -> None:
         d = f' stroke-dasharray="{dash}"' if dash else ""
@@ -149,12 +150,32 @@ def _nice_max(value: Decimal | float) -> float:
     return 10.0 * magnitude
 
 
-def _legend(c: _Canvas, x: float, y: float, items: Sequence[tuple[str, tuple[str, str]]], *, per_row: int = 4, col_width: float = 170) -> None:
-    for i, (label, st) in enumerate(items):
-        lx = x + (i % per_row) * col_width
-        ly = y + (i // per_row) * 18
-        c.rect(lx, ly - 10, 14, 12, c.fill(st))
-        c.text(lx + 19, ly, f"{label}（{PATTERN_ZH[st[1]]}）", size=11)
+def text_width(text: str, size: int) -> float:
+    """A generous estimate of a label's width: CJK characters are square, Latin ones narrower."""
+    return sum(size if ord(ch) > 0x2E7F else size * 0.6 for ch in text)
+
+
+def _legend(c: _Canvas, x: float, y: float, items: Sequence[tuple[str, tuple[str, str]]], **_: Any) -> None:
+    """Swatches with their names and the pattern's name, flowing left to right."""
+    lx = x
+    for label, st in items:
+        text = f"{label}（{PATTERN_ZH[st[1]]}）"
+        w = 19 + text_width(text, 11) + 18
+        if lx > x and lx + w > c.width:
+            lx, y = x, y + 18
+        c.rect(lx, y - 10, 14, 12, c.fill(st))
+        c.text(lx + 19, y, text, size=11)
+        lx += w
+
+
+def legend_rows(c_width: float, x: float, items: Sequence[tuple[str, tuple[str, str]]]) -> int:
+    rows, lx = 1, x
+    for label, st in items:
+        w = 19 + text_width(f"{label}（{PATTERN_ZH[st[1]]}）", 11) + 18
+        if lx > x and lx + w > c_width:
+            rows, lx = rows + 1, x
+        lx += w
+    return rows
 
 
 # ------------------------------------------------------------------------------- waterfall
@@ -185,8 +206,8 @@ def waterfall(steps: Sequence[Step], *, title: str, desc: str = "", width: int =
     previous_edge: float | None = None
     for i, s in enumerate(steps):
         y = top + i * row_h
-        c.text(8, y + 19, s.label, size=13)
-        c.text(8 + 118, y + 19, s.key, size=10, fill="#555555")
+        c.text(8, y + 14, s.label, size=13)
+        c.text(8, y + 27, s.key, size=9, fill="#555555")
         if s.kind == "minus":
             start, end = max(level - s.amount, Decimal(0)), level  # self-pay is never below zero (R-INS-3)
             st, text = ("#c55a11", "hatch"), f"− {yuan(s.amount)}"
@@ -203,9 +224,13 @@ def waterfall(steps: Sequence[Step], *, title: str, desc: str = "", width: int =
             c.line(previous_edge, y - 6, previous_edge, y + 6, stroke="#777777", dash="2,2")
         previous_edge = x0 + float(level) * scale
         c.text(width - 8, y + 19, text, size=13, anchor="end", weight="bold" if s.kind in ("subtotal", "result") else "normal")
-        if s.note:
-            c.text(bx + bw + 6 if bw < plot_w - 150 else bx + 6, y + 19, s.note, size=10, fill="#555555")
-    _legend(c, 8, height - 12, [("金额 amount", ("#1f4e79", "solid")), ("扣除 deducted", ("#c55a11", "hatch")), ("救助 aid", ("#548235", "dots"))], col_width=200)
+        if s.note:  # beside the bar where it fits, else left of it; the table below always has it
+            room = len(s.note) * 6 + 8
+            if bx + bw + room < width - value_w:
+                c.text(bx + bw + 6, y + 19, s.note, size=10, fill="#555555")
+            elif bx - room > x0:
+                c.text(bx - 6, y + 19, s.note, size=10, fill="#555555", anchor="end")
+    _legend(c, 8, height - 12, [("金额 amount", ("#1f4e79", "solid")), ("扣除 deducted", ("#c55a11", "hatch")), ("救助 aid", ("#548235", "dots"))])
     return c.render()
 
 
@@ -216,8 +241,9 @@ def columns(x_labels: Sequence[str], series: Sequence[tuple[str, Sequence[Decima
     text above it when there is room, a legend naming each pattern."""
     n = max(len(x_labels), 1)
     left, right, top = 78, 12, 34
-    legend_rows = (len(series) + 3) // 4
-    bottom = 46 + 18 * legend_rows
+    legend_items = [(name, style(j)) for j, (name, _) in enumerate(series)]
+    n_rows = legend_rows(width, 78, legend_items)
+    bottom = 46 + 18 * n_rows
     c = _Canvas(width, height, title, desc or title)
     c.text(8, 20, title, size=14, weight="bold")
     totals = [sum((s[1][i] for s in series), Decimal(0)) for i in range(len(x_labels))]
@@ -246,7 +272,7 @@ def columns(x_labels: Sequence[str], series: Sequence[tuple[str, Sequence[Decima
         if i % max(label_every, 1) == 0:
             c.text(x + bar_w / 2, top + plot_h + 14, label, size=10, anchor="middle")
     c.line(left, top + plot_h, width - right, top + plot_h)
-    _legend(c, left, height - 14 - 18 * (legend_rows - 1), [(name, style(j)) for j, (name, _) in enumerate(series)])
+    _legend(c, left, height - 14 - 18 * (n_rows - 1), legend_items)
     return c.render()
 
 
@@ -392,10 +418,13 @@ def periods(rows: Sequence[Row], *, start: date, end: date, today: date, title: 
             x2 = X(s.end + timedelta(days=1)) if s.end is not None else X(end)
             c.rect(x1, y + 4, max(x2 - x1, 2.0), row_h - 10, c.fill(SPAN_STYLES.get(s.kind, SPAN_STYLES["other"])),
                    label=f"{row.label}: {s.text}", dash="4,2" if s.kind == "revoked" else "")
-            tx = x1 + 4 if x2 - x1 > 150 else min(x2 + 4, width - 150)
-            fill = "#ffffff" if s.kind == "held" and x2 - x1 > 150 else INK
-            c.text(tx, y + row_h / 2 + 3, s.text, size=10, fill=fill)
-    _legend(c, label_w, height - 14, [(SPAN_ZH[k], v) for k, v in SPAN_STYLES.items()], col_width=190)
+            if text_width(s.text, 10) + 8 <= x2 - x1:  # the dates inside the bar when they fit (the page lists them all)
+                held = s.kind == "held"
+                if not held:  # a white plate keeps the text readable on the hatching
+                    c.add(f'<rect x="{_num(x1 + 2)}" y="{_num(y + row_h / 2 - 7)}" width="{_num(text_width(s.text, 10) + 4)}" height="13" fill="#ffffff"/>')
+                c.text(x1 + 4, y + row_h / 2 + 3, s.text, size=10, fill="#ffffff" if held else INK)
+    kinds = [k for k in SPAN_STYLES if any(s.kind == k for row in rows for s in row.spans)]
+    _legend(c, label_w, height - 14, [(SPAN_ZH[k], SPAN_STYLES[k]) for k in kinds])
     return c.render()
 
 

@@ -1,0 +1,3 @@
+import infra.ops, infra.integrity
+def test_x():
+    pass
