@@ -80,7 +80,10 @@ def recipient_of(expense_id: str) -> uuid.UUID:
 
 class LedgerApp(Application):
     name = "Ledger"
-    snapshotting_intervals = {Recipient: 200, PolicyLedger: 50}
+    # No snapshots: the aggregates' state holds dataclasses and tuple-keyed maps that the JSON
+    # transcoder does not carry. Long recipient streams are served by the aggregate cache
+    # (infra/wiring.py) instead; see ADR 0017.
+    snapshotting_intervals: dict = {}
 
     def __init__(self, env: dict[str, str] | None = None, *, jurisdiction: str = "shanghai.changning"):
         super().__init__(env)
