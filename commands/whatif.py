@@ -39,7 +39,10 @@ class Scope:
     recipients: set[str] = field(default_factory=set)
 
     @classmethod
-    def parse(cls, items: list[str] | None) -> "Scope":
+    def parse(cls, items: list[str] | None, id_for: Any = None) -> "Scope":
+        """``id_for`` maps a resident id number to its recipient id (``LedgerApp.recipient_id_for``:
+        keyed when personal data is protected, ADR 0015)."""
+        id_for = id_for or Recipient.id_for
         scope = cls()
         for item in items or []:
             kind, sep, value = item.partition("=")
@@ -53,7 +56,7 @@ class Scope:
             elif kind == "street":
                 scope.streets.add(value)
             else:
-                scope.recipients.add(str(Recipient.id_for(value.upper())) if len(value) == 18 else value)
+                scope.recipients.add(str(id_for(value.upper())) if len(value) == 18 else value)
         return scope
 
     def as_dict(self) -> dict[str, list[str]]:

@@ -184,7 +184,6 @@ def whatif(
 
     try:
         settings = [parse_setting(s) for s in set_]
-        scoped = Scope.parse(scope)
         start = date.fromisoformat(from_)
         end = date.fromisoformat(to) if to else None
     except errors.LedgerError as exc:
@@ -192,6 +191,10 @@ def whatif(
     except ValueError as exc:
         _fail(f"--from/--to: {exc}")
     ledger = _ledger()
+    try:
+        scoped = Scope.parse(scope, ledger.recipient_id_for)
+    except errors.LedgerError as exc:
+        _fail(exc.message)
     started = time.perf_counter()
     try:
         with _progress() as bar:
