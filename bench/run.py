@@ -158,6 +158,7 @@ class Run:
     url: str
     console: Any
     profile: bool = False
+    online: bool = False
     env: dict[str, str] = field(default_factory=dict)
     figures: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
@@ -188,37 +189,68 @@ def _settings(url: str) -> Any:
 
 
 class SaveShapes:
-    """The application's after-save hook: what each save wrote (per aggregate, the sizes of the
-    stored states), so the baseline can save the same shapes."""
+    """The application's after-save hook: what each save wrote (per aggregate, the events' own
+    attributes), so that the baseline can save the same content in the same groups."""
+
+    SKIP = ("originator_id", "originator_version", "timestamp", "originator_topic")
 
     def __init__(self) -> None:
-        self.saves: list[list[list[int]]] = []
+        self.saves: list[list[list[dict[str, Any]]]] = []
 
     def __call__(self, recordings: list[Any]) -> None:
-        per: dict[Any, list[int]] = {}
+        per: dict[Any, list[dict[str, Any]]] = {}
         for rec in recordings:
-            n = rec.notification
-            per.setdefault(n.originator_id, []).append(len(n.state))
+            state = {k: v for k, v in vars(rec.domain_event).items() if k not in self.SKIP}
+            per.setdefault(rec.domain_event.originator_id, []).append(state)
         self.saves.append(list(per.values()))
 
-    def take(self) -> list[list[list[int]]]:
+    def take(self) -> list[list[list[dict[str, Any]]]]:
         out, self.saves = self.saves, []
         return out
 
 
+class _Split:
+    """Where the ledger's ingest time goes: time inside ``save`` and inside ``repository.get``."""
+
+    def __init__(self, app: Any):
+        self.app, self.save, self.get, self.chain, self.gets = app, 0.0, 0.0, 0.0, 0
+        save, get = app.save, app.repository.get
+
+        def timed_save(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return save(*a, **k)
+            finally:
+                self.save += time.perf_counter() - t0
+
+        def timed_get(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            self.gets += 1
+            try:
+                return get(*a, **k)
+            finally:
+                self.get += time.perf_counter() - t0
+
+        app.save, app.repository.get = timed_save, timed_get
+
+    def undo(self) -> None:
+        del self.app.save, self.app.repository.get
+
+
 def baseline_app(url: str) -> Any:
-    """A plain eventsourcing Application on the same database (its own ``baseline_events``)."""
+    """A plain eventsourcing Application on the same database (its own ``baseline_events``):
+    the library's default mapper and JSON transcoder, no personal-data sealing, no hooks."""
     from eventsourcing.application import Application
     from eventsourcing.domain import Aggregate, event
 
     from infra.settings import Settings
 
     class Blob(Aggregate):
-        def __init__(self, payload: str):
+        def __init__(self, payload: dict[str, Any]):
             self.n = 0
 
         @event("Noted")
-        def note(self, payload: str) -> None:
+        def note(self, payload: dict[str, Any]) -> None:
             self.n += 1
 
     class Baseline(Application):
@@ -229,18 +261,20 @@ def baseline_app(url: str) -> Any:
     return app
 
 
-def save_like(app: Any, saves: list[list[list[int]]]) -> int:
-    """Raw ``save()`` of the same number of events, grouped as the ledger's saves were."""
+def save_like(app: Any, saves: list[list[list[dict[str, Any]]]]) -> int:
+    """Raw ``save()`` of the same events' content, grouped as the ledger's saves were: per save,
+    one new aggregate per aggregate the ledger wrote, with as many events, each carrying the
+    ledger event's attributes as its payload. No reads, no decisions."""
     Blob = app.blob_class
     events = 0
     for save in saves:
         blobs = []
-        for sizes in save:
-            b = Blob(payload="x" * sizes[0])
-            for size in sizes[1:]:
-                b.note(payload="x" * size)
+        for states in save:
+            b = Blob(payload=states[0])
+            for state in states[1:]:
+                b.note(payload=state)
             blobs.append(b)
-            events += len(sizes)
+            events += len(states)
         app.save(*blobs)
     return events
 
@@ -251,7 +285,9 @@ def ingest(run: Run) -> None:
 
     s = run.scale
     run.settings = settings = _settings(run.url)
-    env = {**settings.eventsourcing_env(APP_NAME), **run.env} if run.env else None
+    # The import configuration (infra.demo.demo_env: one writer, the aggregate cache without deep
+    # copies) unless --online asks for the wiring every other process gets (no cache).
+    env = {**(settings.eventsourcing_env(APP_NAME) if run.online else demo.demo_env(settings)), **run.env}
     app = build_app(settings, env=env, publish_policy=False)
     run.app = app
     plan = demo.plan(recipients=s.recipients, seed=s.seed, years=(YEAR,), until=UNTIL, id_for=app.recipient_id_for, visits=s.visits)
@@ -260,6 +296,7 @@ def ingest(run: Run) -> None:
     shapes = SaveShapes()
     app.after_save.append(shapes)
     chain = integrity.chain_for(app)
+    split = _Split(app)
     replay = demo.Replay(app)
     steps = plan.steps
     per_chunk = max(1, -(-len(steps) // s.chunks))
@@ -276,7 +313,9 @@ def ingest(run: Run) -> None:
         t0 = time.perf_counter()
         for step in chunk:
             step.action(replay, step.at)
+        t1 = time.perf_counter()
         chain.run(checkpoint_at_end=False)
+        split.chain += time.perf_counter() - t1
         t_ledger += time.perf_counter() - t0
         if profiler:
             profiler.stop()
@@ -289,6 +328,7 @@ def ingest(run: Run) -> None:
         if done == len(steps) or (i // per_chunk) % max(1, s.chunks // 5) == 0:
             run.say(f"  {done}/{len(steps)} steps: ledger {t_ledger:.1f}s, baseline {t_base:.1f}s")
     cpu = time.process_time() - cpu0
+    split.undo()
     chain.run()  # the closing checkpoint
     app.after_save.remove(shapes)
     base.close()
@@ -321,7 +361,9 @@ def ingest(run: Run) -> None:
     run.add(
         figure("ingest", recorded / t_ledger, "expenses/s", baseline=recorded / t_base, target=at_least(0.5)),
         ledger_seconds=round(t_ledger, 2),
-        ledger_cpu_seconds=round(cpu, 2),
+        process_cpu_seconds=round(cpu, 2),
+        ledger_split_seconds={"save": round(split.save, 2), "get": round(split.get, 2), "gets": split.gets,
+                              "chain": round(split.chain, 2), "rest (decide, encode, generator)": round(t_ledger - split.save - split.get - split.chain, 2)},
         baseline_seconds=round(t_base, 2),
         events=events,
         saves=saves,
@@ -331,6 +373,9 @@ def ingest(run: Run) -> None:
         "monthly auto-claim batches, late settlements, amendments, clearing) with the chain caught up after each "
         "chunk; the baseline saves the same events in the same groups, after each chunk",
     )
+    # The read-side figures use the application every other process builds: no cache, cold.
+    app.close()
+    run.app = build_app(settings, publish_policy=False)
     if profiler:
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"profile-{s.name}-ingest.txt"
@@ -607,6 +652,7 @@ def write(run: Run, started: datetime, elapsed: float, load: tuple[float, ...]) 
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {
         "scale": asdict(run.scale),
+        "ingest_configuration": "ordinary wiring (--online)" if run.online else "import: infra.demo.demo_env (aggregate cache, no deep copies, one writer)",
         "env": run.env,
         "started_at": started.isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
@@ -646,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipients", type=int, help="override the scale's number of recipients")
     ap.add_argument("--profile", action="store_true", help="profile the ingest with pyinstrument (bench/results/profile-*.txt)")
     ap.add_argument("--keep", action="store_true", help="keep the database afterwards (its URL is printed)")
+    ap.add_argument("--online", action="store_true",
+                    help="ingest through the ordinary wiring (no aggregate cache) instead of the import configuration")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra eventsourcing setting for the ledger's application, e.g. AGGREGATE_CACHE_MAXSIZE=2000 (experiments)")
     args = ap.parse_args(argv)
@@ -664,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     began = time.perf_counter()
     url = pg.create_database(admin, name)
-    run = Run(scale, url, console, profile=args.profile, env=dict(kv.split("=", 1) for kv in args.env))
+    run = Run(scale, url, console, profile=args.profile, online=args.online, env=dict(kv.split("=", 1) for kv in args.env))
     console.print(f"bench {scale.name}: database {name}; load average {load[0]:.1f} on {os.cpu_count()} CPUs")
     try:
         import psycopg
@@ -680,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         if run.app is not None:
             run.app.close()
         if args.keep:
-            console.print(f"database kept: {url}")
+            key = run.settings.data_key if run.settings is not None else ""
+            print(f"database kept: LEDGER_DATABASE_URL={url} LEDGER_DATA_KEY={key}")
         else:
             pg.drop_database(admin, name)
     elapsed = time.perf_counter() - began

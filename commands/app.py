@@ -20,7 +20,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 
 from commands import models as m
-from commands.repository import LedgerRepository
+from commands.repository import upgrade as upgrade_repository
 from ledger import clearing, engine, errors, procedure
 from ledger.aggregates import (
     Claim,
@@ -102,10 +102,7 @@ class LedgerApp(Application):
 
     def construct_repository(self) -> Any:
         """The library's repository with a cheaper projector (commands.repository, ADR 0017)."""
-        repository = super().construct_repository()
-        repository.__class__ = LedgerRepository
-        repository.snapshot_intervals = dict(self.snapshotting_intervals or {})
-        return repository
+        return upgrade_repository(super().construct_repository(), self.snapshotting_intervals)
 
     def _notify(self, recordings: list[Any]) -> None:
         for hook in self.after_save:

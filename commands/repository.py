@@ -55,3 +55,11 @@ class LedgerRepository(Repository):
         if aggregate is None:
             raise AggregateNotFoundError(f"Aggregate {aggregate_id!r} version None not found.")
         return aggregate
+
+
+def upgrade(repository: Repository, snapshot_intervals: dict[type, int] | None) -> LedgerRepository:
+    """The library's repository (as ``Application.construct_repository`` built it from the
+    settings: cache, fast-forward, deep copies) turned into a :class:`LedgerRepository`."""
+    repository.__class__ = LedgerRepository
+    repository.snapshot_intervals = dict(snapshot_intervals or {})
+    return repository  # type: ignore[return-value]

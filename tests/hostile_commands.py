@@ -341,6 +341,7 @@ expense = F(st.sampled_from(range(7)).map(lambda i: Ref("expense", i)), expense_
 claim = F(st.sampled_from(range(6)).map(lambda i: Ref("claim", i)), refs("claim"))
 officer_f = F(st.sampled_from(["handler-1", "reviewer-1", "approver-1", "handler-2", "officer-9"]), officer())
 money_f = F(money_valid, money_hostile)
+small_money = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("120.00"), places=2).map(str)
 date_f = F(date_valid, date_hostile)
 category_f = F(st.sampled_from(["dibao", "low_income", "special_relief", "expenditure_poor_2", "orphan", "mutual_aid_participant", "lyg_key"]), categories)
 bool_f = F(st.booleans(), st.one_of(weird_text, st.integers(min_value=2), st.none(), st.floats()))
@@ -418,7 +419,7 @@ COMMANDS: dict[type[m.Command], dict[str, F]] = {
     m.LiftSuspension: {"recipient": recipient, "reviewer": officer_f, "scheme": _opt(st.just("changning.four_linkage"), weird_text)},
     m.SocialHelp: {"recipient": recipient, "amount": money_f, "organisation": _opt(text_valid, weird_text)},
     m.PaySupplementary: {"recipient": recipient},
-    m.Repay: {"recipient": recipient, "amount": money_f},
+    m.Repay: {"recipient": recipient, "amount": F(small_money, money_hostile)},  # mostly within what is owed
     m.WriteOff: {"recipient": recipient, "officer": officer_f, "approver": officer_f, "reason": _opt(text_valid, weird_text)},
     m.ClearingRun: {"trigger": _opt(st.sampled_from(["parameter_change", "late_insurance"]), st.just("nonsense"))},
 }

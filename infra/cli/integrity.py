@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -22,13 +23,18 @@ err = Console(stderr=True)
 DB_OPTION = typer.Option(None, "--database-url", help="the store (default: LEDGER_DATABASE_URL)")
 
 
-def _open(database_url: Optional[str]):
+@contextmanager
+def _open(database_url: Optional[str]) -> Iterator[Any]:
     from infra.settings import Settings, get_settings
     from infra.wiring import build_app
 
     settings = get_settings() if database_url is None else Settings(database_url=database_url)
     # Reading and erasing record no events: no policy is published into an empty store here.
-    return build_app(settings, publish_policy=False)
+    ledger = build_app(settings, publish_policy=False)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
 
 
 def _dump(data: Any) -> None:
@@ -43,15 +49,15 @@ def verify_command(
     """Recompute the integrity chain from the stored events; exit 1 at the first broken position."""
     from infra import integrity
 
-    ledger = _open(database_url)
-    chain = integrity.chain_for(ledger)
-    total = ledger.recorder.max_notification_id() or 0
-    with Progress(
-        TextColumn("verifying the chain"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
-    ) as progress:
-        head = chain.head()
-        task = progress.add_task("verify", total=head.position if head else 0)
-        report = integrity.verify(chain, progress=lambda n: progress.advance(task, n))
+    with _open(database_url) as ledger:
+        chain = integrity.chain_for(ledger)
+        total = ledger.recorder.max_notification_id() or 0
+        with Progress(
+            TextColumn("verifying the chain"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
+        ) as progress:
+            head = chain.head()
+            task = progress.add_task("verify", total=head.position if head else 0)
+            report = integrity.verify(chain, progress=lambda n: progress.advance(task, n))
     if as_json:
         _dump(report.as_dict())
     else:
@@ -81,8 +87,8 @@ def chain_command(database_url: Optional[str] = DB_OPTION) -> None:
     the database: it anchors everything before it)."""
     from infra import integrity
 
-    ledger = _open(database_url)
-    head = integrity.chain_for(ledger).run(wait=True, checkpoint_at_end=True)
+    with _open(database_url) as ledger:
+        head = integrity.chain_for(ledger).run(wait=True, checkpoint_at_end=True)
     if head is None:
         typer.echo("the store is empty: nothing to chain")
     else:
@@ -97,22 +103,22 @@ def erase_command(
     database_url: Optional[str] = DB_OPTION,
 ) -> None:
     """Crypto-shredding: delete the recipient's data key. Their id number and name read as
-    "[erased]" from then on; the log, the chain and every money figure stay as they are."""
+    erased from then on; the log, the chain and every money figure stay as they are."""
     from infra import privacy
     from ledger import errors
 
-    ledger = _open(database_url)
-    try:
-        rid = uuid.UUID(recipient)
-    except ValueError:
-        rid = ledger.recipient_id_for(recipient)
-    if not yes:
-        typer.confirm(f"Erase the personal data of recipient {rid}? This cannot be undone.", abort=True)
-    try:
-        outcome = privacy.erase(ledger, rid, reason)
-    except errors.LedgerError as exc:
-        typer.echo(f"{exc.code}: {exc.message}", err=True)
-        raise typer.Exit(2) from None
+    with _open(database_url) as ledger:
+        try:
+            rid = uuid.UUID(recipient)
+        except ValueError:
+            rid = ledger.recipient_id_for(recipient)
+        if not yes:
+            typer.confirm(f"Erase the personal data of recipient {rid}? This cannot be undone.", abort=True)
+        try:
+            outcome = privacy.erase(ledger, rid, reason)
+        except errors.LedgerError as exc:
+            typer.echo(f"{exc.code}: {exc.message}", err=True)
+            raise typer.Exit(2) from None
     if outcome["erased"]:
         typer.echo(f"erased: recipient {outcome['recipient']} (key deleted {outcome.get('erased_at')})")
     else:

@@ -80,6 +80,15 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _merge(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """Pairs refine a --json object: ``facility.kind=…`` changes one key of its facility."""
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
 def _invalid(problems: list[dict[str, str]]) -> tuple[int, dict[str, Any]]:
     return EXIT_INVALID, {"status": "invalid", "errors": problems}
 
@@ -126,7 +135,7 @@ def do(
             if not isinstance(loaded, dict):
                 raise ValueError("--json: expected a JSON object")
             payload.update(loaded)
-        payload.update(parse_pairs(pairs or []))
+        _merge(payload, parse_pairs(pairs or []))
     except (ValueError, json.JSONDecodeError) as exc:
         code, answer = _invalid([{"field": "input", "message": str(exc), "rule": "ledger do: key=value pairs or one JSON object"}])
     else:

@@ -9,8 +9,9 @@ import logging
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -26,11 +27,16 @@ def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def _stop_on_signals() -> threading.Event:
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT / SIGTERM set the event (the loop finishes its page and exits); handlers restored after."""
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @relay_app.command("run")
@@ -47,7 +53,8 @@ def relay_run(
     from infra.relay import run_relay
 
     _logging(verbose)
-    stats = run_relay(once=once, start=from_, stop=_stop_on_signals(), name=name, batch_size=batch_size, max_rate=max_rate)
+    with _stop_on_signals() as stop:
+        stats = run_relay(once=once, start=from_, stop=stop, name=name, batch_size=batch_size, max_rate=max_rate)
     typer.echo(json.dumps({"published": stats.published, "position": stats.position, "reconnects": stats.reconnects, "events_per_second": round(stats.rate, 1)}))
 
 
@@ -151,16 +158,16 @@ def report_subscribe(
     settings = ReportSettings()
     store = ReportStore(settings.database_url, name or settings.name)
     sub = ReportSubscriber(store, Topology.from_settings(), name or settings.name)
-    stop = _stop_on_signals()
 
-    async def main() -> None:
+    async def main(stop: threading.Event) -> None:
         await sub.prepare()
         if catch_up:
             typer.echo(f"waiting for the replay: ledger relay replay --to {sub.name}", err=True)
         await sub.run(catch_up=catch_up, stop=stop)
 
     try:
-        asyncio.run(main())
+        with _stop_on_signals() as stop:
+            asyncio.run(main(stop))
     finally:
         store.close()
     typer.echo(json.dumps(dict(sub.outcomes)))

@@ -276,121 +276,169 @@ class ReplayCompletedPayload(_Model):
 
 # ---------------------------------------------------------------------------------- messages
 class RecipientEnrolled(Envelope):
+    """A person entered the ledger; the payload is the street office only (no id number, no name)."""
+
     type: Literal["recipient.enrolled"] = "recipient.enrolled"
     payload: RecipientEnrolledPayload
 
 
 class CategoryGranted(Envelope):
+    """A recipient category held over [valid_from, valid_to] (RULES §2); effective_date = valid_from."""
+
     type: Literal["category.granted"] = "category.granted"
     payload: CategoryGrantedPayload
 
 
 class CategoryRevoked(Envelope):
+    """A category no longer held from valid_from, possibly in the past (R-TIME-2)."""
+
     type: Literal["category.revoked"] = "category.revoked"
     payload: CategoryRevokedPayload
 
 
 class InsuranceEnrolled(Envelope):
+    """Shanghai basic medical insurance enrolment (R-INS-1), with its subsidy (R-INS-2) if any."""
+
     type: Literal["insurance.enrolled"] = "insurance.enrolled"
     payload: InsuranceEnrolledPayload
 
 
 class InsuranceEnded(Envelope):
+    """Basic insurance enrolment ended on valid_to."""
+
     type: Literal["insurance.ended"] = "insurance.ended"
     payload: InsuranceEndedPayload
 
 
 class MutualAidContributionPaid(Envelope):
+    """Community mutual-aid contribution paid for a year (R-MA)."""
+
     type: Literal["mutual_aid.contribution_paid"] = "mutual_aid.contribution_paid"
     payload: MutualAidContributionPaidPayload
 
 
 class ExpenseRecorded(Envelope):
+    """One receipt / settlement record; effective_date = service date."""
+
     type: Literal["expense.recorded"] = "expense.recorded"
     payload: ExpenseRecordedPayload
 
 
 class InsuranceSettled(Envelope):
+    """An insurance payment on an expense; after aid it leads to clearing (R-INS-4)."""
+
     type: Literal["insurance.settled"] = "insurance.settled"
     payload: InsuranceSettledPayload
 
 
 class ClaimLodged(Envelope):
+    """A post-hoc or auto claim lodged at the street office (R-PH-1, R-PH-2)."""
+
     type: Literal["claim.lodged"] = "claim.lodged"
     payload: ClaimLodgedPayload
 
 
 class ClaimReviewed(Envelope):
+    """The reviewer signed the claim (R-PH-4)."""
+
     type: Literal["claim.reviewed"] = "claim.reviewed"
     payload: ClaimReviewedPayload
 
 
 class ClaimApproved(Envelope):
+    """The approver signed the claim: its aid is decided (aid.decided follows) (R-PH-4)."""
+
     type: Literal["claim.approved"] = "claim.approved"
     payload: ClaimApprovedPayload
 
 
 class ClaimRejected(Envelope):
+    """The claim was rejected as a whole, with the code and rule of the first rejection."""
+
     type: Literal["claim.rejected"] = "claim.rejected"
     payload: ClaimRejectedPayload
 
 
 class ClaimPaid(Envelope):
+    """District disbursement of an approved claim [002 3.5]; to_person is after clearing offsets."""
+
     type: Literal["claim.paid"] = "claim.paid"
     payload: ClaimPaidPayload
 
 
 class AidDecided(Envelope):
+    """Aid decided per expense (claim approval or one-stop): total, per scheme and fund, category, rule ids."""
+
     type: Literal["aid.decided"] = "aid.decided"
     payload: AidDecidedPayload
 
 
 class AidReassessed(Envelope):
+    """Expenses recomputed with today's knowledge (R-TIME-2, R-CLR-2); the first decision stands."""
+
     type: Literal["aid.reassessed"] = "aid.reassessed"
     payload: AidReassessedPayload
 
 
 class AidPaid(Envelope):
+    """A payout per expense; the part owed on clearing cases is offset first (R-CLR-3)."""
+
     type: Literal["aid.paid"] = "aid.paid"
     payload: AidPaidPayload
 
 
 class ClearingCaseOpened(Envelope):
+    """A receivable from the recipient per fund, citing its trigger (R-CLR-2)."""
+
     type: Literal["clearing.case_opened"] = "clearing.case_opened"
     payload: ClearingCaseOpenedPayload
 
 
 class ClearingRepaymentReceived(Envelope):
+    """A repayment toward open clearing cases, oldest first (R-CLR-3)."""
+
     type: Literal["clearing.repayment_received"] = "clearing.repayment_received"
     payload: RepaymentReceivedPayload
 
 
 class ClearingWrittenOff(Envelope):
+    """Open clearing balances written off by a distinct approver (R-CLR-3)."""
+
     type: Literal["clearing.written_off"] = "clearing.written_off"
     payload: WrittenOffPayload
 
 
 class SupplementaryDue(Envelope):
+    """Aid now due above what was decided: a supplementary payout (R-CLR-2)."""
+
     type: Literal["supplementary.due"] = "supplementary.due"
     payload: SupplementaryDuePayload
 
 
 class SuspensionStarted(Envelope):
+    """四医联动 suspended from an expense on (R-4L-4)."""
+
     type: Literal["suspension.started"] = "suspension.started"
     payload: SuspensionStartedPayload
 
 
 class SuspensionLifted(Envelope):
+    """四医联动 reopened after the district's review (R-4L-4)."""
+
     type: Literal["suspension.lifted"] = "suspension.lifted"
     payload: SuspensionLiftedPayload
 
 
 class SocialHelpGranted(Envelope):
+    """One-time social-organisation help (R-4L-5)."""
+
     type: Literal["social_help.granted"] = "social_help.granted"
     payload: SocialHelpGrantedPayload
 
 
 class PolicyParameterAmended(Envelope):
+    """A policy parameter published or amended, possibly retroactive (R-CLR-1(d))."""
+
     type: Literal["policy.parameter_amended"] = "policy.parameter_amended"
     payload: ParameterAmendedPayload
 

@@ -24,6 +24,8 @@ import hashlib
 import hmac
 import io
 import json
+import re
+import threading
 import time
 import uuid
 import zipfile
@@ -50,6 +52,7 @@ from ledger import errors
 from ledger.values import CATEGORY_ZH, CST, SCHEME_ZH, local_date
 
 COOKIE = "ledger_console"
+EXPENSE_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}:[1-9][0-9]{0,8}")
 BASE = "/console"
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -285,11 +288,15 @@ async def _refused(request: Request, exc: Refused) -> Response:
     return page(request, s, "error.html", status=exc.status, error=exc, title="无法完成 Not done")
 
 
+_district_lock = threading.Lock()
+
+
 def _district(request: Request) -> data.District:
     state = request.app.state
-    district = getattr(state, "console_district", None)
-    if district is None:
-        district = state.console_district = data.District(_service(request).ledger)
+    with _district_lock:
+        district = getattr(state, "console_district", None)
+        if district is None:
+            district = state.console_district = data.District(_service(request).ledger)
     return district
 
 
@@ -308,11 +315,12 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
     @get(f"{BASE}/login")
     def login_form(request: Request, next: str | None = None, reason: str | None = None) -> Response:
         try:
-            s = _session(request)
-            return _redirect(_safe_next(next))
+            _session(request)
         except _Login:
-            s = None
-        return page(request, s, "login.html", next=_safe_next(next), reason=reason, title="登录 Log in")
+            # The reason in the URL is not echoed (anyone can write a link): only that there was one.
+            expired = "令牌已过期或无效，请重新登录 The token has expired or is invalid: log in again" if reason else None
+            return page(request, None, "login.html", next=_safe_next(next), reason=expired, title="登录 Log in")
+        return _redirect(_safe_next(next))
 
     @post(f"{BASE}/login")
     async def login(request: Request) -> Response:
@@ -404,6 +412,8 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
     async def expense(request: Request, expense_id: str) -> Response:
         s = _session(request)
         _need(s, "expense")
+        if not EXPENSE_ID.fullmatch(expense_id):
+            raise Refused(404, "UNKNOWN_EXPENSE", f"{expense_id!r} is not an expense id (<recipient id>:<n>)", field="expense_id")
         explained = await read(request, s, f"/expenses/{expense_id}/explain")
         ex = explained["explanation"]
         replay: dict[str, Any] | None = None

@@ -420,7 +420,7 @@ class District:
         from projections.runner import Runner
 
         self.app = app
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # one visit catches up while another reads
         self.position = 0
         self.streets: dict[str, str] = {}
         self.aid: dict[tuple[str, str, str], Decimal] = defaultdict(lambda: ZERO)  # (month, street, fund)
@@ -489,7 +489,8 @@ class District:
 
     # -- reading -------------------------------------------------------------------------
     def months(self) -> list[str]:
-        keys = sorted({m for m, _, _ in self.aid})
+        with self.lock:
+            keys = sorted({m for m, _, _ in self.aid})
         if not keys:
             return []
         first, last = date.fromisoformat(keys[0] + "-01"), date.fromisoformat(keys[-1] + "-01")
@@ -497,20 +498,22 @@ class District:
 
     def by_fund(self, months: list[str]) -> list[tuple[str, list[Decimal]]]:
         totals: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
-        for (m, _, f), v in self.aid.items():
-            totals[(m, f)] += v
+        with self.lock:
+            for (m, _, f), v in self.aid.items():
+                totals[(m, f)] += v
         return [(f, [totals.get((m, f), ZERO) for m in months]) for f in sorted({f for _, f in totals})]
 
     def by_street(self, months: list[str]) -> list[tuple[str, list[Decimal]]]:
         totals: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
-        for (m, s, _), v in self.aid.items():
-            totals[(m, s)] += v
+        with self.lock:
+            for (m, s, _), v in self.aid.items():
+                totals[(m, s)] += v
         return [(s, [totals.get((m, s), ZERO) for m in months]) for s in sorted({s for _, s in totals})]
 
     def fund_books(self) -> dict[str, Any]:
         from projections import funds
 
-        with self.funds_engine.connect() as conn:
+        with self.lock, self.funds_engine.connect() as conn:  # one in-memory connection: no reads during a catch-up
             rows = funds.balances(conn)
             result = funds.check(conn)
         return {"rows": summarise_books(rows), "ok": result.ok, "problems": result.problems, "lines": result.lines}

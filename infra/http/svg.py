@@ -144,7 +144,7 @@ def _nice_max(value: Decimal | float) -> float:
     if v <= 0:
         return 1.0
     magnitude = 10 ** (len(str(int(v))) - 1) if v >= 1 else 1
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if v <= step * magnitude:
             return step * magnitude
     return 10.0 * magnitude

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import re
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,6 +125,14 @@ def test_sessions_roles_and_finding_people(database_url):
         assert r.status_code == 303 and 'ledger_console=""' in r.headers["set-cookie"]
         client.cookies.clear()
         assert client.get("/console/snapshots", follow_redirects=False).status_code == 303
+
+        # an expired token in the cookie: back to the login page, the cookie dropped
+        expired = issue(SECRET, "aud-1", "auditor", days=1, now=time.time() - 2 * 86400)
+        client.cookies.set(COOKIE, expired, path="/console")
+        r = client.get("/console/district", follow_redirects=False)
+        assert r.status_code == 303 and "reason=" in r.headers["location"] and 'ledger_console=""' in r.headers["set-cookie"]
+        client.cookies.clear()
+        assert "令牌已过期或无效" in client.get(r.headers["location"]).text
 
 
 def test_pages_show_the_ledgers_numbers(database_url):

@@ -50,7 +50,8 @@ def _sql(url: str, statement: str, params: tuple = ()) -> None:
 def told(database_url: str):
     app = build_app(Settings(database_url=database_url))
     story = tell(app)
-    return app, story
+    yield app, story
+    app.close()
 
 
 def test_an_untouched_store_verifies(told, database_url):
@@ -124,3 +125,4 @@ def test_the_chain_catches_up_and_seals_a_checkpoint(database_url):
     middle = rows[len(rows) // 2][0]
     assert integrity.chain_head(middle, app) == (middle, next(r.hash for r in chain.store.rows(middle - 1, 1)))
     assert _verify(database_url).exit_code == 0
+    app.close()

@@ -45,8 +45,22 @@ def rabbitmqctl(*args: str) -> str:
     return done.stdout
 
 
+def _dead(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @pytest.fixture(scope="module")
 def rabbit_vhost():
+    for vhost in rabbitmqctl("list_vhosts", "name").split():
+        match = re.fullmatch(r"ledger_test_(\d+)_[0-9a-f]+", vhost)
+        if match and _dead(match.group(1)):  # left by a killed run
+            rabbitmqctl("delete_vhost", vhost)
     name = f"ledger_test_{os.getpid()}_{secrets.token_hex(3)}"
     rabbitmqctl("add_vhost", name)
     try:
@@ -110,15 +124,18 @@ def private_nats(tmp_path_factory):
         server.stop()
 
 
-async def _delete_streams(url: str, prefix: str) -> None:
+async def _delete_streams(url: str, prefix: str | None) -> None:
+    """Delete the streams named ``prefix…``; with None, the test streams of killed runs."""
     import nats
 
     nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
-        for name in await js.streams_info():
-            if name.config.name.startswith(prefix):
-                await js.delete_stream(name.config.name)
+        for info in await js.streams_info():
+            name = info.config.name
+            match = re.fullmatch(r"T(\d+)X[0-9A-F]+_EVENTS(_REPLAY_.*)?", name)
+            if (prefix is not None and name.startswith(prefix)) or (prefix is None and match and _dead(match.group(1))):
+                await js.delete_stream(name)
     finally:
         await nc.close()
 
@@ -134,14 +151,20 @@ async def _stream_messages(url: str, stream: str) -> int:
 
 
 def topology_for(kind: str, rabbit_vhost: str | None, nats_url: str) -> Topology:
-    tag = "t" + secrets.token_hex(4)
+    tag = f"t{os.getpid()}x{secrets.token_hex(3)}"
     if kind == "rabbit":
         return Topology("rabbit", f"amqp://guest:guest@127.0.0.1:5672/{rabbit_vhost}", exchange=f"{tag}.events", stream="")
     return Topology("nats", nats_url, exchange=f"{tag}.events", stream=f"{tag.upper()}_EVENTS")
 
 
+@pytest.fixture(scope="module")
+def shared_nats():
+    asyncio.run(_delete_streams(SHARED_NATS, None))
+    return SHARED_NATS
+
+
 @pytest.fixture
-def cleanup_streams():
+def cleanup_streams(shared_nats):
     created: list[tuple[str, str]] = []
     yield created
     for url, prefix in created:
@@ -190,10 +213,15 @@ def test_relay_killed_mid_stream_then_a_new_subscriber_catches_up_from_zero(kind
     sub_a, loop_a = subscribe(store_a, topology, f"{topology.exchange}.a")
     loop_b: BackgroundLoop | None = None
     loop_relay: BackgroundLoop | None = None
-    relay = relay_process(settings, topology, "--batch-size", "4", "--max-rate", "40")
+    relay = relay_process(settings, topology, "--batch-size", "8", "--max-rate", "40")
+
+    def mid_batch() -> bool:
+        # A few messages of the page are out and applied, the page is far from recorded as done.
+        position, published = tracking.state("main")
+        return position > 0 and 3 <= store_a.state()["applied"] - published <= 5
+
     try:
-        # Kill it while messages are out that it has not yet recorded as done.
-        wait_until(lambda: tracking.load("main") >= 12 and store_a.last_position() > tracking.load("main"), 60, "the relay to be mid-stream", 0.01)
+        wait_until(mid_batch, 60, "the relay to be mid-stream", 0.005)
         relay.send_signal(signal.SIGKILL)
         assert relay.wait(10) == -signal.SIGKILL
         tracked, seen = tracking.load("main"), store_a.last_position()

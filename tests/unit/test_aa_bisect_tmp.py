@@ -1,3 +1,0 @@
-import infra.ops, infra.integrity
-def test_x():
-    pass
