@@ -29,7 +29,7 @@ from commands import models as m
 from commands.app import LedgerApp, Result
 from infra import integrity
 from infra.ops import event_count, topic_of
-from infra.settings import Settings
+from infra.settings import Settings, get_settings
 from infra.sqlite_bulk import bulk_env
 from infra.wiring import APP_NAME, build_app, ensure_policy
 from ledger.aggregates import Claim, Recipient
@@ -499,7 +499,7 @@ class Planner:
                 e.at = p.enrol_at + timedelta(days=rng.randint(2, 9), minutes=rng.randint(0, 60))
                 planned.append(e)
         planned.sort(key=lambda e: e.at)
-        # at most 48 receipts a person: a stream stays well under the snapshot interval (ADR 0003)
+        # at most 48 receipts a person: every stream stays short (ADR 0003)
         p.expenses = planned[:48]
         for e in p.expenses:
             if e.visit_type == "inpatient" and not e.facility["district_designated"]:
@@ -947,26 +947,30 @@ def summarise(app: LedgerApp, replay: Replay | None = None) -> Summary:
 # --------------------------------------------------------------------------------------- entry
 
 
-def demo_env(settings: Settings) -> dict[str, str]:
-    """The store's env for building the demo in one process.
+def demo_env(store: Settings | dict[str, str]) -> dict[str, str]:
+    """The store's env (from settings, or an eventsourcing env) for building the demo in one
+    process.
 
     - The aggregate cache without deep copies: the demo is the store's only writer, and every
       handler refuses before it changes an aggregate, so a cached recipient never holds an unsaved
       change; a reload would replay its whole stream (ADR 0003), a deep copy costs as much.
     - A SQLite file is written with ``synchronous=NORMAL`` (:mod:`infra.sqlite_bulk`).
     """
-    env = bulk_env(settings.eventsourcing_env(APP_NAME))
+    env = store.eventsourcing_env(APP_NAME) if isinstance(store, Settings) else dict(store)
+    env = bulk_env(env)
     env.update({"AGGREGATE_CACHE_MAXSIZE": "100000", "DEEPCOPY_FROM_AGGREGATE_CACHE": "n"})
     return env
 
 
-def demo_app(settings: Settings, *, start: date = date(2024, 1, 1)) -> LedgerApp:
-    """The ledger on the configured store, wired as always (personal data encrypted, keyed
-    recipient ids, the integrity chain: ``infra.wiring.build_app``) with :func:`demo_env`, and its
-    policy packs published before the demo's first day, so that recorded times can run through the
-    demo's years (the app keeps them strictly increasing). The chain is extended once at the end
-    of :func:`generate` rather than after every save."""
-    app = build_app(settings.model_copy(update={"chain_on_save": False}), env=demo_env(settings), publish_policy=False)
+def demo_app(store: Settings | dict[str, str], *, start: date = date(2024, 1, 1)) -> LedgerApp:
+    """The ledger on the given store (settings, or an eventsourcing env with the other settings
+    from the environment), wired as always (personal data encrypted, keyed recipient ids, the
+    integrity chain: ``infra.wiring.build_app``) with :func:`demo_env`, and its policy packs
+    published before the demo's first day, so that recorded times can run through the demo's
+    years (the app keeps them strictly increasing). The chain is extended once at the end of
+    :func:`generate` rather than after every save."""
+    settings = store if isinstance(store, Settings) else get_settings()
+    app = build_app(settings.model_copy(update={"chain_on_save": False}), env=demo_env(store), publish_policy=False)
     ensure_policy(app, published_at=_at(start, 0) - timedelta(hours=16))
     return app
 

@@ -70,6 +70,14 @@ def rabbit_vhost():
         rabbitmqctl("delete_vhost", name)
 
 
+def _die_with_parent() -> None:
+    """Children of the test (a relay, a private nats-server) end when the test process does,
+    even when it is killed (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +112,7 @@ class PrivateNats:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         wait_until(lambda: _port_open(self.port), 15, "the private nats-server")
 
     def stop(self) -> None:
@@ -181,7 +189,7 @@ def relay_process(settings: Any, topology: Topology, *args: str) -> subprocess.P
         "LEDGER_RELAY_EXCHANGE": topology.exchange,
         "LEDGER_RELAY_STREAM": topology.stream,
     }
-    return subprocess.Popen([str(LEDGER), "relay", "run", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([str(LEDGER), "relay", "run", *args], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
 
 def subscribe(store: ReportStore, topology: Topology, name: str, *, catch_up: bool = False) -> tuple[ReportSubscriber, BackgroundLoop]:
