@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
@@ -605,7 +604,9 @@ def verify(chain: Chain, progress: Callable[[int], None] | None = None, max_prob
 # ---------------------------------------------------------------------------------------------
 # Wiring
 
-_chains: "weakref.WeakKeyDictionary[Any, Chain]" = weakref.WeakKeyDictionary()
+#: The chain lives on the application itself (an ordinary reference cycle the collector frees
+#: with the app); a weak-keyed map from app to a chain holding the app would keep both forever.
+_CHAIN_ATTRIBUTE = "_integrity_chain"
 
 
 def install(app: Any, seal: Callable[[str], str], *, on_save: bool = True) -> Chain:
@@ -618,14 +619,14 @@ def install(app: Any, seal: Callable[[str], str], *, on_save: bool = True) -> Ch
         table = f'"{datastore.schema}"."{app.recorder.events_table_name}"' if postgres else app.recorder.events_table_name
         store = SqlChainStore(datastore, postgres=postgres, events_table=table)
     chain = Chain(app, store, seal)
-    _chains[app] = chain
+    setattr(app, _CHAIN_ATTRIBUTE, chain)
     if on_save and chain.after_save not in app.after_save:
         app.after_save.append(chain.after_save)
     return chain
 
 
 def chain_for(app: Any) -> Chain:
-    chain = _chains.get(app)
+    chain = getattr(app, _CHAIN_ATTRIBUTE, None)
     if chain is None:
         raise RuntimeError("this application has no integrity chain (build it with infra.wiring)")
     return chain
