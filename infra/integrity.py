@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
@@ -604,9 +605,10 @@ def verify(chain: Chain, progress: Callable[[int], None] | None = None, max_prob
 # ---------------------------------------------------------------------------------------------
 # Wiring
 
-#: The chain lives on the application itself (an ordinary reference cycle the collector frees
-#: with the app); a weak-keyed map from app to a chain holding the app would keep both forever.
-_CHAIN_ATTRIBUTE = "_integrity_chain"
+#: Chains by application. The chain holds its app, so an app with a chain lives as long as the
+#: process: adapters that keep only ``app.recorder`` rely on the app (whose finaliser closes the
+#: store's connections) staying alive. Freeing it needs those adapters to hold the app first.
+_chains: "weakref.WeakKeyDictionary[Any, Chain]" = weakref.WeakKeyDictionary()
 
 
 def install(app: Any, seal: Callable[[str], str], *, on_save: bool = True) -> Chain:
@@ -619,14 +621,14 @@ def install(app: Any, seal: Callable[[str], str], *, on_save: bool = True) -> Ch
         table = f'"{datastore.schema}"."{app.recorder.events_table_name}"' if postgres else app.recorder.events_table_name
         store = SqlChainStore(datastore, postgres=postgres, events_table=table)
     chain = Chain(app, store, seal)
-    setattr(app, _CHAIN_ATTRIBUTE, chain)
+    _chains[app] = chain
     if on_save and chain.after_save not in app.after_save:
         app.after_save.append(chain.after_save)
     return chain
 
 
 def chain_for(app: Any) -> Chain:
-    chain = getattr(app, _CHAIN_ATTRIBUTE, None)
+    chain = _chains.get(app)
     if chain is None:
         raise RuntimeError("this application has no integrity chain (build it with infra.wiring)")
     return chain
