@@ -16,14 +16,14 @@ the same run, interleaved with the ledger's own work where the work can be cut i
 figure                    the ledger                       the baseline
 ========================  ===============================  =========================================
 ingest                    the district year through the    eventsourcing ``Application.save()`` of
-                          command handlers (every command  the same number of events, in the same
-                          of the plan, the integrity chain saves (events per aggregate per save,
-                          caught up after each chunk):     same state sizes), no domain logic; run
-                          expenses recorded and assessed   after each chunk of ledger commands
-                          per second
+                          command handlers (every command  the same events' content in the same
+                          of the plan, the integrity chain groups (per save, one aggregate per
+                          caught up after each chunk):     aggregate written, as many events), no
+                          expenses recorded and assessed   reads, no decisions; run after each
+                          per second                       chunk of ledger commands
 projection_rebuild        ``Runner.rebuild()`` of every    reading and decoding the same
-                          read model, events/s             notifications, no projection (mean of a
-                                                           read before and one after the rebuild)
+                          read model in pages of 5,000,    notifications, no projection (mean of a
+                          events/s                         read before and one after the rebuild)
 replay_verify             ``commands.replay.audit``: every loading the same recipients' events and
                           decision and reassessment        rebuilding them, no re-decision
                           re-made and compared, per second
@@ -36,6 +36,10 @@ relay                     ``infra.relay.Relay`` to         faststream publishing
                           confirms, events/s               store in between
 ========================  ===============================  =========================================
 
+The ingest runs in the import configuration (``infra.demo.demo_env``: one writer, the aggregate
+cache without deep copies; ``--online`` for the ordinary wiring); every other figure uses a fresh
+application built by ``infra.wiring.build_app`` as any other process would.
+
 ``ratio`` is always the ledger's speed over the baseline's (rate ÷ rate, or baseline time ÷ ledger
 time): 1.0 means as fast as the baseline, 0.5 half as fast. ``target`` says what it is compared
 with (``{"on": "ratio" | "value", "op": ">=" | "<", "value": …}``) and ``met`` whether it held.
@@ -47,11 +51,11 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import platform
 import random
 import secrets
-import statistics
 import sys
 import time
 import uuid
@@ -71,7 +75,8 @@ UNTIL = date(2026, 10, 31)
 #: The snapshot's (V, T): the state of every account on 30 September as known in mid-October.
 SNAPSHOT_VALID = date(2026, 9, 30)
 SNAPSHOT_KNOWN_AT = datetime(2026, 10, 15, 18, 0, tzinfo=CST)
-#: ADR 0017: "snapshot of the whole district in under 5 s for 100k expenses", scaled linearly.
+#: The target "a snapshot of the whole district in under 5 s for 100k expenses", scaled linearly
+#: to the expenses generated.
 SNAPSHOT_SECONDS_PER_100K = 5.0
 EXPLAIN_P99_MS = 50.0
 
@@ -80,20 +85,24 @@ EXPLAIN_P99_MS = 50.0
 class Scale:
     name: str
     recipients: int
-    #: Multiplier of the demo's monthly visit rates: 3.0 gives about 15 receipts per recipient in
-    #: the ten months (~18 a year), the density of the issue's "ten thousand recipients and a few
+    #: Multiplier of the demo's monthly visit rates: 3.0 gives about 14 receipts per recipient in
+    #: the ten months (~17 a year), the density of Changning's "ten thousand recipients and a few
     #: hundred thousand receipts a year".
     visits: float
     explain_samples: int
     relay_events: int  # the relay figure publishes at most this many events (both sides)
     chunks: int = 40  # ingest: ledger and baseline alternate this many times
+    #: Notifications per page and per transaction in the rebuild (and in its baseline's reads):
+    #: 5,000 rebuilt ~50% faster than the runner's 1,000 (fewer per-recipient state round trips
+    #: in the caps view), 10,000 no faster (ADR 0017).
+    rebuild_batch: int = 5_000
     seed: int = 2026
 
 
 SCALES = {
     "quick": Scale("quick", recipients=40, visits=3.0, explain_samples=300, relay_events=2_000, chunks=10),
-    # One street office's worth of Changning's ~10,000 recipients at full density: what fits in
-    # fifteen minutes on the shared 2-core machine (ADR 0017 gives the measured times).
+    # A tenth of Changning's ~10,000 recipients (one street office's worth) at full density: what
+    # fits in fifteen minutes on the shared 2-core machine with room for its load (ADR 0017).
     "district": Scale("district", recipients=1_000, visits=3.0, explain_samples=1_000, relay_events=20_000, chunks=40),
 }
 
@@ -337,14 +346,13 @@ def ingest(run: Run) -> None:
     events = base_events
     run.expense_ids = list(replay.expenses.values())
     summary = demo.summarise(app, replay)
-    people = {p.rid: p for p in plan.people}
     by_cat: dict[str, list[int]] = {}
     for p in plan.people:
         by_cat.setdefault(p.category, []).append(len(p.expenses))
     run.dataset = {
         "generator": f"infra.demo.plan(recipients={s.recipients}, seed={s.seed}, years=({YEAR},), until={UNTIL}, visits={s.visits})",
         "period": f"{plan.start}..{plan.end}",
-        "recipients": len(people),
+        "recipients": len(plan.people),
         "expenses": recorded,
         "events": summary.events,
         "steps": len(steps),
@@ -403,14 +411,15 @@ def projection_rebuild(run: Run) -> None:
 
     app = run.app
     engine = make_engine(projection_url(run.settings.sqlalchemy_url()))
-    runner = Runner(engine, app.recorder, app.mapper, batch_size=1000)
+    batch = run.scale.rebuild_batch
+    runner = Runner(engine, app.recorder, app.mapper, batch_size=batch)
     try:
         runner.setup()
-        n1, t1 = read_and_decode(app.recorder, app.mapper, runner.topics, 1000)
+        n1, t1 = read_and_decode(app.recorder, app.mapper, runner.topics, batch)
         t0 = time.perf_counter()
         n = runner.rebuild()
         t = time.perf_counter() - t0
-        n2, t2 = read_and_decode(app.recorder, app.mapper, runner.topics, 1000)
+        n2, t2 = read_and_decode(app.recorder, app.mapper, runner.topics, batch)
     finally:
         engine.dispose()
     read_rate = (n1 + n2) / (t1 + t2)
@@ -419,6 +428,7 @@ def projection_rebuild(run: Run) -> None:
         events=n,
         seconds=round(t, 2),
         views=[p.name for p in runner.projections],
+        batch=batch,
         read_seconds=[round(t1, 2), round(t2, 2)],
     )
 
@@ -432,7 +442,8 @@ def replay_verify(run: Run) -> None:
 
     app = run.app
     rids = list(app.recipient_ids())
-    # baseline first and after, halves around the audit
+    # The baseline loads half the recipients before the audit and half after it, so that a load
+    # that drifts during the run weighs on both sides.
     half = len(rids) // 2
 
     def load(ids: Iterable[uuid.UUID]) -> float:
@@ -472,6 +483,7 @@ def explain(run: Run) -> None:
     rng = random.Random(run.scale.seed)
     sample = [rng.choice(run.expense_ids) for _ in range(run.scale.explain_samples)]
     ledger_ms, base_ms = [], []
+    gc.collect()
     for eid in sample:
         t0 = time.perf_counter()
         app.recipient(recipient_of(eid))
@@ -489,9 +501,9 @@ def explain(run: Run) -> None:
 
 
 def _pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[k]
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 # -- snapshot ----------------------------------------------------------------------------------
@@ -538,48 +550,41 @@ def snapshot(run: Run) -> None:
 
 
 def relay(run: Run) -> None:
-    from infra.relay import Relay, Sender, StoreReader, Topology
+    """The relay beside faststream alone, as ``bench/relay.py`` measures them (its helpers: a
+    uniquely named exchange with a durable queue bound to it, deleted afterwards), on the first
+    ``relay_events`` notifications of the district's store."""
+    from bench.relay import bind_queue, cleanup, publish_only
+    from infra.relay import Relay, StoreReader, Topology
 
-    token = secrets.token_hex(4)
+    tag = f"bench{secrets.token_hex(3)}"
     url = os.environ.get("LEDGER_BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    # An exchange of its own, bound to no queue: messages are confirmed and dropped, nobody
-    # else's queues fill up; deleted afterwards.
-    topology = Topology(kind="rabbit", url=url, exchange=f"bench.{token}.events")
+    topology = Topology(kind="rabbit", url=url, exchange=f"{tag}.events")
+    queue = f"{tag}.sink"
     app = run.app
     head = int(app.recorder.max_notification_id() or 0)
-    # the first `relay_events` notifications (ids can have gaps: find the id that many in)
-    stop = _id_after(app, run.scale.relay_events) or head
+    stop = _id_after(app, run.scale.relay_events) or head  # ids can have gaps: the id that many in
 
-    r = Relay(run.settings, topology, name=f"bench-{token}", app=app, batch_size=200)
-    r.reader.head = lambda: stop  # type: ignore[method-assign] - publish up to `stop` only
-    t0 = time.perf_counter()
-    stats = asyncio.run(r.run(once=True))
-    t = time.perf_counter() - t0
-    r.tracking.dispose()
+    asyncio.run(bind_queue(topology, queue))
+    try:
+        r = Relay(run.settings, topology, name=tag, app=app, batch_size=200)
+        r.reader.head = lambda: stop  # type: ignore[method-assign] - publish up to `stop` only
+        t0 = time.perf_counter()
+        stats = asyncio.run(r.run(once=True, start=0))
+        t = time.perf_counter() - t0
+        r.tracking.dispose()
 
-    reader = StoreReader(app)
-    messages: list[Any] = []
-    position = 0
-    while position < stop:
-        page = reader.read(position, 1000, stop)
-        if page.last == position:
-            break
-        messages.extend(page.messages)
-        position = page.last
-
-    async def publish_all() -> float:
-        sender = Sender(topology, connection_name=f"bench-baseline-{token}")
-        await sender.start()
-        try:
-            began = time.perf_counter()
-            for message in messages:
-                await sender.send(message)
-            return time.perf_counter() - began
-        finally:
-            await sender.stop()
-
-    tb = asyncio.run(publish_all())
-    asyncio.run(_delete_exchange(url, topology.exchange))
+        reader = StoreReader(app)
+        messages: list[Any] = []
+        position = 0
+        while position < stop:
+            page = reader.read(position, 1000, stop)
+            if page.last == position:
+                break
+            messages.extend(page.messages)
+            position = page.last
+        tb = asyncio.run(publish_only(topology, messages))
+    finally:
+        asyncio.run(cleanup(topology, [queue]))
     run.add(
         figure("relay", stats.published / t, "events/s", baseline=len(messages) / tb),
         published=stats.published,
@@ -587,7 +592,7 @@ def relay(run: Run) -> None:
         baseline_messages=len(messages),
         baseline_seconds=round(tb, 2),
         up_to_position=stop,
-        broker=f"rabbit exchange {topology.exchange} (deleted after the run)",
+        broker=f"rabbit exchange {topology.exchange} with durable queue {queue} (both deleted after the run)",
     )
 
 
@@ -601,18 +606,6 @@ def _id_after(app: Any, count: int) -> int | None:
             return page[count - seen - 1].id
         seen += len(page)
         start = page[-1].id + 1
-
-
-async def _delete_exchange(url: str, name: str) -> None:
-    try:
-        import aio_pika
-
-        connection = await aio_pika.connect(url)
-        async with connection:
-            channel = await connection.channel()
-            await channel.exchange_delete(name)
-    except Exception as exc:  # noqa: BLE001 - a leftover empty exchange is harmless
-        print(f"(could not delete exchange {name}: {exc})", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -690,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=sorted(SCALES), default="quick")
     ap.add_argument("--recipients", type=int, help="override the scale's number of recipients")
-    ap.add_argument("--profile", action="store_true", help="profile the ingest with pyinstrument (bench/results/profile-*.txt)")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile the ingest with pyinstrument (bench/results/profile-*.txt); slows the ledger's side: its ratio is not comparable")
     ap.add_argument("--keep", action="store_true", help="keep the database afterwards (its URL is printed)")
     ap.add_argument("--online", action="store_true",
                     help="ingest through the ordinary wiring (no aggregate cache) instead of the import configuration")
@@ -713,7 +707,10 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     url = pg.create_database(admin, name)
     run = Run(scale, url, console, profile=args.profile, online=args.online, env=dict(kv.split("=", 1) for kv in args.env))
-    console.print(f"bench {scale.name}: database {name}; load average {load[0]:.1f} on {os.cpu_count()} CPUs")
+    console.print(
+        f"bench {scale.name}: {scale.recipients} recipients at {scale.visits:g}x the demo's visit rates over {YEAR}-01-01..{UNTIL} "
+        f"(Changning has ~10,000); database {name}; load average {load[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     try:
         import psycopg
 

@@ -82,8 +82,9 @@ class LedgerApp(Application):
     name = "Ledger"
     # No automatic snapshots: a Recipient's state holds dataclasses and tuple-keyed maps that the
     # JSON transcoder does not carry yet, so only a newly enrolled recipient can be snapshotted
-    # (the snapshot store exists for that and for the encryption tests). Long recipient streams
-    # are served by the aggregate cache (infra/wiring.py) instead; see ADR 0017.
+    # (the snapshot store exists for that and for the encryption tests). At district stream
+    # lengths a full load is cheap enough (ADR 0017); bulk imports use the aggregate cache
+    # (infra.demo.demo_env).
     is_snapshotting_enabled = True
     snapshotting_intervals: dict = {}
 
