@@ -703,16 +703,20 @@ class LedgerApp(Application):
         """Every enrolled recipient, in enrolment order (from the notification log)."""
         yield from self._originators([f"{Recipient.Enrolled.__module__}:{Recipient.Enrolled.__qualname__}"])
 
-    def _originators(self, topics: list[str]) -> Iterator[uuid.UUID]:
-        """The originator of every event with one of ``topics``, in log order (repeats included)."""
+    def notifications(self, topics: list[str] | None = None, *, page: int = 1000) -> Iterator[Any]:
+        """Every stored event (optionally only ``topics``) in log order, read a page at a time."""
         start = 1
         while True:
-            batch = self.recorder.select_notifications(start=start, limit=1000, topics=topics)
+            batch = self.recorder.select_notifications(start=start, limit=page, topics=topics or ())
             if not batch:
                 return
-            for n in batch:
-                yield n.originator_id
+            yield from batch
             start = batch[-1].id + 1
+
+    def _originators(self, topics: list[str]) -> Iterator[uuid.UUID]:
+        """The originator of every event with one of ``topics``, in log order (repeats included)."""
+        for n in self.notifications(topics):
+            yield n.originator_id
 
     def auto_claims(self, cmd: m.AutoClaims) -> Result:
         """R-PH-3 [002 3.3]: the 免申即享 monthly batch. For every consenting recipient, the

@@ -38,22 +38,16 @@ def recipients_since(app: "LedgerApp", since: datetime) -> list[uuid.UUID]:
     everyone = list(app.recipient_ids())
     known = set(everyone)
     touched: set[uuid.UUID] = set()
-    start = 1
-    while True:
-        batch = app.recorder.select_notifications(start=start, limit=PAGE)
-        if not batch:
-            break
-        for n in batch:
-            rid = n.originator_id
-            if rid == PolicyLedger.ID:
-                if app.mapper.to_domain_event(n).timestamp > since:
-                    return everyone
-                continue
-            if rid in touched or rid not in known:
-                continue
+    for n in app.notifications(page=PAGE):
+        rid = n.originator_id
+        if rid == PolicyLedger.ID:
             if app.mapper.to_domain_event(n).timestamp > since:
-                touched.add(rid)
-        start = batch[-1].id + 1
+                return everyone
+            continue
+        if rid in touched or rid not in known:
+            continue
+        if app.mapper.to_domain_event(n).timestamp > since:
+            touched.add(rid)
     return [rid for rid in everyone if rid in touched]
 
 

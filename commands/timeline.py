@@ -78,28 +78,22 @@ def cut(app: Application, known_at: datetime | None = None) -> Cut:
     last versions recorded by ``known_at`` (R-TIME-3)."""
     out = Cut(known_at=known_at, position=0, last_recorded_at=None)
     stopped: set[uuid.UUID] = set()
-    start = 1
-    while True:
-        batch = app.recorder.select_notifications(start=start, limit=BATCH)
-        if not batch:
-            break
-        for n in batch:
-            event = app.mapper.to_domain_event(n)
-            oid = event.originator_id
-            if known_at is not None and event.timestamp > known_at:
-                stopped.add(oid)
-                continue
-            if oid in stopped:
-                continue  # an earlier event of it was recorded after T: keep the prefix only
-            out.position = max(out.position, n.id)
-            if out.last_recorded_at is None or event.timestamp > out.last_recorded_at:
-                out.last_recorded_at = event.timestamp
-            out.versions[oid] = event.originator_version
-            if n.topic.startswith(_RECIPIENT_TOPIC):
-                out.recipients[oid] = event.mutate(out.recipients.get(oid))
-            elif n.topic.startswith(_POLICY_TOPIC):
-                out.policy = event.mutate(out.policy)
-        start = batch[-1].id + 1
+    for n in app.notifications(page=BATCH):  # LedgerApp.notifications
+        event = app.mapper.to_domain_event(n)
+        oid = event.originator_id
+        if known_at is not None and event.timestamp > known_at:
+            stopped.add(oid)
+            continue
+        if oid in stopped:
+            continue  # an earlier event of it was recorded after T: keep the prefix only
+        out.position = max(out.position, n.id)
+        if out.last_recorded_at is None or event.timestamp > out.last_recorded_at:
+            out.last_recorded_at = event.timestamp
+        out.versions[oid] = event.originator_version
+        if n.topic.startswith(_RECIPIENT_TOPIC):
+            out.recipients[oid] = event.mutate(out.recipients.get(oid))
+        elif n.topic.startswith(_POLICY_TOPIC):
+            out.policy = event.mutate(out.policy)
     return out
 
 
