@@ -20,11 +20,14 @@ test: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
+# The external acceptance set is required: without ../shared/scenarios this target fails (exit 2), so CI, which always has it, notices.
 scenarios: venv
 	@if [ -d $(SCENARIOS) ]; then \
 		python3 $(SCENARIOS)/check.py --ledger "$(VENV)/bin/ledger" $(SCENARIOS)/*.yaml; \
 	else \
-		echo "no $(SCENARIOS) folder: nothing to check"; \
+		echo "make scenarios: the external acceptance set lives in $(SCENARIOS), beside this checkout, and it is missing." >&2; \
+		echo "  (its public scenarios also run from tests/acceptance/ in 'make test')" >&2; \
+		exit 2; \
 	fi
 
 bench: venv

@@ -188,10 +188,9 @@ class Run:
 def _settings(url: str) -> Any:
     from infra.settings import Settings
 
-    # The import path: chain in batches (after each chunk) rather than after every save, as a
-    # bulk load should (ADR 0016: LEDGER_CHAIN_ON_SAVE=false, then the chainer); a data key of
-    # its own so that personal fields are encrypted as in production.
-    return Settings(database_url=url, chain_on_save=False, data_key=secrets.token_urlsafe(32), jurisdiction="shanghai.changning")
+    # Every save chains its events in its own transaction (ADR 0016); a data key of its own so
+    # that personal fields are encrypted as in production.
+    return Settings(database_url=url, data_key=secrets.token_urlsafe(32), jurisdiction="shanghai.changning")
 
 
 # -- ingest ------------------------------------------------------------------------------------

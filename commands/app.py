@@ -8,8 +8,12 @@ adapters over these methods and nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import random
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -17,15 +21,17 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, OperationalError
 
 from commands import models as m
 from commands.repository import upgrade as upgrade_repository
 from ledger import clearing, engine, errors, procedure
 from ledger.aggregates import (
     Claim,
+    ClaimBatch,
     CommandRecord,
     PolicyLedger,
+    Receipt,
     Recipient,
     version_to_event,
 )
@@ -34,10 +40,11 @@ from ledger.facts import DecisionRef, ExpenseFacts
 from ledger.money import ZERO, fmt, money
 from ledger.policy import packs as policy_packs
 from ledger.policy.params import PolicyBook, PolicyError
-from ledger.values import CST, ERASED, Channel, Fund, Scheme, Trigger, age_on, local_date
+from ledger.values import CST, ERASED, Channel, Fund, Scheme, Trigger, age_on, local_date, receipt_identity, same_identity
 
 DEFAULT_OFFICERS = ("handler-default", "reviewer-default", "approver-default")
-AUTO_OFFICERS = ("auto-batch", "auto-reviewer", "auto-approver")
+#: The scenario contract's ``pay`` without a payer: a fourth officer, distinct from the three.
+DEFAULT_PAYER = "payer-default"
 
 
 @dataclass
@@ -64,6 +71,41 @@ class Result:
     @classmethod
     def rejected(cls, exc: errors.LedgerError, **ids: Any) -> "Result":
         return cls("rejected", exc.code, exc.rule, exc.message, dict(ids), exc.field)
+
+
+class WriteConflict(errors.LedgerError):
+    """Other writers kept changing what this command needs (optimistic concurrency, ADR 0003) for
+    longer than ``LedgerApp.conflict_seconds``: nothing of it was recorded and the same command can
+    simply be sent again (HTTP 409 ``CONFLICT``, ``ledger do`` exit 3). Not a rule's answer."""
+
+    code = "CONFLICT"
+    retryable = True
+
+
+def command_fingerprint(cmd: m.Command) -> str:
+    """What a ``command_id`` is bound to: the command's type and fields, its id aside (SHA-256 of
+    canonical JSON; fields left at their defaults are left out, so sending a default explicitly is
+    the same command)."""
+    body = cmd.model_dump(mode="json", exclude={"command_id"}, exclude_defaults=True)
+    text = json.dumps([type(cmd).__name__, body], sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def retryable_write_error(exc: Exception) -> bool:
+    """A write that certainly did not happen and may succeed if tried again: another writer saved
+    the same aggregate version first (unique key), or the store was busy (SQLite lock, PostgreSQL
+    serialisation failure or deadlock, no free connection)."""
+    if isinstance(exc, IntegrityError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc, TimeoutError):  # the pool had no connection to give: nothing was sent
+        return True
+    cause = exc.__cause__
+    sqlstate = getattr(getattr(cause, "diag", None), "sqlstate", None) or getattr(cause, "sqlstate", None)
+    if sqlstate in ("40001", "40P01", "55P03"):
+        return True
+    return type(cause).__module__ == "sqlite3" and any(w in str(cause).lower() for w in ("locked", "busy"))
 
 
 def expense_ref(recipient_id: uuid.UUID | str, number: int) -> str:
@@ -102,6 +144,9 @@ class LedgerApp(Application):
         self.id_number_digest: Callable[[str], str] | None = None
         #: Called with the recordings after every save (the integrity chainer, ADR 0016).
         self.after_save: list[Callable[[list[Any]], None]] = []
+        #: Aggregates a handler touched beside the ones it commits by name (the receipt index),
+        #: saved in the same transaction by the next ``_commit`` of this thread.
+        self._unit = threading.local()
 
     def construct_repository(self) -> Any:
         """The library's repository with a cheaper projector (commands.repository, ADR 0017)."""
@@ -128,56 +173,138 @@ class LedgerApp(Application):
             self._last_at = moment
         return moment
 
+    def _command_record(self, cmd: m.Command, result: Result, at: datetime | None) -> CommandRecord:
+        """The idempotency record: the command's type, its result and its fingerprint (kept with
+        the result), so that a retry is answered with the first result and another command under
+        the same id is refused."""
+        return CommandRecord._create(  # noqa: SLF001
+            CommandRecord.Recorded,
+            id=CommandRecord.id_for(cmd.command_id),
+            timestamp=at,
+            command_id=cmd.command_id,
+            command=type(cmd).__name__,
+            result={**result.as_dict(), "fingerprint": self._fingerprint(cmd)},
+        )
+
+    def _fingerprint(self, cmd: m.Command) -> str:
+        """``command_fingerprint``, keyed when the wiring installed a keyed hash (ADR 0015): a
+        command's fields include personal data (an id number has few enough values to be guessed
+        back from a plain hash), so the stored fingerprint is no easier to read than a recipient id."""
+        plain = command_fingerprint(cmd)
+        keyed = self.id_number_digest
+        return plain if keyed is None else keyed(f"command:{plain}")
+
     def _commit(self, cmd: m.Command, result: Result, *aggregates: Any) -> Result:
         if cmd.command_id:
-            record = CommandRecord._create(  # noqa: SLF001
-                CommandRecord.Recorded,
-                id=CommandRecord.id_for(cmd.command_id),
-                timestamp=self._last_at,
-                command_id=cmd.command_id,
-                command=type(cmd).__name__,
-                result=result.as_dict(),
-            )
-            aggregates = (*aggregates, record)
-        self.save(*[a for a in aggregates if a is not None])
+            aggregates = (*aggregates, self._command_record(cmd, result, self._last_at))
+        companions = self._take_companions()
+        self.save(*[a for a in aggregates if a is not None], *companions)
         if any(isinstance(a, PolicyLedger) for a in aggregates):
             self._policy_cache = None
         return result
 
+    def _also_save(self, aggregate: Any) -> None:
+        """Save ``aggregate`` with the command's own aggregates, in one transaction."""
+        pending = getattr(self._unit, "companions", None)
+        if pending is None:
+            pending = self._unit.companions = {}
+        pending[aggregate.id] = aggregate
+
+    def _take_companions(self) -> list[Any]:
+        pending = getattr(self._unit, "companions", None) or {}
+        self._unit.companions = {}
+        return list(pending.values())
+
+    def receipt(self, key: tuple[str, str]) -> Receipt | None:
+        """The ledger-wide record of one receipt (R-CLR-1(b)), or None if never recorded since the
+        index exists. A companion touched by the command in progress is returned as it stands."""
+        rid = Receipt.id_for(key)
+        pending = getattr(self._unit, "companions", None) or {}
+        if rid in pending:
+            return pending[rid]
+        try:
+            return self.repository.get(rid)
+        except AggregateNotFoundError:
+            return None
+
+    def receipt_aided_as(self, r: Recipient, facts: ExpenseFacts) -> str | None:
+        """R-PH-7 [002 4.5], R-CLR-1(b): the expense (of this or any recipient) that already got aid
+        on this expense's receipt, if any: a receipt is paid once in the whole ledger."""
+        own = r.receipt_aided_by(facts)
+        if own is not None:
+            return own
+        rc = self.receipt(facts.receipt_key)
+        return rc.aided_as if rc is not None else None
+
     def _replayed(self, cmd: m.Command) -> Result | None:
+        """The first result recorded under ``cmd.command_id``, if any; a different command under
+        the same id is refused (IDEMPOTENCY_MISMATCH), whatever the adapter it came through."""
         if not cmd.command_id:
             return None
         try:
             record = self.repository.get(CommandRecord.id_for(cmd.command_id))
         except AggregateNotFoundError:
             return None
-        if record.command != type(cmd).__name__:
-            raise errors.InvalidInput(
-                f"command_id {cmd.command_id!r} was already used for {record.command}", field="command_id"
-            )
         r = record.result
+        stored = r.get("fingerprint")  # absent from records made before fingerprints were kept
+        if record.command != type(cmd).__name__ or (stored is not None and stored != self._fingerprint(cmd)):
+            what = record.command if record.command != type(cmd).__name__ else f"another {record.command} (different fields)"
+            raise errors.InvalidInput(
+                f"command_id {cmd.command_id!r} was already used for {what}: a retry must repeat the first "
+                "command exactly; a new command needs a new command_id",
+                code="IDEMPOTENCY_MISMATCH",
+                rule="command_id: one id, one command (a retry repeats it exactly)",
+                field="command_id",
+            )
         return Result(r["status"], r.get("code"), r.get("rule"), r.get("message"), r.get("ids", {}), r.get("field", ""))
 
+    #: How long ``run`` keeps retrying a command that lost an optimistic-concurrency race before it
+    #: answers ``WriteConflict`` (a time, not a count: under contention each writer gets its turn).
+    conflict_seconds: float = 30.0
+
     def run(self, cmd: m.Command) -> Result:
-        """Dispatch a command to its handler; idempotent under ``command_id``; retried on a
-        concurrent write to the same aggregates (optimistic concurrency)."""
+        """Dispatch a command to its handler; idempotent under ``command_id`` (a retry of the same
+        command gets the first result, accepted or rejected; another command under the same id is
+        refused); retried with jittered back-off while concurrent writes to the same aggregates
+        win the race (optimistic concurrency), for up to ``conflict_seconds``, then WriteConflict."""
         replay = self._replayed(cmd)
         if replay is not None:
             return replay
         handler: Callable[[Any], Result] = getattr(self, _HANDLERS[type(cmd)])
+        deadline = time.monotonic() + self.conflict_seconds
         for attempt in itertools.count():
+            self._take_companions()  # nothing left over from an attempt that did not commit
             try:
-                return handler(cmd)
-            except errors.Rejected as exc:
-                return Result.rejected(exc)
-            except IntegrityError:
-                self._policy_cache = None
-                if attempt >= 5:
+                try:
+                    return handler(cmd)
+                except errors.Rejected as exc:
+                    return self._rejected(cmd, Result.rejected(exc))
+            except (IntegrityError, OperationalError) as exc:
+                if not retryable_write_error(exc):
                     raise
+                self._policy_cache = None
                 replay = self._replayed(cmd)
                 if replay is not None:
                     return replay
+                # Full jitter: a random wait up to a doubling ceiling, so racing writers spread out.
+                pause = random.uniform(0, min(0.5, 0.005 * 2**attempt))
+                if time.monotonic() + pause > deadline:
+                    raise WriteConflict(
+                        f"other writers kept changing the same records for {self.conflict_seconds:g}s "
+                        f"({attempt + 1} attempts); nothing was recorded: send the command again",
+                        field="",
+                    ) from exc
+                time.sleep(pause)
         raise AssertionError("unreachable")
+
+    def _rejected(self, cmd: m.Command, result: Result) -> Result:
+        """A rule's refusal raised by a handler: kept under ``command_id`` (alone: what the handler
+        had touched is dropped) so that a retry gets the same answer and the id stays bound to
+        this command."""
+        self._take_companions()
+        if cmd.command_id:
+            self.save(self._command_record(cmd, result, self._now(cmd.at)))
+        return result
 
     def recipient(self, recipient_id: uuid.UUID | str, version: int | None = None) -> Recipient:
         try:
@@ -340,22 +467,62 @@ class LedgerApp(Application):
         return self._commit(cmd, Result(), r)
 
     def _enrolment_subsidy(self, r: Recipient, cmd: m.Insure) -> dict[str, Any] | None:
-        """R-INS-2 [001 二(二)1]: dibao, special relief, orphans and children in distress have the
-        resident contribution paid in full; low-income members aged 60+ a fixed subsidy (PARAMETER
-        ``enrolment_subsidy.low_income_60plus``, a local setting). Paid by the city aid fund."""
-        if cmd.scheme.value != "resident" or Scheme.SHANGHAI_MEDICAL_AID.value not in self.schemes:
+        """R-INS-2: who has their resident-insurance contribution paid, and how much. Paid by the
+        city aid fund; held categories are those on the enrolment's start date.
+
+        - Shanghai [001 二(二)1]: dibao, special relief, orphans and children in distress in full;
+          low-income members aged 60+ a fixed subsidy (PARAMETER ``enrolment_subsidy.low_income_60plus``,
+          a local setting). Dibao children, scattered orphans and children in distress also have
+          their contribution to the children's inpatient mutual fund 少儿住院互助基金 paid in full
+          [001 二(四)2] (``children_fund`` in the subsidy).
+        - Lianyungang [004 四(一)]: key recipients who are dibao, destitute (特困供养) or orphans in
+          full; every other recipient the county's setting (PARAMETER
+          ``lianyungang.medical_aid.enrolment_subsidy.other``, a local setting, 0 until set)."""
+        if cmd.scheme.value != "resident":
             return None
-        held = {h.category for h in categories_on(r.knowledge(), cmd.valid_from)}
+        held = categories_on(r.knowledge(), cmd.valid_from)
+        if Scheme.SHANGHAI_MEDICAL_AID.value in self.schemes:
+            return self._shanghai_subsidy(r, cmd, {h.category for h in held})
+        if Scheme.LIANYUNGANG.value in self.schemes:
+            return self._lianyungang_subsidy(cmd, held)
+        return None
+
+    def _age(self, r: Recipient, on: date, rule: str) -> int:
+        if r.id_number == ERASED:
+            raise errors.PersonalDataErased(f"{rule} needs the recipient's age, but their personal data was erased (ADR 0015)", rule=rule, field="recipient")
+        return age_on(r.id_number, on)
+
+    def _shanghai_subsidy(self, r: Recipient, cmd: m.Insure, held: set[str]) -> dict[str, Any] | None:
         full = held & {"dibao", "special_relief", "orphan", "child_in_distress"}
         if full:
-            return {"kind": "contribution_paid_in_full", "category": sorted(full)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]"}
-        if "low_income" in held and r.id_number == ERASED:
-            raise errors.PersonalDataErased("R-INS-2 needs the recipient's age, but their personal data was erased (ADR 0015)", rule="R-INS-2", field="recipient")
-        if "low_income" in held and age_on(r.id_number, cmd.valid_from) >= 60:
+            subsidy: dict[str, Any] = {"kind": "contribution_paid_in_full", "category": sorted(full)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]"}
+            children = held & {"dibao", "orphan", "child_in_distress"}
+            if children and self._age(r, cmd.valid_from, "R-INS-2") < 18:
+                # [001 二(四)2] 低保家庭儿童及社会散居孤儿、困境儿童基本生活保障对象参加少儿住院互助基金的个人缴费部分给予全额资助
+                subsidy["children_fund"] = {"kind": "contribution_paid_in_full", "category": sorted(children)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(四)2]"}
+            return subsidy
+        if "low_income" in held and self._age(r, cmd.valid_from, "R-INS-2") >= 60:
             v = self.policy().book.lookup(f"{Scheme.SHANGHAI_MEDICAL_AID.value}.enrolment_subsidy.low_income_60plus", cmd.valid_from)
             amount = money(v.value) if v and v.value is not None else ZERO
             return {"kind": "fixed_subsidy", "category": "low_income", "amount": fmt(amount), "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]", "local_setting": True}
         return None
+
+    #: [004 四(一)] 低保对象、特困供养人员、孤儿: key sub-types whose contribution is paid in full.
+    _LYG_FULL = {"dibao": "dibao", "低保": "dibao", "低保对象": "dibao", "destitute": "destitute", "特困": "destitute",
+                 "特困供养": "destitute", "特困供养人员": "destitute", "orphan": "orphan", "孤儿": "orphan"}
+
+    def _lianyungang_subsidy(self, cmd: m.Insure, held: list[Any]) -> dict[str, Any] | None:
+        scheme = Scheme.LIANYUNGANG.value
+        for h in held:
+            kind = self._LYG_FULL.get(same_identity(h.subtype)) if h.category == "lyg_key" else None
+            if kind is not None:
+                return {"kind": "contribution_paid_in_full", "category": h.category, "subtype": kind, "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[004 四(一)]"}
+        if not any(h.category in ("lyg_key", "lyg_extended") for h in held):
+            return None
+        v = self.policy().book.lookup(f"{scheme}.enrolment_subsidy.other", cmd.valid_from)
+        amount = money(v.value) if v and v.value is not None else ZERO
+        category = next(h.category for h in held if h.category in ("lyg_key", "lyg_extended"))
+        return {"kind": "fixed_subsidy", "category": category, "amount": fmt(amount), "fund": "city", "rule": "R-INS-2", "clause": "[004 四(一)]", "local_setting": True}
 
     def end_insurance(self, cmd: m.EndInsurance) -> Result:
         r = self.recipient(cmd.recipient)
@@ -389,10 +556,19 @@ class LedgerApp(Application):
         r = self.recipient(cmd.recipient)
         moment = self._now(cmd.at)
         eid = expense_ref(r.id, len(r.expenses) + 1)
-        duplicate_of = None
-        if cmd.facility.code:
-            earlier = r.receipts.get((cmd.facility.code, cmd.invoice_no))
-            duplicate_of = earlier[0] if earlier else None
+        # R-CLR-1(b) [002 4.5; 000 第七条]: the same receipt (facility code and invoice number after
+        # NFKC, case folding and trimming; the invoice number alone without a code) recorded again,
+        # under this or any other recipient, is kept and flagged as a duplicate of the first.
+        key = receipt_identity(cmd.facility.code, cmd.invoice_no)
+        rc = self.receipt(key)
+        if rc is None:
+            rc = Receipt._create(  # noqa: SLF001
+                Receipt.Opened, id=Receipt.id_for(key), timestamp=moment, facility_code=key[0], invoice_no=key[1]
+            )
+        earlier = r.receipts.get(key)  # recorded before the ledger-wide index existed
+        duplicate_of = rc.first_recorded or (earlier[0] if earlier else None)
+        rc.trigger_event(Receipt.ExpenseNoted, timestamp=moment, expense_id=eid, recipient_id=str(r.id))
+        self._also_save(rc)
         r.trigger_event(
             Recipient.ExpenseRecorded,
             timestamp=moment,
@@ -450,11 +626,18 @@ class LedgerApp(Application):
     def _check_claimable(self, r: Recipient, eid: str, channel: str, lodged_on: date, claim_id: str | None, override: bool) -> None:
         """The procedural checks on one expense, in a fixed order (R-PH-7, R-PH-5, R-INS-6, R-INS-5)."""
         acc = self._expense(r, eid)
-        aided = r.receipt_aided_by(acc.facts)
+        aided = self.receipt_aided_as(r, acc.facts)
         if aided is not None:
-            how = "settled one-stop" if r.expenses[aided].decision and r.expenses[aided].decision.channel == "one_stop" else "already aided"
+            mine = r.expenses.get(aided)
+            if mine is None:
+                how = "already aided for another recipient"
+            elif mine.decision and mine.decision.channel == "one_stop":
+                how = "settled one-stop"
+            else:
+                how = "already aided"
             raise errors.Duplicate(
-                f"expense {eid}: the receipt was {how} (as {aided}); no aid twice for the same cost [002 4.5; 000 第七条]",
+                f"expense {eid}: the receipt was {how} (as {aided}); a receipt is aided once in the whole ledger "
+                f"(R-PH-7, R-CLR-1(b) [002 4.5; 000 第七条])",
                 field="expenses",
             )
         if acc.claim_id is not None and acc.claim_id != claim_id:
@@ -505,6 +688,8 @@ class LedgerApp(Application):
             "parameters": result.policy_used,
         }
         decided = [result.assessments[eid] for eid in ordered]
+        for a in decided:  # R-PH-7: the receipt is now aided, ledger-wide
+            self._note_aid_on_receipt(r, a.expense_id, channel, at)
         r.trigger_event(
             Recipient.AidDecided,
             timestamp=at,
@@ -513,22 +698,9 @@ class LedgerApp(Application):
             decisions=[a.summary() for a in decided],
             knowledge=knowledge,
         )
-        # R-4L-4: the expense that passes the month's limit starts the suspension; decided out of
-        # order, that can be an expense decided earlier (ADR 0007), so the whole pass is read.
-        started = {s["expense"] for s in r.suspensions if s["scheme"] == Scheme.FOUR_LINKAGE.value}
-        for a in result.assessments.values():
-            if a.suspension_started is not None and a.expense_id not in started and r.active_suspension(Scheme.FOUR_LINKAGE.value) is None:
-                r.trigger_event(
-                    Recipient.SuspensionStarted,
-                    timestamp=at,
-                    scheme=Scheme.FOUR_LINKAGE.value,
-                    valid_from=a.suspension_started.isoformat(),
-                    expense_id=a.expense_id,
-                    reason="monthly community-centre ceiling or visit count passed (R-4L-4 [000 第四条(三)])",
-                )
         # An expense decided out of invoice-date order can push an earlier-decided one past its cap:
         # R-CLR-1(e).
-        self._apply_differences(r, result, Trigger.CAP_OVERRUN.value, at, {"decision": claim_id or channel}, exclude=set(ordered))
+        self._apply_differences(r, result, Trigger.CAP_OVERRUN.value, at, {"decision": claim_id or channel}, exclude=set(ordered), decision=True)
         return decided
 
     def _pay(self, r: Recipient, claim_id: str | None, channel: str, items: list[tuple[str, dict[str, Any]]], at: datetime, *, supplementary: dict[str, list[str]] | None = None, offset: bool = True) -> Decimal:
@@ -585,6 +757,17 @@ class LedgerApp(Application):
         self._pay(r, None, channel, [(cmd.expense, a.summary())], moment, offset=False)
         return self._commit(cmd, Result(ids={"expense": cmd.expense, "aid": fmt(a.total)}), r)
 
+    def _note_aid_on_receipt(self, r: Recipient, eid: str, channel: str, at: datetime) -> None:
+        key = r.expenses[eid].facts.receipt_key
+        rc = self.receipt(key)
+        if rc is None:  # an expense recorded before the ledger-wide index existed
+            rc = Receipt._create(  # noqa: SLF001
+                Receipt.Opened, id=Receipt.id_for(key), timestamp=at, facility_code=key[0], invoice_no=key[1]
+            )
+            rc.trigger_event(Receipt.ExpenseNoted, timestamp=at, expense_id=eid, recipient_id=str(r.id))
+        rc.trigger_event(Receipt.Aided, timestamp=at, expense_id=eid, channel=channel)
+        self._also_save(rc)
+
     def _note_duplicate(self, r: Recipient, eid: str, channel: str, claim_id: str | None, exc: errors.Rejected, at: datetime) -> None:
         """R-PH-7: the duplicate is rejected *and recorded* as an attempted duplicate."""
         if eid not in r.expenses:
@@ -595,7 +778,7 @@ class LedgerApp(Application):
             expense_id=eid,
             channel=channel,
             claim_id=claim_id,
-            aided_as=r.receipt_aided_by(r.expenses[eid].facts),
+            aided_as=self.receipt_aided_as(r, r.expenses[eid].facts),
             reason=exc.message,
         )
 
@@ -607,8 +790,8 @@ class LedgerApp(Application):
         r = self.recipient(cmd.recipient)
         for eid in cmd.expenses:
             self._expense(r, eid)
-        proxy = procedure.check_proxy(cmd.proxy_id_number, r.id_number)
         moment = self._now(cmd.at)
+        proxy = procedure.check_proxy(cmd.proxy_id_number, r.id_number, local_date(moment))
         lodged_on = local_date(moment)
         ordered = self.claim_order(r, list(cmd.expenses))
         claim = Claim._create(  # noqa: SLF001
@@ -674,15 +857,18 @@ class LedgerApp(Application):
             raise errors.ClaimClosed("claim already paid", code="ALREADY_PAID", field="claim")
         if c.status != "approved":
             raise errors.NotApproved(f"claim is {c.status}: only an approved claim is paid [002 3.4]", field="claim")
+        payer = cmd.payer or DEFAULT_PAYER
+        procedure.check_officers(c.handler, c.reviewer, c.approver, payer)
         r = self.recipient(c.recipient_id)
         moment = self._now(cmd.at)
         items = [(eid, r.expenses[eid].decided or {}) for eid in c.expense_ids]
         total = self._pay(r, str(c.id), c.channel, items, moment)
-        c.trigger_event(Claim.Paid, timestamp=moment, total=total, to_person=r.payouts[-1]["to_person"] if r.payouts else total)
+        c.trigger_event(Claim.Paid, timestamp=moment, total=total, to_person=r.payouts[-1]["to_person"] if r.payouts else total, payer=payer)
         return self._commit(cmd, Result(ids={"claim": str(c.id), "paid": fmt(total)}), c, r)
 
     def aid(self, recipient: str, expenses: list[str], at: datetime | None, command_id: str | None = None) -> Result:
-        """Shorthand: claim + review + approve + pay with three distinct default officers."""
+        """The scenario contract's shorthand: claim + review + approve + pay with three distinct
+        default officers and the default payer (R-PH-4)."""
         handler, reviewer, approver = DEFAULT_OFFICERS
         lodged = self.run(m.LodgeClaim(recipient=recipient, expenses=expenses, handler=handler, at=at, command_id=command_id and f"{command_id}:claim"))
         if lodged.status != "accepted":
@@ -720,8 +906,10 @@ class LedgerApp(Application):
 
     def auto_claims(self, cmd: m.AutoClaims) -> Result:
         """R-PH-3 [002 3.3]: the 免申即享 monthly batch. For every consenting recipient, the
-        unclaimed expenses served up to the end of the month are claimed (channel ``auto``),
-        leaving out any that would be rejected, then reviewed, approved and paid."""
+        unclaimed expenses served up to the end of the month are claimed (channel ``auto``) by the
+        batch's handler, leaving out any that would be rejected. The claims form one batch
+        (``ClaimBatch``): automatic claims skip the applicant's paperwork, not the officers, so a
+        reviewer, an approver and a payer sign it afterwards (``sign_batch``, R-PH-4 [002 3.4])."""
         year, month = (int(x) for x in cmd.month.split("-"))
         month_end = (date(year + month // 12, month % 12 + 1, 1)) - timedelta(days=1)
         at = cmd.at
@@ -745,25 +933,66 @@ class LedgerApp(Application):
             for eid in self.claim_order(r, pending):
                 # R-PH-7 [002 4.5]: a receipt recorded twice is claimed once; its copy is left out.
                 key = r.expenses[eid].facts.receipt_key
-                if key is not None and key in receipts:
+                if key in receipts:
                     continue
                 exc, _, _ = self._first_rejection(r, [eid], Channel.AUTO.value, lodged_on, None, moment)
                 if exc is None:
                     keep.append(eid)
-                    if key is not None:
-                        receipts.add(key)
+                    receipts.add(key)
             if not keep:
                 continue
-            handler, reviewer, approver = AUTO_OFFICERS
-            lodged = self.run(m.LodgeClaim(recipient=str(rid), expenses=keep, handler=handler, channel=Channel.AUTO, at=at))
-            if lodged.status != "accepted":
+            lodged = self.run(m.LodgeClaim(recipient=str(rid), expenses=keep, handler=cmd.handler, channel=Channel.AUTO, at=at))
+            if lodged.status == "accepted":
+                claims.append(lodged.ids["claim"])
+        if not claims:
+            return Result(ids={"claims": [], "month": cmd.month, "batch": None})
+        batch = ClaimBatch._create(  # noqa: SLF001
+            ClaimBatch.Opened, id=uuid.uuid4(), timestamp=self._now(at), month=cmd.month, handler=cmd.handler, claim_ids=claims
+        )
+        self.save(batch)
+        return Result(ids={"claims": claims, "month": cmd.month, "batch": str(batch.id)})
+
+    def batch(self, batch_id: uuid.UUID | str) -> ClaimBatch:
+        try:
+            bid = batch_id if isinstance(batch_id, uuid.UUID) else uuid.UUID(str(batch_id))
+            return self.repository.get(bid)
+        except (AggregateNotFoundError, ValueError):
+            raise errors.UnknownEntity(f"unknown batch {batch_id!r}", field="batch") from None
+
+    def sign_batch(self, cmd: m.SignBatch) -> Result:
+        """One signature for a whole 免申即享 batch (R-PH-3, R-PH-4 [002 3.3, 3.4]): the officer reviews,
+        approves or pays every claim of the batch that waits for that step, each claim in its own
+        transaction, with the officer recorded on each claim; the same separation of duties holds
+        on every claim as on a claim lodged by hand. Refused whole (SAME_OFFICER) when the officer
+        already signed the batch in another role."""
+        b = self.batch(cmd.batch)
+        signed = {"handler": b.handler, **b.signatures}
+        procedure.check_officers(signed.get("handler"), cmd.officer if cmd.role == "reviewer" else signed.get("reviewer"),
+                                 cmd.officer if cmd.role == "approver" else signed.get("approver"),
+                                 cmd.officer if cmd.role == "payer" else signed.get("payer"))
+        step = {"reviewer": (lambda cid: m.Review(claim=cid, reviewer=cmd.officer, at=cmd.at), "lodged"),
+                "approver": (lambda cid: m.Approve(claim=cid, approver=cmd.officer, at=cmd.at), "reviewed"),
+                "payer": (lambda cid: m.Pay(claim=cid, payer=cmd.officer, at=cmd.at), "approved")}[cmd.role]
+        outcomes: dict[str, str] = {}
+        for cid in b.claim_ids:
+            if self.claim(cid).status != step[1]:
                 continue
-            cid = lodged.ids["claim"]
-            self.run(m.Review(claim=cid, reviewer=reviewer, at=at))
-            self.run(m.Approve(claim=cid, approver=approver, at=at))
-            self.run(m.Pay(claim=cid, at=at))
-            claims.append(cid)
-        return Result(ids={"claims": claims, "month": cmd.month})
+            res = self.run(step[0](cid))
+            outcomes[cid] = "accepted" if res.status == "accepted" else (res.code or "rejected")
+        b.trigger_event(ClaimBatch.Signed, timestamp=self._now(cmd.at), role=cmd.role, officer=cmd.officer, outcomes=outcomes)
+        return self._commit(cmd, Result(ids={"batch": str(b.id), "outcomes": outcomes}), b)
+
+    def auto_claims_signed(self, month: str, at: datetime | None) -> Result:
+        """The scenario contract's ``auto_claims`` shorthand: the batch lodged by the default handler,
+        then reviewed, approved and paid by the default officers (R-PH-3, R-PH-4)."""
+        handler, reviewer, approver = DEFAULT_OFFICERS
+        lodged = self.run(m.AutoClaims(month=month, handler=handler, at=at))
+        batch = lodged.ids.get("batch")
+        if lodged.status != "accepted" or not batch:
+            return lodged
+        for role, officer in (("reviewer", reviewer), ("approver", approver), ("payer", DEFAULT_PAYER)):
+            self.run(m.SignBatch(batch=batch, role=role, officer=officer, at=at))
+        return lodged
 
     # ------------------------------------------------------------------ 四医联动 district actions
     def lift_suspension(self, cmd: m.LiftSuspension) -> Result:
@@ -805,7 +1034,50 @@ class LedgerApp(Application):
         result = engine.assess(r.knowledge(), r.expense_facts(), r.decided_refs(), self.policy().book, self.schemes)
         return self._apply_differences(r, result, trigger, at, cause)
 
-    def _apply_differences(self, r: Recipient, result: engine.PassResult, trigger: str, at: datetime, cause: dict[str, Any], exclude: set[str] = frozenset()) -> bool:
+    def _sync_suspensions(self, r: Recipient, result: engine.PassResult, at: datetime, trigger: str | None) -> bool:
+        """R-4L-4 [000 第四条(三)]: record the 四医联动 suspensions the pass implies, so that a district
+        review can lift them, and end the recorded ones it no longer supports.
+
+        The pass decides which expense passes a month's ceiling or visit count; decided out of
+        order, or recomputed after a retroactive parameter or category change (R-TIME-2, R-CLR-2),
+        that can be another expense than the one recorded, or none. A suspension the pass implies
+        is recorded now, with its explanation; a recorded one whose expense no longer starts a
+        suspension in the pass ends (``SuspensionEnded``: not a review, so nothing is reopened
+        that the pass itself does not reopen)."""
+        scheme = Scheme.FOUR_LINKAGE.value
+        implied = result.suspended_by
+        changed = False
+        on = local_date(at).isoformat()
+        why = "a decision" if trigger is None else f"a recomputation after {trigger} (R-TIME-2, R-CLR-2)"
+        for s in list(r.suspensions):
+            if s["scheme"] == scheme and s["lifted"] is None and s["expense"] != implied:
+                r.trigger_event(
+                    Recipient.SuspensionEnded,
+                    timestamp=at,
+                    scheme=scheme,
+                    expense_id=s["expense"],
+                    ended_on=on,
+                    reason=f"after {why}, expense {s['expense']} no longer passes the month's community-centre "
+                    "ceiling or visit count: the suspension it started ends (R-4L-4 [000 第四条(三)])",
+                )
+                changed = True
+        if implied is not None and r.active_suspension(scheme) is None:
+            a = result.assessments[implied]
+            month = a.suspension_started.strftime("%Y-%m")
+            r.trigger_event(
+                Recipient.SuspensionStarted,
+                timestamp=at,
+                scheme=scheme,
+                valid_from=a.suspension_started.isoformat(),
+                expense_id=a.expense_id,
+                reason=f"monthly community-centre ceiling or visit count passed in {month}, found by {why} "
+                "(R-4L-4 [000 第四条(三)])",
+            )
+            changed = True
+        return changed
+
+    def _apply_differences(self, r: Recipient, result: engine.PassResult, trigger: str, at: datetime, cause: dict[str, Any], exclude: set[str] = frozenset(), *, decision: bool = False) -> bool:
+        suspensions_changed = self._sync_suspensions(r, result, at, None if decision else trigger)
         changed: list[dict[str, Any]] = []
         outcomes: list[tuple[str, engine.Assessment, dict[str, Any]]] = []
         for eid, a in result.assessments.items():
@@ -826,7 +1098,7 @@ class LedgerApp(Application):
                 results=changed,
                 knowledge={"recipient_version": r.version, "policy_version": policy.version, "policy_hash": result.policy_version, "known_at": at.isoformat()},
             )
-        any_new = bool(changed)
+        any_new = bool(changed) or suspensions_changed
         for eid, a, now in outcomes:
             expected = r.expected(eid)
             diff = a.total - expected["total"]
@@ -929,7 +1201,7 @@ class LedgerApp(Application):
     def write_off(self, cmd: m.WriteOff) -> Result:
         """Write off the open clearing balance; the approver must differ from the clearing officer
         (R-CLR-3)."""
-        if cmd.officer == cmd.approver:
+        if same_identity(cmd.officer) == same_identity(cmd.approver):
             raise errors.SameOfficer("a write-off needs an approver distinct from the clearing officer (R-CLR-3)", rule="R-CLR-3", field="approver")
         r = self.recipient(cmd.recipient)
         cases = r.open_cases()
@@ -971,6 +1243,7 @@ _HANDLERS: dict[type, str] = {
     m.Approve: "approve",
     m.Pay: "pay",
     m.AutoClaims: "auto_claims",
+    m.SignBatch: "sign_batch",
     m.SetParameter: "set_parameter",
     m.LiftSuspension: "lift_suspension",
     m.SocialHelp: "social_help",

@@ -67,7 +67,7 @@ def recipient_for(app: "LedgerApp", text: str) -> Recipient:
     except ValueError:
         pass
     try:
-        number = validate_id_number(text)
+        number = validate_id_number(text, today=None)
     except Exception:  # noqa: BLE001 - any malformed id is the same answer to an officer
         raise errors.UnknownEntity(f"{text!r} is neither a recipient id nor a resident id number", field="recipient") from None
     id_for = getattr(app, "recipient_id_for", Recipient.id_for)  # keyed when personal data is protected

@@ -7,14 +7,19 @@ errors name the field and the rule; nothing is recorded for an invalid command.
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ledger.money import MoneyError, parse_money
 from ledger.values import (
+    CST,
+    EARLIEST_DATE,
     Category,
     Channel,
     Evidence,
@@ -22,6 +27,8 @@ from ledger.values import (
     InsuranceScheme,
     SettlementScheme,
     VisitType,
+    birth_date,
+    local_date,
     validate_id_number,
 )
 
@@ -39,12 +46,100 @@ Money = Annotated[Decimal, BeforeValidator(_money)]
 def _id_number(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string of 18 characters")
-    return validate_id_number(value)
+    return validate_id_number(value, today=datetime.now(CST).date())
 
 
 IdNumber = Annotated[str, BeforeValidator(_id_number)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _name(value: Any) -> Any:
+    """A person's name, trimmed; nothing but whitespace is no name (SCENARIOS.md ``enrol``)."""
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise PydanticCustomError("empty_name", "must not be empty or only whitespace (SCENARIOS.md enrol: a person's name)")
+    return value
+
+
+Name = Annotated[str, BeforeValidator(_name), Field(min_length=1, max_length=200)]
 Ref = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+# -- what every command refuses ------------------------------------------------------------------
+
+#: The rule a text field with an unprintable character breaks (named in messages and by the adapters).
+PRINTABLE_TEXT_RULE = "commands/models.py Command: text holds printable characters only, no control, invisible format or separator characters"
+#: The rule an out-of-range date breaks.
+DATE_RANGE_RULE = f"SCENARIOS.md dates: a date is {EARLIEST_DATE.isoformat()} or later"
+
+# Refused anywhere in a command's text: control characters (Cc: NUL, ESC, tab, newline, …), lone
+# surrogates (Cs: not storable as UTF-8), line/paragraph separators (Zl, Zp) and invisible format
+# characters (Cf: zero-width space, byte-order mark, bidi overrides that make text read other than
+# it is stored) - except the zero-width (non-)joiners some scripts need to spell a name.
+_UNPRINTABLE = {"Cc": "a control character", "Cf": "an invisible format character", "Cs": "a lone surrogate",
+                "Zl": "a line separator", "Zp": "a paragraph separator"}
+_JOINERS = frozenset("\u200c\u200d")
+_CONTROL_NAMES = {0x00: "NUL", 0x09: "TAB", 0x0A: "LINE FEED", 0x0D: "CARRIAGE RETURN", 0x1B: "ESCAPE", 0x7F: "DELETE"}
+
+
+def _unprintable(text: str) -> str | None:
+    """What is wrong with ``text``, or None when every character is printable."""
+    if text.isprintable():  # the fast path: no Cc, Cf, Cs, Zl, Zp (nor Zs other than space, Co, Cn)
+        return None
+    for position, char in enumerate(text, start=1):
+        kind = _UNPRINTABLE.get(unicodedata.category(char))
+        if kind and char not in _JOINERS:
+            name = _CONTROL_NAMES.get(ord(char)) or unicodedata.name(char, "")
+            return f"contains {kind} (U+{ord(char):04X}{' ' + name if name else ''}) at character {position} ({PRINTABLE_TEXT_RULE})"
+    return None
+
+
+def _unprintable_in(value: Any, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str, Any]]:
+    """Every text in a command's raw input, nested mappings and lists included, keys too."""
+    if isinstance(value, str):
+        problem = _unprintable(value)
+        if problem:
+            yield loc, problem, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and (problem := _unprintable(key)):
+                yield loc + (key,), f"the key {problem}", key
+            yield from _unprintable_in(item, loc + (key,))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _unprintable_in(item, loc + (i,))
+
+
+def _early_dates(model: BaseModel, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str, Any]]:
+    """Every date (or time) of a validated command, nested models included, before 1900-01-01."""
+    for name, info in type(model).model_fields.items():
+        yield from _early(getattr(model, name), loc + (info.alias or name,))
+
+
+def _early(value: Any, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str, Any]]:
+    if isinstance(value, BaseModel):
+        yield from _early_dates(value, loc)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _early(item, loc + (i,))
+    elif isinstance(value, date):
+        day = value.date() if isinstance(value, datetime) else value
+        if day < EARLIEST_DATE:
+            yield loc, f"{value.isoformat()} is before {EARLIEST_DATE.isoformat()}, the earliest date the ledger takes ({DATE_RANGE_RULE})", value.isoformat()
+
+
+def _refuse(title: str, kind: str, problems: list[tuple[tuple[Any, ...], str, Any]]) -> NoReturn:
+    """Raise one ValidationError naming each problem's own field (so every adapter reports the
+    field, not the command)."""
+    raise ValidationError.from_exception_data(
+        title,
+        [{"type": PydanticCustomError(kind, "{message}", {"message": message}), "loc": loc, "input": value} for loc, message, value in problems[:20]],
+    )
+
+
+def recorded_day(at: datetime | None) -> date:
+    """The calendar day a command is recorded on: its ``at``, else now (China Standard Time)."""
+    return local_date(at) if at is not None else datetime.now(CST).date()
 
 
 class Command(BaseModel):
@@ -52,6 +147,26 @@ class Command(BaseModel):
 
     command_id: str | None = Field(default=None, max_length=200)
     at: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _printable_text(cls, data: Any) -> Any:
+        """No text anywhere in a command (nested fields, lists and free-text reasons included)
+        carries a control or invisible format character: checked once here so that no field,
+        present or future, is forgotten."""
+        if isinstance(data, dict):
+            problems = list(_unprintable_in(data, ()))
+            if problems:
+                _refuse(cls.__name__, "printable_text", problems)
+        return data
+
+    @model_validator(mode="after")
+    def _dates_from_1900(self) -> "Command":
+        """Every date field (from/to, effective dates, receipts' dates, …) is 1900-01-01 or later."""
+        problems = list(_early_dates(self, ()))
+        if problems:
+            _refuse(type(self).__name__, "date_range", problems)
+        return self
 
     @field_validator("at")
     @classmethod
@@ -69,6 +184,17 @@ class Enrol(Command):
     id_number: IdNumber
     name: Name
     street: str = Field(default="", max_length=200)
+
+    @model_validator(mode="after")
+    def _born_by_enrolment(self) -> "Enrol":
+        """The birth date in the number is not after the day the enrolment is recorded."""
+        recorded = recorded_day(self.at)
+        born = birth_date(self.id_number)
+        if born > recorded:
+            _refuse("Enrol", "birth_date_after_recording", [(("id_number",), (
+                f"carries the birth date {born.isoformat()}, after {recorded.isoformat()}, the day this enrolment "
+                "is recorded (China Standard Time) (GB 11643: digits 7-14 are the birth date)"), self.id_number)])
+        return self
 
 
 class GrantCategory(Command):
@@ -170,6 +296,23 @@ class RecordExpense(Command):
             raise ValueError("invoice_date: the invoice predates the service (discharge) date")
         return self
 
+    @model_validator(mode="after")
+    def _not_from_the_future(self) -> "RecordExpense":
+        """A receipt's service and invoice dates are not after the day it is recorded (its ``at``,
+        else now; China Standard Time): R-TIME-1 decides an expense with what was known when it
+        was recorded, and nothing is known of a service still to come."""
+        recorded = recorded_day(self.at)
+        late = [
+            ((name,), f"{day.isoformat()} is after {recorded.isoformat()}, the day this receipt is recorded (China Standard Time): "
+                      "a receipt is not dated in the future (R-TIME-1, RULES.md §1: a receipt's service and invoice dates "
+                      "are on or before the day the ledger learns of it)", day.isoformat())
+            for name, day in (("service_date", self.service_date), ("invoice_date", self.invoice_date))
+            if day > recorded
+        ]
+        if late:
+            _refuse("RecordExpense", "date_after_recording", late)
+        return self
+
 
 class SettleInsurance(Command):
     expense: Ref
@@ -216,10 +359,27 @@ class Approve(Command):
 
 class Pay(Command):
     claim: Ref
+    #: the disbursing officer, a fourth signature distinct from the other three (R-PH-4 [002 3.4, 3.5]);
+    #: a distinct default officer when omitted (SCENARIOS.md ``pay``)
+    payer: Ref | None = None
 
 
 class AutoClaims(Command):
+    """R-PH-3 [002 3.3]: lodge the month's 免申即享 claims as one batch. The batch's handler is the
+    officer (or the service's own identity) that runs it; review, approval and payment follow R-PH-4
+    like any other claim (``SignBatch``)."""
+
     month: str = Field(pattern=r"^(19|20|21)\d{2}-(0[1-9]|1[0-2])$")
+    handler: Ref = "auto-batch"
+
+
+class SignBatch(Command):
+    """One officer signs a 免申即享 batch as a whole (R-PH-3, R-PH-4 [002 3.3, 3.4]): as reviewer,
+    approver or payer of every claim in it; the signature is recorded on each claim."""
+
+    batch: Ref
+    role: Literal["reviewer", "approver", "payer"]
+    officer: Ref
 
 
 class SetParameter(Command):

@@ -84,6 +84,10 @@ PHARMACIES = [_facility("pharmacy", 1, "SH-PH-LEIYUNSHANG"), _facility("pharmacy
 OUT_OF_PROVINCE = _facility("hospital", 3, "XJ-H3-URUMQI-1", out_of_province=True)
 
 DISTRICT_APPROVERS = ["区医保局-审批-01", "区医保局-审批-02"]
+#: The district's disbursing officer: the fourth signature on every claim (R-PH-4 [002 3.4, 3.5]).
+DISTRICT_PAYER = "区医保局-拨付-01"
+#: Who lodges and signs the 免申即享 batches (R-PH-3): the service lodges, district officers sign.
+BATCH_OFFICERS = ("免申即享-批处理", "区医保局-审核-01", "区医保局-审批-01", DISTRICT_PAYER)
 CLEARING_OFFICER = "区医保局-清算-01"
 DISTRICT_REVIEWER = "区医保局-复核-01"
 SOCIAL_ORGANISATIONS = ["长宁区慈善基金会", "上海市慈善基金会长宁区代表处"]
@@ -603,7 +607,7 @@ class Planner:
         self.add(lodge, "claim", lambda x, at: x.lodge(handle, rid, group, handler, at))
         self.add(reviewed, "review", lambda x, at: x.signed(handle, lambda cid: m.Review(claim=cid, reviewer=reviewer, at=at)))
         self.add(approved, "approve", lambda x, at: x.signed(handle, lambda cid: m.Approve(claim=cid, approver=approver, at=at)))
-        self.add(paid, "pay", lambda x, at: x.signed(handle, lambda cid: m.Pay(claim=cid, at=at)))
+        self.add(paid, "pay", lambda x, at: x.signed(handle, lambda cid: m.Pay(claim=cid, payer=DISTRICT_PAYER, at=at)))
         return paid
 
     # -- the district's events ------------------------------------------------------------
@@ -623,7 +627,7 @@ class Planner:
             run = self.batch_time(month)
             if run.date() > self.end:
                 break
-            self.add(run, "auto_claims", lambda x, at, mo=f"{month:%Y-%m}": x.run("auto_claims", m.AutoClaims(month=mo, at=at)))
+            self.add(run, "auto_claims", lambda x, at, mo=f"{month:%Y-%m}": x.auto_batch(mo, at))
             month = _add_months(month, 1)
 
     def plan_retroactive(self) -> None:
@@ -789,6 +793,14 @@ class Replay:
         if isinstance(cmd, m.AutoClaims):
             self.auto_claims += len(result.ids.get("claims", []))
         return result
+
+    def auto_batch(self, month: str, at: datetime) -> None:
+        """The 免申即享 batch lodged by the service and signed by three district officers (R-PH-3, R-PH-4)."""
+        handler, reviewer, approver, payer = BATCH_OFFICERS
+        batch = self.run("auto_claims", m.AutoClaims(month=month, handler=handler, at=at)).ids.get("batch")
+        if batch:
+            for role, officer in (("reviewer", reviewer), ("approver", approver), ("payer", payer)):
+                self.run("sign_batch", m.SignBatch(batch=batch, role=role, officer=officer, at=at))
 
     def signed(self, handle: str, build: Callable[[str], m.Command]) -> None:
         """A signature (or the payment) on a claim lodged earlier, if it was lodged."""
@@ -970,7 +982,7 @@ def demo_app(store: Settings | dict[str, str], *, start: date = date(2024, 1, 1)
     years (the app keeps them strictly increasing). The chain is extended once at the end of
     :func:`generate` rather than after every save."""
     settings = store if isinstance(store, Settings) else get_settings()
-    app = build_app(settings.model_copy(update={"chain_on_save": False}), env=demo_env(store), publish_policy=False)
+    app = build_app(settings, env=demo_env(store), publish_policy=False)
     ensure_policy(app, published_at=_at(start, 0) - timedelta(hours=16))
     return app
 

@@ -16,14 +16,27 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from commands.models import DATE_RANGE_RULE, PRINTABLE_TEXT_RULE
 from ledger import errors
 from ledger.values import Category, Channel, Evidence, FacilityKind, InsuranceScheme, SettlementScheme, VisitType
 
 _R_ID = re.compile(r"\bR-[A-Z0-9]+-\d+\b")
 
-MONEY_RULE = "RULES.md preamble: money is yuan with at most two decimals (fen), never negative, never rounded on input"
-ID_NUMBER_RULE = "GB 11643: an 18-character resident id number with a valid check digit (SCENARIOS.md enrol)"
+MONEY_RULE = "RULES.md preamble: money is yuan in plain digits 0-9 with at most two decimals (fen), never negative, never rounded on input"
+ID_NUMBER_RULE = (
+    "GB 11643: an 18-character resident id number, 17 digits and a digit or X, carrying a real birth date "
+    "(1900-01-01 to today) and a valid check digit; the region code's history is not checked (SCENARIOS.md enrol)"
+)
 DATES_RULE = "RULES.md §1: the invoice is issued on or after the service (discharge) date"
+
+#: Rules named by the kind of error the command models raise (``commands/models.py``).
+_KIND_RULES = {
+    "printable_text": PRINTABLE_TEXT_RULE,
+    "date_range": DATE_RANGE_RULE,
+    "date_after_recording": "R-TIME-1",
+    "birth_date_after_recording": ID_NUMBER_RULE,
+    "empty_name": "SCENARIOS.md enrol: a person's name, not empty once trimmed",
+}
 
 _ENUM_RULES: dict[type[Enum], str] = {
     Category: "RULES.md §2: the recipient categories",
@@ -64,6 +77,8 @@ def _plain(annotation: Any) -> Any:
 
 def rule_for(model: type[BaseModel] | None, field: str, kind: str, message: str) -> str:
     """The rule a refused field breaks: an R-id the message cites, else the contract's clause."""
+    if kind in _KIND_RULES:
+        return _KIND_RULES[kind]
     cited = _R_ID.search(message)
     if cited:
         return cited.group(0)

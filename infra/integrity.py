@@ -6,12 +6,31 @@ Every stored event is chained, in notification order, by
                       ‖ len‖originator id ‖ len‖version ‖ len‖state bytes)
 
 over exactly what the store holds (the state bytes as stored: personal fields are ciphertext, so
-erasing a key never breaks the chain). The links live in ``event_chain`` (position, hash, plus a
-short digest of each field so that ``ledger verify`` can say *what* changed), written by a
-chainer that follows the notification log (after every save, and by ``ledger chain``), anchored
-every :data:`CHECKPOINT_EVERY` events and at the end of each explicit run in ``chain_checkpoints``
-(position, hash, recorded_at, seal), each sealed with an HMAC under a key derived from the master
-data key, so rewriting the chain table as well as the events does not go unnoticed.
+erasing a key never breaks the chain).
+
+**In the saving transaction.** The application's recorder is one of this module's subclasses of
+the library's recorders (selected by the wiring: ``APPLICATION_RECORDER_TOPIC``, or
+:class:`ChainedPOPOFactory` in memory). The method that inserts the events inside the recorder's
+transaction reads the chain head under the writers' lock (PostgreSQL: the library's ``EXCLUSIVE``
+lock on the events table; SQLite: its one write lock, held since the events were inserted) and
+inserts the links in the same transaction. An event without a link can therefore only have been
+written behind the application's back: ``ledger verify`` reports it, naming its position.
+
+**Seals.** The last link of every save, and every link that carries a checkpoint, is sealed: an
+HMAC under a key derived from the master data key over (position, hash, seq, the number of the
+checkpoint in force). Links re-computed by anyone without the key end unsealed, and a save's seal
+names the checkpoint it followed, so a deleted checkpoint is missed by the next seal.
+
+**Checkpoints** (``chain_checkpoints``) form a numbered sequence 1, 2, 3, … sealed every
+:data:`CHECKPOINT_EVERY` events (inside the save) and on demand (``ledger chain``); each signs its
+number, position, hash, time, kind and the previous checkpoint's signature, so a deleted,
+renumbered or reordered checkpoint is a gap ``ledger verify`` names. The relay publishes each one
+(``chain.checkpoint_sealed``) and ``ledger chain --head`` prints the last one for keeping outside
+the database: the two things an attacker holding the data key and write access cannot rewrite.
+
+Stores chained by the earlier chainer (links written after the save, unnumbered checkpoints) keep
+verifying: on first opening, their tables gain the new columns, the events the earlier chainer had
+not reached yet are chained once, and the head is sealed (a checkpoint of kind ``upgrade``).
 
 Positions are notification ids: they can have gaps (ADR 0002), so a position is never a count.
 """
@@ -19,6 +38,7 @@ Positions are notification ids: they can have gaps (ADR 0002), so a position is 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -27,10 +47,15 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
-from eventsourcing.persistence import IntegrityError as StoreIntegrityError
 from eventsourcing.persistence import OperationalError as StoreOperationalError
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory
+from eventsourcing.utils import get_topic, resolve_topic
+from psycopg.sql import SQL
 
 log = logging.getLogger("ledger.integrity")
 
@@ -41,10 +66,18 @@ PAGE = 1000
 BLOCK = 1024  # bytes of state per block digest (to locate a change outside JSON fields)
 SHORT = 12  # hex characters kept per field digest
 
+#: Kinds of checkpoint: inside a save every CHECKPOINT_EVERY events, on demand (``ledger
+#: chain``), and the one sealed when a store chained by the earlier chainer is first opened.
+PERIODIC, ON_DEMAND, UPGRADE = "periodic", "on_demand", "upgrade"
+
 
 class ChainLink(NamedTuple):
     position: int
     hash: str
+
+
+class ChainNotInstalled(RuntimeError):
+    """The chaining recorder has no sealer: events are never stored unchained."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,18 +191,35 @@ def _json_fields(state: bytes) -> list[tuple[str, int, int]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Where links are kept
+# Links, checkpoints and their seals
 
 
 class Row(NamedTuple):
+    """One link: ``seal`` and ``checkpoint`` (the number of the checkpoint in force) are set on
+    the last link of each save and on every link that carries a checkpoint."""
+
     position: int
     hash: str
     seq: int
     digests: str | None
+    seal: str | None = None
+    checkpoint: int | None = None
+
+
+class Checkpoint(NamedTuple):
+    """A signed checkpoint; ``number`` is None for one written by the earlier chainer."""
+
+    position: int
+    hash: str
+    recorded_at: str
+    seal: str
+    number: int | None = None
+    kind: str | None = None
+    previous: str | None = None
 
 
 class _Stored(NamedTuple):
-    """A stored event as read from the events table (the fields of a notification)."""
+    """A stored event with its position (the fields of a notification)."""
 
     id: int
     originator_id: Any
@@ -187,276 +237,556 @@ def _uuid(value: Any) -> Any:
         return value  # a store keyed by text ids
 
 
-class Checkpoint(NamedTuple):
-    position: int
-    hash: str
-    recorded_at: str
-    seal: str
+def _positioned(ids: Sequence[int] | None, stored_events: Sequence[StoredEvent]) -> list[_Stored]:
+    if ids is None or len(ids) != len(stored_events):
+        raise ChainNotInstalled("the recorder returned no notification ids: the events cannot be chained")
+    return [_Stored(int(i), _uuid(s.originator_id), s.originator_version, s.topic, bytes(s.state)) for i, s in zip(ids, stored_events)]
 
 
-#: Given the current head and the next stored events, the links and checkpoints to add.
-Linker = Callable[["Row | None", list[Any]], "tuple[list[Row], list[Checkpoint]]"]
+def legacy_seal_text(position: int, hash_hex: str, recorded_at: str) -> str:
+    """What the earlier chainer's (unnumbered) checkpoints signed."""
+    return f"{position}|{hash_hex}|{recorded_at}"
 
 
-class ChainStore(Protocol):
-    def head(self) -> Row | None: ...
-    def rows(self, after: int, limit: int) -> list[Row]: ...
-    def at_or_before(self, position: int) -> Row | None: ...
-    def advance(self, link: Linker, *, stop: int | None, wait: bool) -> tuple[bool, Row | None, int]:
-        """Under the writers' lock: read the head and up to :data:`PAGE` events after it (up to
-        ``stop``), add their links. Returns (done, new head, events chained); not done when
-        another chainer holds the lock and ``wait`` is false, or got in first."""
-    def append(self, expected_head: int, rows: list[Row], checkpoints: list[Checkpoint], *, wait: bool) -> bool: ...
-    def checkpoints(self) -> list[Checkpoint]: ...
-    def last_checkpoint(self) -> Checkpoint | None: ...
+def checkpoint_seal_text(number: int, position: int, hash_hex: str, recorded_at: str, kind: str, previous: str) -> str:
+    return f"ledger-checkpoint-v2|{number}|{position}|{hash_hex}|{recorded_at}|{kind}|{previous}"
 
 
-class MemoryChainStore:
-    def __init__(self, read: Callable[..., list[Any]] | None = None) -> None:
-        self._read = read  # the recorder's select_notifications
-        self._rows: list[Row] = []
-        self._checkpoints: list[Checkpoint] = []
-        self._lock = threading.Lock()
-
-    def head(self) -> Row | None:
-        return self._rows[-1] if self._rows else None
-
-    def rows(self, after: int, limit: int) -> list[Row]:
-        return [r for r in self._rows if r.position > after][:limit]
-
-    def at_or_before(self, position: int) -> Row | None:
-        found = None
-        for r in self._rows:
-            if r.position > position:
-                break
-            found = r
-        return found
-
-    def advance(self, link: Linker, *, stop: int | None, wait: bool) -> tuple[bool, Row | None, int]:
-        assert self._read is not None
-        with self._lock:
-            head = self.head()
-            batch = list(self._read(start=(head.position if head else 0) + 1, limit=PAGE, stop=stop))
-            rows, checkpoints = link(head, batch)
-            self._rows.extend(rows)
-            self._checkpoints.extend(checkpoints)
-            return True, self.head(), len(batch)
-
-    def append(self, expected_head: int, rows: list[Row], checkpoints: list[Checkpoint], *, wait: bool) -> bool:
-        with self._lock:
-            current = self._rows[-1].position if self._rows else 0
-            if current != expected_head:
-                return False
-            self._rows.extend(rows)
-            self._checkpoints.extend(checkpoints)
-            return True
-
-    def checkpoints(self) -> list[Checkpoint]:
-        return list(self._checkpoints)
-
-    def last_checkpoint(self) -> Checkpoint | None:
-        return self._checkpoints[-1] if self._checkpoints else None
+def link_seal_text(position: int, hash_hex: str, seq: int, checkpoint: int) -> str:
+    return f"ledger-link-v2|{position}|{hash_hex}|{seq}|{checkpoint}"
 
 
-class SqlChainStore:
-    """``event_chain`` and ``chain_checkpoints`` in the event store's database, through the
-    recorder's datastore. Writers are serialised: an advisory lock on PostgreSQL, the database
-    write lock on SQLite; a writer that finds the head moved gives way."""
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and hmac.compare_digest(a, b)
 
-    LOCK = "hashtext('ledger.event_chain')"
 
-    def __init__(self, datastore: Any, *, postgres: bool, events_table: str):
-        self.datastore = datastore
-        self.postgres = postgres
-        self.p = "%s" if postgres else "?"
-        big = "BIGINT" if postgres else "INTEGER"
-        position = "notification_id" if postgres else "rowid"
-        self._select_events = (
-            f"SELECT {position} AS id, originator_id, originator_version, topic, state FROM {events_table} "
-            f"WHERE {position} > {self.p} AND {position} <= {self.p} ORDER BY {position} LIMIT {self.p}"
-        )
-        with datastore.transaction(commit=True) as c:
-            if postgres:
-                c.execute(f"SELECT pg_advisory_xact_lock({self.LOCK})")
-            c.execute(
-                f"CREATE TABLE IF NOT EXISTS event_chain (position {big} PRIMARY KEY, hash TEXT NOT NULL, "
-                f"seq {big} NOT NULL, digests TEXT)"
-            )
-            c.execute(
-                f"CREATE TABLE IF NOT EXISTS chain_checkpoints (position {big} PRIMARY KEY, hash TEXT NOT NULL, "
-                "recorded_at TEXT NOT NULL, seal TEXT NOT NULL)"
-            )
+@dataclass
+class Sealer:
+    """Computes links and seals them: the one place that knows the seal key (through ``seal``)."""
+
+    seal: Callable[[str], str]
+    checkpoint_every: int = CHECKPOINT_EVERY
+
+    def sealed(self, row: Row, checkpoint: int) -> Row:
+        return row._replace(seal=self.seal(link_seal_text(row.position, row.hash, row.seq, checkpoint)), checkpoint=checkpoint)
+
+    def checkpoint(self, number: int, position: int, hash_hex: str, kind: str, previous: str) -> Checkpoint:
+        at = datetime.now(timezone.utc).isoformat()
+        return Checkpoint(position, hash_hex, at, self.seal(checkpoint_seal_text(number, position, hash_hex, at, kind, previous)), number, kind, previous)
 
     @staticmethod
-    def _row(r: Any) -> Row:
-        return Row(int(r["position"]), r["hash"], int(r["seq"]), r["digests"])
+    def in_force(head: Row | None, last: Checkpoint | None) -> int:
+        """The number of the last checkpoint: the store's, or the one the head's seal names if
+        that is higher (a checkpoint was deleted: numbering goes on past it, leaving the gap)."""
+        return max((last.number or 0) if last else 0, (head.checkpoint or 0) if head else 0)
 
-    def head(self) -> Row | None:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT position, hash, seq, digests FROM event_chain ORDER BY position DESC LIMIT 1")
-            r = c.fetchone()
-        return self._row(r) if r else None
-
-    def rows(self, after: int, limit: int) -> list[Row]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT position, hash, seq, digests FROM event_chain WHERE position > {self.p} ORDER BY position LIMIT {self.p}", (after, limit))
-            return [self._row(r) for r in c.fetchall()]
-
-    def at_or_before(self, position: int) -> Row | None:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT position, hash, seq, digests FROM event_chain WHERE position <= {self.p} ORDER BY position DESC LIMIT 1", (position,))
-            r = c.fetchone()
-        return self._row(r) if r else None
-
-    def _lock(self, c: Any, wait: bool) -> bool:
-        if not self.postgres:
-            return True  # SQLite: its one write lock, taken at the first write
-        if wait:
-            c.execute(f"SELECT pg_advisory_xact_lock({self.LOCK})")
-            return True
-        c.execute(f"SELECT pg_try_advisory_xact_lock({self.LOCK}) AS ok")
-        return bool(c.fetchone()["ok"])
-
-    def _insert(self, c: Any, rows: list[Row], checkpoints: list[Checkpoint]) -> None:
-        p = self.p
-        if rows:
-            c.executemany(f"INSERT INTO event_chain (position, hash, seq, digests) VALUES ({p}, {p}, {p}, {p})", [tuple(r) for r in rows])
-        if checkpoints:
-            c.executemany(
-                f"INSERT INTO chain_checkpoints (position, hash, recorded_at, seal) VALUES ({p}, {p}, {p}, {p})", [tuple(cp) for cp in checkpoints]
-            )
-
-    def advance(self, link: Linker, *, stop: int | None, wait: bool) -> tuple[bool, Row | None, int]:
-        """One transaction: lock, head, the next events (read from the events table itself, so the
-        writers' commit order is the order chained), links."""
-        try:
-            with self.datastore.transaction(commit=True) as c:
-                if not self._lock(c, wait):
-                    return False, None, 0
-                c.execute("SELECT position, hash, seq, digests FROM event_chain ORDER BY position DESC LIMIT 1")
-                r = c.fetchone()
-                head = self._row(r) if r else None
-                c.execute(self._select_events, ((head.position if head else 0), stop if stop is not None else 2**62, PAGE))
-                batch = [_Stored(int(e["id"]), _uuid(e["originator_id"]), int(e["originator_version"]), e["topic"], bytes(e["state"])) for e in c.fetchall()]
-                rows, checkpoints = link(head, batch)
-                self._insert(c, rows, checkpoints)
-            return True, (rows[-1] if rows else head), len(batch)
-        except (StoreIntegrityError, StoreOperationalError):
-            return False, None, 0  # another chainer got in first, or held SQLite's write lock
-
-    def append(self, expected_head: int, rows: list[Row], checkpoints: list[Checkpoint], *, wait: bool) -> bool:
-        try:
-            with self.datastore.transaction(commit=True) as c:
-                if self.postgres:
-                    if wait:
-                        c.execute(f"SELECT pg_advisory_xact_lock({self.LOCK})")
-                    else:
-                        c.execute(f"SELECT pg_try_advisory_xact_lock({self.LOCK}) AS ok")
-                        if not c.fetchone()["ok"]:
-                            return False
-                c.execute("SELECT MAX(position) AS head FROM event_chain")
-                current = c.fetchone()["head"] or 0
-                if int(current) != expected_head:
-                    return False
-                self._insert(c, rows, checkpoints)
-            return True
-        except (StoreIntegrityError, StoreOperationalError):
-            # Another chainer wrote the same positions first (or held SQLite's write lock): the
-            # caller reads the new head and carries on from there.
-            return False
-
-    def checkpoints(self) -> list[Checkpoint]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT position, hash, recorded_at, seal FROM chain_checkpoints ORDER BY position")
-            return [Checkpoint(int(r["position"]), r["hash"], r["recorded_at"], r["seal"]) for r in c.fetchall()]
-
-    def last_checkpoint(self) -> Checkpoint | None:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute("SELECT position, hash, recorded_at, seal FROM chain_checkpoints ORDER BY position DESC LIMIT 1")
-            r = c.fetchone()
-        return Checkpoint(int(r["position"]), r["hash"], r["recorded_at"], r["seal"]) if r else None
+    def link(self, head: Row | None, last: Checkpoint | None, events: Sequence[Any]) -> tuple[list[Row], list[Checkpoint]]:
+        """The links (and periodic checkpoints) for ``events``, stored right after ``head``."""
+        prev, seq = (bytes.fromhex(head.hash), head.seq) if head else (GENESIS, 0)
+        number = self.in_force(head, last)
+        previous = last.seal if last else ""
+        rows: list[Row] = []
+        checkpoints: list[Checkpoint] = []
+        for n in events:
+            prev = link_hash(prev, n.id, n.topic, n.originator_id, n.originator_version, n.state)
+            seq += 1
+            row = Row(n.id, prev.hex(), seq, field_digests(n.topic, n.originator_id, n.originator_version, n.state))
+            if seq % self.checkpoint_every == 0:
+                number += 1
+                cp = self.checkpoint(number, n.id, row.hash, PERIODIC, previous)
+                checkpoints.append(cp)
+                previous = cp.seal
+                row = self.sealed(row, number)
+            rows.append(row)
+        if rows and rows[-1].seal is None:
+            rows[-1] = self.sealed(rows[-1], number)
+        return rows, checkpoints
 
 
 # ---------------------------------------------------------------------------------------------
-# The chainer
+# Chaining recorders: SQL
 
 
-def _seal_text(position: int, hash_hex: str, recorded_at: str) -> str:
-    return f"{position}|{hash_hex}|{recorded_at}"
+_ROW = "position, hash, seq, digests, seal, checkpoint"
+_CHECKPOINT = "position, hash, recorded_at, seal, number, kind, previous"
+#: Columns each table has in this version (older stores lack the later ones: :meth:`migrate`).
+_COLUMNS = {
+    "event_chain": ("position", "hash", "seq", "digests", "seal", "checkpoint"),
+    "chain_checkpoints": ("position", "hash", "recorded_at", "seal", "number", "kind", "previous"),
+}
+
+
+def _row(r: Any) -> Row:
+    return Row(int(r["position"]), r["hash"], int(r["seq"]), r["digests"], r["seal"], None if r["checkpoint"] is None else int(r["checkpoint"]))
+
+
+def _checkpoint(r: Any) -> Checkpoint:
+    return Checkpoint(int(r["position"]), r["hash"], r["recorded_at"], r["seal"], None if r["number"] is None else int(r["number"]), r["kind"], r["previous"])
+
+
+class _SqlChain:
+    """The chain's SQL, shared by the SQLite and PostgreSQL recorders. ``event_chain`` and
+    ``chain_checkpoints`` live in the event store's own database."""
+
+    datastore: Any
+    chain_sealer: Sealer | None = None
+    _postgres = False
+
+    def _chain_init(self, events_table: str, position: str) -> None:
+        self.chain_sealer = None
+        self._p = "%s" if self._postgres else "?"
+        self._events_table = events_table
+        self._select_events_after = (
+            f"SELECT {position} AS id, originator_id, originator_version, topic, state FROM {events_table} "
+            f"WHERE {position} > {self._p} ORDER BY {position} LIMIT {self._p}"
+        )
+
+    # -- inside a transaction ---------------------------------------------------------------
+    def _chain_head(self, c: Any) -> tuple[Row | None, Checkpoint | None]:
+        c.execute(f"SELECT {_ROW} FROM event_chain ORDER BY position DESC LIMIT 1")
+        r = c.fetchone()
+        c.execute(f"SELECT {_CHECKPOINT} FROM chain_checkpoints ORDER BY position DESC LIMIT 1")
+        k = c.fetchone()
+        return (_row(r) if r else None), (_checkpoint(k) if k else None)
+
+    def _chain_write(self, c: Any, rows: list[Row], checkpoints: list[Checkpoint]) -> None:
+        p = self._p
+        if rows:
+            c.executemany(f"INSERT INTO event_chain ({_ROW}) VALUES ({p}, {p}, {p}, {p}, {p}, {p})", [tuple(r) for r in rows])
+        if checkpoints:
+            c.executemany(f"INSERT INTO chain_checkpoints ({_CHECKPOINT}) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})", [tuple(k) for k in checkpoints])
+
+    def _chain_reseal(self, c: Any, row: Row) -> None:
+        p = self._p
+        c.execute(f"UPDATE event_chain SET seal = {p}, checkpoint = {p} WHERE position = {p}", (row.seal, row.checkpoint, row.position))
+
+    def _chain_events(self, c: Any, events: list[_Stored]) -> None:
+        """Link ``events`` (just inserted by this transaction, which holds the writers' lock)."""
+        sealer = self.chain_sealer
+        if sealer is None:
+            raise ChainNotInstalled("the integrity chain is not installed on this recorder (build the app with infra.wiring)")
+        head, last = self._chain_head(c)
+        rows, checkpoints = sealer.link(head, last, events)
+        self._chain_write(c, rows, checkpoints)
+
+    def _chain_lock(self, c: Any) -> None:  # pragma: no cover - per backend
+        raise NotImplementedError
+
+    # -- own transactions -------------------------------------------------------------------
+    def _chain_transaction(self, work: Callable[[Any], Any]) -> Any:
+        """``work(cursor)`` in a write transaction holding the writers' lock; retried while
+        SQLite reports the database busy (another process writing)."""
+        for attempt in range(40):
+            try:
+                with self.datastore.transaction(commit=True) as c:
+                    self._chain_lock(c)
+                    return work(c)
+            except StoreOperationalError:
+                if attempt == 39:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def chain_seal_head(self, kind: str = ON_DEMAND) -> Checkpoint | None:
+        """Seal a checkpoint at the head (unless the head has one); re-seal the head's link so
+        that it names the new checkpoint. Returns the last checkpoint (None: nothing chained)."""
+        sealer = self.chain_sealer
+        if sealer is None:
+            raise ChainNotInstalled("the integrity chain is not installed on this recorder")
+
+        def work(c: Any) -> Checkpoint | None:
+            head, last = self._chain_head(c)
+            if head is None:
+                return last
+            if last is not None and last.position >= head.position:
+                return last
+            number = sealer.in_force(head, last) + 1
+            cp = sealer.checkpoint(number, head.position, head.hash, kind, last.seal if last else "")
+            self._chain_write(c, [], [cp])
+            self._chain_reseal(c, sealer.sealed(head, number))
+            return cp
+
+        return self._chain_transaction(work)
+
+    def _chain_columns(self, c: Any) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        if self._postgres:
+            c.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name IN ('event_chain', 'chain_checkpoints')"
+            )
+            for r in c.fetchall():
+                out.setdefault(r["table_name"], set()).add(r["column_name"])
+        else:
+            for table in _COLUMNS:
+                c.execute(f"PRAGMA table_info({table})")
+                cols = {r["name"] for r in c.fetchall()}
+                if cols:
+                    out[table] = cols
+        return out
+
+    def _chain_current(self, columns: dict[str, set[str]]) -> bool:
+        return all(set(cols) <= columns.get(table, set()) for table, cols in _COLUMNS.items())
+
+    def chain_install(self, sealer: Sealer) -> dict[str, Any]:
+        """Bind the sealer; create the chain tables, or bring an earlier chainer's up to date (its
+        columns, the events it had not chained yet, a sealed head). Returns what was done."""
+        self.chain_sealer = sealer
+        with self.datastore.transaction(commit=False) as c:
+            if self._chain_current(self._chain_columns(c)):
+                return {"created": False, "upgraded": False, "adopted": 0}
+        return self._chain_transaction(lambda c: self._chain_migrate(c, sealer))
+
+    def _chain_migrate(self, c: Any, sealer: Sealer) -> dict[str, Any]:
+        columns = self._chain_columns(c)
+        if self._chain_current(columns):
+            return {"created": False, "upgraded": False, "adopted": 0}
+        big = "BIGINT" if self._postgres else "INTEGER"
+        created = "event_chain" not in columns
+        upgraded = not created
+        c.execute(
+            f"CREATE TABLE IF NOT EXISTS event_chain (position {big} PRIMARY KEY, hash TEXT NOT NULL, seq {big} NOT NULL, "
+            f"digests TEXT, seal TEXT, checkpoint {big})"
+        )
+        c.execute(
+            f"CREATE TABLE IF NOT EXISTS chain_checkpoints (position {big} PRIMARY KEY, hash TEXT NOT NULL, recorded_at TEXT NOT NULL, "
+            f"seal TEXT NOT NULL, number {big}, kind TEXT, previous TEXT)"
+        )
+        for table, cols in _COLUMNS.items():
+            for col in cols:
+                if table in columns and col not in columns[table]:
+                    kind = big if col in ("checkpoint", "number") else "TEXT"
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
+        c.execute("CREATE UNIQUE INDEX IF NOT EXISTS chain_checkpoints_number ON chain_checkpoints (number)")
+        adopted = self._chain_adopt(c, sealer)
+        return {"created": created, "upgraded": upgraded, "adopted": adopted}
+
+    def _chain_adopt(self, c: Any, sealer: Sealer) -> int:
+        """Chain what the earlier chainer (or none) left unchained, and seal the head."""
+        count = 0
+        while True:
+            head, last = self._chain_head(c)
+            c.execute(self._select_events_after, (head.position if head else 0, PAGE))
+            batch = [_Stored(int(e["id"]), _uuid(e["originator_id"]), int(e["originator_version"]), e["topic"], bytes(e["state"])) for e in c.fetchall()]
+            if not batch:
+                break
+            rows, checkpoints = sealer.link(head, last, batch)
+            self._chain_write(c, rows, checkpoints)
+            count += len(batch)
+        head, last = self._chain_head(c)
+        if head is not None and (last is None or last.position < head.position):
+            number = sealer.in_force(head, last) + 1
+            cp = sealer.checkpoint(number, head.position, head.hash, UPGRADE, last.seal if last else "")
+            self._chain_write(c, [], [cp])
+            self._chain_reseal(c, sealer.sealed(head, number))
+        elif head is not None and head.seal is None:
+            self._chain_reseal(c, sealer.sealed(head, sealer.in_force(head, last)))
+        if count:
+            log.warning("integrity chain: %d events stored before this version chained them were chained now (up to position %s)", count, head.position if head else 0)
+        return count
+
+    # -- reading ----------------------------------------------------------------------------
+    def chain_head(self) -> Row | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT {_ROW} FROM event_chain ORDER BY position DESC LIMIT 1")
+            r = c.fetchone()
+        return _row(r) if r else None
+
+    def chain_rows(self, after: int, limit: int) -> list[Row]:
+        p = self._p
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT {_ROW} FROM event_chain WHERE position > {p} ORDER BY position LIMIT {p}", (after, limit))
+            return [_row(r) for r in c.fetchall()]
+
+    def chain_at_or_before(self, position: int) -> Row | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT {_ROW} FROM event_chain WHERE position <= {self._p} ORDER BY position DESC LIMIT 1", (position,))
+            r = c.fetchone()
+        return _row(r) if r else None
+
+    def chain_checkpoints(self) -> list[Checkpoint]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT {_CHECKPOINT} FROM chain_checkpoints ORDER BY position")
+            return [_checkpoint(r) for r in c.fetchall()]
+
+    def chain_last_checkpoint(self) -> Checkpoint | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT {_CHECKPOINT} FROM chain_checkpoints ORDER BY position DESC LIMIT 1")
+            r = c.fetchone()
+        return _checkpoint(r) if r else None
+
+    def chain_checkpoints_after(self, number: int, up_to: int, limit: int = PAGE) -> list[Checkpoint]:
+        """Numbered checkpoints after ``number`` at positions up to ``up_to`` (the relay's)."""
+        p = self._p
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT {_CHECKPOINT} FROM chain_checkpoints WHERE number > {p} AND position <= {p} ORDER BY number LIMIT {p}",
+                (number, up_to, limit),
+            )
+            return [_checkpoint(r) for r in c.fetchall()]
+
+
+class ChainedSQLiteApplicationRecorder(_SqlChain, SQLiteApplicationRecorder):
+    """The library's SQLite recorder, chaining each event in the transaction that inserts it."""
+
+    def __init__(self, datastore: Any, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name)
+        self._chain_init(self.events_table_name, "rowid")
+
+    def _insert_events(self, c: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        if stored_events:
+            # The INSERTs above took SQLite's write lock: the head read now is the last one.
+            self._chain_events(c, _positioned(ids, stored_events))
+        return ids
+
+    def _chain_lock(self, c: Any) -> None:
+        # A write first (that changes nothing), so that SQLite's write lock is held before
+        # anything is read.
+        c.execute(f"UPDATE {self.events_table_name} SET topic = topic WHERE rowid < 0")
+
+
+class ChainedPostgresApplicationRecorder(_SqlChain, PostgresApplicationRecorder):
+    """The library's PostgreSQL recorder, chaining each event in the transaction that inserts it
+    (after the library's ``LOCK TABLE … IN EXCLUSIVE MODE``, which serialises the writers)."""
+
+    _postgres = True
+
+    def __init__(self, datastore: Any, *, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        if datastore.enable_db_functions:
+            raise ChainNotInstalled("POSTGRES_ENABLE_DB_FUNCTIONS inserts events without this recorder's transaction (ADR 0002, 0016)")
+        self.insert_events_statement += SQL(", originator_id, originator_version")
+        self._chain_init(f'"{datastore.schema}"."{self.events_table_name}"', "notification_id")
+
+    def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        if self.chain_sealer is None:  # refused before anything is written
+            raise ChainNotInstalled("the integrity chain is not installed on this recorder (build the app with infra.wiring)")
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def _fetch_ids_after_insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        assert curs.statusmessage and curs.statusmessage.startswith("INSERT"), curs.statusmessage
+        try:
+            # The insert returns each row's originator and version too (see __init__): each
+            # position is matched to its own event, whatever order the rows come back in.
+            returned = {(str(r["originator_id"]), int(r["originator_version"])): int(r["notification_id"]) for r in curs.fetchall()}
+            ids = [returned[(str(s.originator_id), s.originator_version)] for s in stored_events]
+            self._chain_events(curs, _positioned(ids, stored_events))
+        except Exception:
+            # The library commits unless the database refused something: make it refuse, so
+            # that the events are never committed without their links.
+            log.error("the integrity chain could not link the events of this save; nothing is stored", exc_info=True)
+            try:
+                curs.execute("DO $$ BEGIN RAISE EXCEPTION 'the integrity chain could not link these events'; END $$")
+            except Exception:  # noqa: BLE001 - the transaction is aborted, which is the point
+                pass
+            raise
+        return ids
+
+    def _chain_lock(self, c: Any) -> None:
+        self._lock_table(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chaining recorder: in memory
+
+
+class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
+    """The library's in-memory recorder, chaining under its own lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chain_sealer: Sealer | None = None
+        self._chain_rows: list[Row] = []
+        self._chain_cps: list[Checkpoint] = []
+
+    def _insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        with self._database_lock:
+            if self.chain_sealer is None:
+                raise ChainNotInstalled("the integrity chain is not installed on this recorder (build the app with infra.wiring)")
+            ids = super()._insert_events(stored_events, **kwargs)
+            if stored_events:
+                head = self._chain_rows[-1] if self._chain_rows else None
+                last = self._chain_cps[-1] if self._chain_cps else None
+                rows, checkpoints = self.chain_sealer.link(head, last, _positioned(ids, stored_events))
+                self._chain_rows.extend(rows)
+                self._chain_cps.extend(checkpoints)
+            return ids
+
+    def chain_install(self, sealer: Sealer) -> dict[str, Any]:
+        self.chain_sealer = sealer
+        return {"created": False, "upgraded": False, "adopted": 0}
+
+    def chain_seal_head(self, kind: str = ON_DEMAND) -> Checkpoint | None:
+        with self._database_lock:
+            sealer = self.chain_sealer
+            assert sealer is not None
+            head = self._chain_rows[-1] if self._chain_rows else None
+            last = self._chain_cps[-1] if self._chain_cps else None
+            if head is None or (last is not None and last.position >= head.position):
+                return last
+            number = sealer.in_force(head, last) + 1
+            cp = sealer.checkpoint(number, head.position, head.hash, kind, last.seal if last else "")
+            self._chain_cps.append(cp)
+            self._chain_rows[-1] = sealer.sealed(head, number)
+            return cp
+
+    def chain_head(self) -> Row | None:
+        return self._chain_rows[-1] if self._chain_rows else None
+
+    def chain_rows(self, after: int, limit: int) -> list[Row]:
+        with self._database_lock:
+            return [r for r in self._chain_rows if r.position > after][:limit]
+
+    def chain_at_or_before(self, position: int) -> Row | None:
+        found = None
+        with self._database_lock:
+            for r in self._chain_rows:
+                if r.position > position:
+                    break
+                found = r
+        return found
+
+    def chain_checkpoints(self) -> list[Checkpoint]:
+        with self._database_lock:
+            return sorted(self._chain_cps, key=lambda k: k.position)
+
+    def chain_last_checkpoint(self) -> Checkpoint | None:
+        cps = self.chain_checkpoints()
+        return cps[-1] if cps else None
+
+    def chain_checkpoints_after(self, number: int, up_to: int, limit: int = PAGE) -> list[Checkpoint]:
+        found = [k for k in self.chain_checkpoints() if k.number is not None and k.number > number and k.position <= up_to]
+        return sorted(found, key=lambda k: k.number or 0)[:limit]
+
+
+class ChainedPOPOFactory(POPOFactory):
+    """``PERSISTENCE_MODULE`` for an in-memory ledger (the library's POPO factory reads no
+    recorder topic)."""
+
+    def application_recorder(self) -> Any:
+        return ChainedPOPOApplicationRecorder()
+
+
+SQLITE_RECORDER_TOPIC = get_topic(ChainedSQLiteApplicationRecorder)
+POSTGRES_RECORDER_TOPIC = get_topic(ChainedPostgresApplicationRecorder)
+POPO_FACTORY_TOPIC = get_topic(ChainedPOPOFactory)
+
+
+def chained_env(env: dict[str, str]) -> dict[str, str]:
+    """The store's eventsourcing env with this module's chaining recorder selected, whatever
+    factory the env names (the library's, or a subclass such as :mod:`infra.sqlite_bulk`'s)."""
+    module = env.get("PERSISTENCE_MODULE") or "eventsourcing.popo"
+    factory: Any = None
+    if module in ("eventsourcing.popo", "eventsourcing.sqlite", "eventsourcing.postgres"):
+        factory = {"eventsourcing.popo": POPOFactory, "eventsourcing.sqlite": SQLiteFactory, "eventsourcing.postgres": PostgresFactory}[module]
+    else:
+        try:
+            factory = resolve_topic(module)
+        except Exception:  # noqa: BLE001 - not a class topic: the library will say what is wrong
+            factory = None
+    if isinstance(factory, type) and issubclass(factory, SQLiteFactory):
+        return {**env, "APPLICATION_RECORDER_TOPIC": SQLITE_RECORDER_TOPIC}
+    if isinstance(factory, type) and issubclass(factory, PostgresFactory):
+        return {**env, "APPLICATION_RECORDER_TOPIC": POSTGRES_RECORDER_TOPIC}
+    if factory is POPOFactory:
+        return {**env, "PERSISTENCE_MODULE": POPO_FACTORY_TOPIC}
+    if isinstance(factory, type) and issubclass(factory, ChainedPOPOFactory):
+        return dict(env)
+    raise ChainNotInstalled(f"no chaining recorder for the persistence module {module!r} (ADR 0016)")
+
+
+class ChainStore(Protocol):
+    """What :class:`Chain` and :func:`verify` need from a chaining recorder."""
+
+    def chain_head(self) -> Row | None: ...
+    def chain_rows(self, after: int, limit: int) -> list[Row]: ...
+    def chain_at_or_before(self, position: int) -> Row | None: ...
+    def chain_checkpoints(self) -> list[Checkpoint]: ...
+    def chain_last_checkpoint(self) -> Checkpoint | None: ...
+    def chain_checkpoints_after(self, number: int, up_to: int, limit: int = PAGE) -> list[Checkpoint]: ...
+    def chain_seal_head(self, kind: str = ON_DEMAND) -> Checkpoint | None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The chain of one application
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """The last checkpoint, in the form an auditor keeps outside the database."""
+
+    position: int
+    hash: str
+    checkpoint: int
+    signature: str
+    recorded_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "hash": self.hash, "checkpoint": self.checkpoint, "signature": self.signature, "recorded_at": self.recorded_at}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, text: str) -> "SignedHead":
+        """The JSON ``ledger chain --head`` prints, or ``POSITION:HASH`` (no checkpoint)."""
+        text = text.strip()
+        if text.startswith("{"):
+            d = json.loads(text)
+            return cls(int(d["position"]), str(d["hash"]).lower(), int(d.get("checkpoint") or 0), str(d.get("signature") or ""), str(d.get("recorded_at") or ""))
+        position, _, hash_hex = text.partition(":")
+        if not hash_hex:
+            raise ValueError("a head is the JSON printed by `ledger chain --head`, or POSITION:HASH")
+        return cls(int(position), hash_hex.strip().lower(), 0, "", "")
 
 
 @dataclass
 class Chain:
-    """The chain of one application's store."""
+    """The chain of one application's store (its recorder does the chaining)."""
 
     app: Any
-    store: Any
-    seal: Callable[[str], str]
-    checkpoint_every: int = CHECKPOINT_EVERY
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    store: Any  # ChainStore: the application's recorder
+    sealer: Sealer
 
-    # -- writing ---------------------------------------------------------------------------
-    def run(self, *, stop: int | None = None, wait: bool = True, checkpoint_at_end: bool = True) -> ChainLink | None:
-        """Chain every stored event after the head (up to ``stop``); returns the new head.
-        ``wait=False`` gives way at once when another chainer holds the lock (after a save)."""
-        with self._lock:
-            for _attempt in range(50):
-                done, head = self._run_once(stop=stop, wait=wait, checkpoint_at_end=checkpoint_at_end)
-                if done or not wait:
-                    return head
-            raise RuntimeError("the chain head kept moving under this chainer")  # pragma: no cover
+    @property
+    def seal(self) -> Callable[[str], str]:
+        return self.sealer.seal
 
-    def _link(self, head: Row | None, batch: list[Any]) -> tuple[list[Row], list[Checkpoint]]:
-        prev, seq = (bytes.fromhex(head.hash), head.seq) if head else (GENESIS, 0)
-        rows, checkpoints = [], []
-        for n in batch:
-            prev = link_hash(prev, n.id, n.topic, n.originator_id, n.originator_version, n.state)
-            seq += 1
-            rows.append(Row(n.id, prev.hex(), seq, field_digests(n.topic, n.originator_id, n.originator_version, n.state)))
-            if seq % self.checkpoint_every == 0:
-                checkpoints.append(self._checkpoint(n.id, prev.hex()))
-        return rows, checkpoints
+    @property
+    def checkpoint_every(self) -> int:
+        return self.sealer.checkpoint_every
 
-    def _run_once(self, *, stop: int | None, wait: bool, checkpoint_at_end: bool) -> tuple[bool, ChainLink | None]:
-        head = None
-        while True:
-            done, head, count = self.store.advance(self._link, stop=stop, wait=wait)
-            if not done:
-                if wait:
-                    time.sleep(0.01)
-                return False, self.head()
-            if count < PAGE:
-                break
-        if checkpoint_at_end and head is not None:
-            last = self.store.last_checkpoint()
-            if last is None or last.position < head.position:
-                self.store.append(head.position, [], [self._checkpoint(head.position, head.hash)], wait=True)
-        return True, (ChainLink(head.position, head.hash) if head else None)
+    @checkpoint_every.setter
+    def checkpoint_every(self, value: int) -> None:
+        self.sealer.checkpoint_every = value
 
-    def _checkpoint(self, position: int, hash_hex: str) -> Checkpoint:
-        at = datetime.now(timezone.utc).isoformat()
-        return Checkpoint(position, hash_hex, at, self.seal(_seal_text(position, hash_hex, at)))
-
-    def after_save(self, recordings: list[Any]) -> None:
-        """The application's after-save hook: chain what was just written, never failing a save
-        that already happened (a chain that lags catches up on the next save or ``ledger chain``)."""
-        try:
-            self.run(wait=False, checkpoint_at_end=False)
-        except Exception:  # noqa: BLE001 - the events are committed; the chain catches up later
-            log.warning("the integrity chain could not follow this save; it will catch up", exc_info=True)
-
-    # -- reading ---------------------------------------------------------------------------
     def head(self) -> ChainLink | None:
-        row = self.store.head()
+        row = self.store.chain_head()
         return ChainLink(row.position, row.hash) if row else None
 
+    def seal_head(self) -> Checkpoint | None:
+        """Seal a checkpoint at the head unless it has one; the last checkpoint (None when empty)."""
+        return self.store.chain_seal_head(ON_DEMAND)
+
+    def signed_head(self, *, seal: bool = True) -> SignedHead | None:
+        """The last checkpoint (sealed at the head first, unless ``seal`` is false)."""
+        cp = self.seal_head() if seal else self.store.chain_last_checkpoint()
+        if cp is None:
+            return None
+        return SignedHead(cp.position, cp.hash, cp.number or 0, cp.seal, cp.recorded_at)
+
+    def run(self, *, stop: int | None = None, wait: bool = True, checkpoint_at_end: bool = True) -> ChainLink | None:
+        """The head; with ``checkpoint_at_end``, a checkpoint sealed at it first. Nothing is left to
+        chain: every event was chained by the transaction that stored it (``stop`` and ``wait``
+        are accepted for the callers of the earlier chainer)."""
+        if checkpoint_at_end:
+            self.seal_head()
+        return self.head()
+
     def head_at(self, position: int) -> ChainLink | None:
-        """The link of the last event at or before ``position``, chaining up to it first if the
-        chainer lags behind."""
-        head = self.store.head()
-        if head is None or head.position < position:
-            self.run(stop=position, checkpoint_at_end=False)
-        row = self.store.at_or_before(position)
+        """The link of the last event at or before ``position``."""
+        row = self.store.chain_at_or_before(position)
         return ChainLink(row.position, row.hash) if row else None
 
 
@@ -467,7 +797,7 @@ class Chain:
 @dataclass
 class Problem:
     position: int
-    kind: str  # altered | deleted | inserted | chain_row | checkpoint
+    kind: str  # altered | chain_row | deleted | unchained | links_deleted | unsealed | seal | checkpoint | head
     message: str
     details: list[str] = field(default_factory=list)
     event: dict[str, Any] | None = None
@@ -482,7 +812,9 @@ class Report:
     head: ChainLink | None = None
     unchained: int = 0
     checkpoints: int = 0
+    last_checkpoint: int = 0
     problems: list[Problem] = field(default_factory=list)
+    expected_head: SignedHead | None = None
 
     @property
     def ok(self) -> bool:
@@ -490,7 +822,7 @@ class Report:
 
     @property
     def first(self) -> Problem | None:
-        return min(self.problems, key=lambda p: (p.position, p.kind != "checkpoint")) if self.problems else None
+        return min(self.problems, key=lambda p: (p.position, p.kind == "checkpoint")) if self.problems else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -499,6 +831,8 @@ class Report:
             "head": self.head._asdict() if self.head else None,
             "unchained": self.unchained,
             "checkpoints": self.checkpoints,
+            "last_checkpoint": self.last_checkpoint,
+            "expected_head": self.expected_head.as_dict() if self.expected_head else None,
             "first_broken": self.first.as_dict() if self.first else None,
             "problems": [p.as_dict() for p in self.problems],
         }
@@ -522,17 +856,34 @@ def _merge(events: Iterator[Any], rows: Iterator[Row]) -> Iterator[tuple[Any | N
             e, r = next(events, None), next(rows, None)
 
 
-def verify(chain: Chain, progress: Callable[[int], None] | None = None, max_problems: int = 20) -> Report:
-    """Recompute the chain from the stored events and compare with the links and checkpoints."""
-    report = Report(head=chain.head())
-    head_position = report.head.position if report.head else 0
-    checkpoints = {cp.position: cp for cp in chain.store.checkpoints()}
-    report.checkpoints = len(checkpoints)
+def _unchained(n: Any) -> Problem:
+    return Problem(
+        n.id,
+        "unchained",
+        f"position {n.id} holds an event that was never chained: every event is chained in the transaction that stores it, "
+        "so this one was written behind the ledger's back (or its link was deleted)",
+        event=_describe(n),
+    )
 
-    def events() -> Iterator[Any]:
-        start = 1
+
+def verify(chain: Chain, progress: Callable[[int], None] | None = None, max_problems: int = 50, expect: SignedHead | None = None) -> Report:
+    """Recompute the chain from the stored events; check every link, seal and checkpoint (and,
+    given ``expect``, that the log extends that head)."""
+    store = chain.store
+    recorder = chain.app.recorder
+    seal = chain.sealer.seal
+    # Checkpoints first, then the head: every checkpoint read here is at or before the head
+    # (one beyond it names events that are gone). Saves committed meanwhile are left for the
+    # next run, except that the checkpoints are read again for the links' seals that name them.
+    checkpoints_before = store.chain_checkpoints()
+    head_row = store.chain_head()
+    report = Report(head=ChainLink(head_row.position, head_row.hash) if head_row else None, expected_head=expect)
+    head_position = head_row.position if head_row else 0
+    problems = report.problems
+
+    def events(start: int = 1, stop: int | None = None) -> Iterator[Any]:
         while True:
-            batch = chain.app.recorder.select_notifications(start=start, limit=PAGE)
+            batch = recorder.select_notifications(start=start, limit=PAGE, stop=stop)
             yield from batch
             if len(batch) < PAGE:
                 return
@@ -541,7 +892,7 @@ def verify(chain: Chain, progress: Callable[[int], None] | None = None, max_prob
     def rows() -> Iterator[Row]:
         after = 0
         while True:
-            batch = [r for r in chain.store.rows(after, PAGE) if r.position <= head_position]  # links added meanwhile wait for the next run
+            batch = [r for r in store.chain_rows(after, PAGE) if r.position <= head_position]  # later saves wait for the next run
             yield from batch
             if len(batch) < PAGE:
                 return
@@ -549,57 +900,205 @@ def verify(chain: Chain, progress: Callable[[int], None] | None = None, max_prob
 
     recomputed = GENESIS  # from the events, resynchronised on the stored link after a break
     recomputed_at: dict[int, str] = {}
-    for n, row in _merge(events(), rows()):
-        if n is not None and n.id > head_position:
-            report.unchained += 1
-            continue
+    claims: list[tuple[int, int]] = []  # (position, checkpoint number) named by valid link seals
+    seq = 0
+    last_sealed: Row | None = None
+    first_after_seal: int | None = None  # the first link after the last sealed one
+    for n, row in _merge(events(stop=head_position), rows()):
+        if len(problems) >= max_problems:
+            break
         if progress:
             progress(1)
         if row is None:
-            report.problems.append(Problem(n.id, "inserted", f"position {n.id} holds an event that was never chained (inserted after chaining)", event=_describe(n)))
+            problems.append(_unchained(n))
+            report.unchained += 1
             continue
-        if n is None:
-            report.problems.append(Problem(row.position, "deleted", f"the event chained at position {row.position} is missing from the store (deleted)"))
-            recomputed = bytes.fromhex(row.hash)
-            continue
-        report.checked += 1
-        recomputed = link_hash(recomputed, n.id, n.topic, n.originator_id, n.originator_version, n.state)
-        recomputed_at[n.id] = recomputed.hex()
-        if recomputed.hex() != row.hash:
-            details = explain_difference(row.digests, n.topic, n.originator_id, n.originator_version, n.state)
-            if row.digests == field_digests(n.topic, n.originator_id, n.originator_version, n.state):
-                # The event is as chained: the link was edited. Carry on from the true hash.
-                report.problems.append(
-                    Problem(n.id, "chain_row", f"the chain link at position {n.id} was altered (the event itself matches what was chained)", details=details, event=_describe(n))
-                )
-            else:
-                report.problems.append(
-                    Problem(n.id, "altered", f"the event at position {n.id} does not match its chained hash", details=details, event=_describe(n))
-                )
-                recomputed = bytes.fromhex(row.hash)  # carry on from the chained link, to find any later break
-        if len(report.problems) >= max_problems:
-            break
-
-    last_good = 0
-    for position, cp in sorted(checkpoints.items()):
-        if chain.seal(_seal_text(cp.position, cp.hash, cp.recorded_at)) != cp.seal:
-            report.problems.append(Problem(position, "checkpoint", f"the checkpoint at position {position} has a bad seal (forged, or LEDGER_DATA_KEY differs)"))
-        elif position in recomputed_at and recomputed_at[position] != cp.hash:
-            report.problems.append(
+        if row.seq != seq + 1:
+            missing = row.seq - seq - 1
+            problems.append(
                 Problem(
-                    position,
-                    "checkpoint",
-                    f"the checkpoint at position {position} (recorded {cp.recorded_at}) disagrees with the chain recomputed "
-                    f"from the stored events: the log and its chain table were rewritten between positions {last_good + 1} and {position}",
-                    details=[f"checkpoint {cp.hash}", f"recomputed {recomputed_at[position]}"],
+                    row.position,
+                    "links_deleted",
+                    f"the links are numbered {seq} then {row.seq} at position {row.position}: "
+                    + (f"{missing} chained event(s) and their links before this position were deleted" if missing > 0 else "the link numbering was rewritten"),
                 )
             )
-        elif position <= head_position and position not in recomputed_at and not any(p.position == position for p in report.problems):
-            report.problems.append(Problem(position, "checkpoint", f"the checkpoint at position {position} names an event that is not in the chain"))
+            recomputed = bytes.fromhex(row.hash)
+            seq = row.seq
+            checked_here = False
         else:
-            last_good = position
-    report.problems.sort(key=lambda p: p.position)
+            seq = row.seq
+            checked_here = True
+        if n is None:
+            problems.append(Problem(row.position, "deleted", f"the event chained at position {row.position} is missing from the store (deleted)"))
+            recomputed = bytes.fromhex(row.hash)
+        elif checked_here:
+            report.checked += 1
+            recomputed = link_hash(recomputed, n.id, n.topic, n.originator_id, n.originator_version, n.state)
+            recomputed_at[n.id] = recomputed.hex()
+            if recomputed.hex() != row.hash:
+                details = explain_difference(row.digests, n.topic, n.originator_id, n.originator_version, n.state)
+                if row.digests == field_digests(n.topic, n.originator_id, n.originator_version, n.state):
+                    # The event is as chained: the link was edited. Carry on from the true hash.
+                    problems.append(
+                        Problem(n.id, "chain_row", f"the chain link at position {n.id} was altered (the event itself matches what was chained)", details=details, event=_describe(n))
+                    )
+                else:
+                    problems.append(Problem(n.id, "altered", f"the event at position {n.id} does not match its chained hash", details=details, event=_describe(n)))
+                    recomputed = bytes.fromhex(row.hash)  # carry on from the chained link, to find any later break
+        else:
+            report.checked += 1
+            recomputed_at[n.id] = row.hash
+        if row.seal is not None:
+            if not _same(seal(link_seal_text(row.position, row.hash, row.seq, row.checkpoint or 0)), row.seal):
+                problems.append(
+                    Problem(row.position, "seal", f"the link at position {row.position} carries a seal that does not match it (forged or altered; or LEDGER_DATA_KEY differs)")
+                )
+            else:
+                claims.append((row.position, row.checkpoint or 0))
+            last_sealed, first_after_seal = row, None
+        elif first_after_seal is None:
+            first_after_seal = row.position
+
+    if len(problems) < max_problems and head_row is not None and first_after_seal is not None:
+        problems.append(
+            Problem(
+                first_after_seal,
+                "unsealed",
+                f"the links from position {first_after_seal} to the head ({head_position}) carry no save's seal: every save seals its "
+                "last link, so these were chained outside a save (links deleted and computed again, or forged events appended with links)",
+                details=[f"the last sealed link is at position {last_sealed.position}" if last_sealed else "no link is sealed"],
+            )
+        )
+
+    # Events after the head: stored by saves that committed after this run began (their links
+    # exist now), or written without links.
+    late = list(events(start=head_position + 1)) if len(problems) < max_problems else []
+    if late:
+        linked = {r.position for r in store.chain_rows(head_position, len(late) + PAGE)}
+        for n in late:
+            if n.id not in linked:
+                problems.append(_unchained(n))
+                report.unchained += 1
+                if len(problems) >= max_problems:
+                    break
+
+    known = {(k.position, k.seal) for k in checkpoints_before}
+    checkpoints_after = store.chain_checkpoints()
+    checkpoints = [k for k in checkpoints_after if k.position <= head_position or (k.position, k.seal) in known]
+    _verify_checkpoints(report, checkpoints, checkpoints_after, recomputed_at, claims, seal, head_position)
+    if expect is not None:
+        _verify_expected(report, expect, store, recomputed_at, head_position)
+    problems.sort(key=lambda p: p.position)
     return report
+
+
+def _verify_checkpoints(
+    report: Report,
+    checkpoints: list[Checkpoint],
+    latest: list[Checkpoint],
+    recomputed_at: dict[int, str],
+    claims: list[tuple[int, int]],
+    seal: Callable[[str], str],
+    head_position: int,
+) -> None:
+    problems = report.problems
+    report.checkpoints = len(checkpoints)
+    numbered = sorted((k for k in checkpoints if k.number is not None), key=lambda k: k.number or 0)
+    legacy = [k for k in checkpoints if k.number is None]
+    report.last_checkpoint = numbered[-1].number or 0 if numbered else 0
+    by_number = {k.number: k for k in latest if k.number is not None}
+    first_numbered = numbered[0].position if numbered else None
+
+    last_good = 0
+    for k in checkpoints:  # in position order
+        if k.number is None:
+            ok = _same(seal(legacy_seal_text(k.position, k.hash, k.recorded_at)), k.seal)
+            if first_numbered is not None and k.position > first_numbered:
+                problems.append(Problem(k.position, "checkpoint", f"the unnumbered checkpoint at position {k.position} comes after numbered ones: it was not sealed by the ledger"))
+                continue
+        else:
+            ok = _same(seal(checkpoint_seal_text(k.number, k.position, k.hash, k.recorded_at, k.kind or "", k.previous or "")), k.seal)
+        label = f"checkpoint #{k.number}" if k.number is not None else "the unnumbered checkpoint"
+        if not ok:
+            problems.append(Problem(k.position, "checkpoint", f"{label} at position {k.position} has a bad signature (forged, renumbered or altered; or LEDGER_DATA_KEY differs)"))
+        elif k.position in recomputed_at and recomputed_at[k.position] != k.hash:
+            problems.append(
+                Problem(
+                    k.position,
+                    "checkpoint",
+                    f"{label} at position {k.position} (sealed {k.recorded_at}) disagrees with the chain recomputed from the stored events: "
+                    f"the log and its links were rewritten between positions {last_good + 1} and {k.position}",
+                    details=[f"checkpoint {k.hash}", f"recomputed {recomputed_at[k.position]}"],
+                )
+            )
+        elif k.position > head_position or (k.position not in recomputed_at and not any(p.position == k.position for p in problems)):
+            problems.append(Problem(k.position, "checkpoint", f"{label} at position {k.position} names an event that is not in the chain (the log was truncated, or the checkpoint forged)"))
+        else:
+            last_good = k.position
+
+    # The numbered sequence: 1, 2, 3, … each naming the previous one's signature, positions rising.
+    previous_seal = legacy[-1].seal if legacy else ""
+    previous: Checkpoint | None = None
+    expected = 1
+    for k in numbered:
+        number = k.number or 0
+        if number > expected:
+            missing = f"#{expected}" if number == expected + 1 else f"#{expected}–#{number - 1}"
+            after = f"after #{previous.number} at position {previous.position}" if previous else "at the start of the sequence"
+            problems.append(Problem(k.position, "checkpoint", f"checkpoint {missing} is missing (deleted): the sequence jumps {after} to #{number} at position {k.position}"))
+        elif previous is not None and k.previous != previous.seal:
+            problems.append(Problem(k.position, "checkpoint", f"checkpoint #{number} at position {k.position} does not follow #{previous.number}: it names another previous signature"))
+        elif previous is None and number == 1 and (k.previous or "") != previous_seal:
+            problems.append(Problem(k.position, "checkpoint", f"checkpoint #1 at position {k.position} does not follow the last unnumbered checkpoint"))
+        if previous is not None and k.position <= previous.position:
+            problems.append(Problem(k.position, "checkpoint", f"checkpoint #{number} at position {k.position} is not after #{previous.number} at position {previous.position} (reordered)"))
+        previous, expected = k, number + 1
+
+    # Each save's seal names the checkpoint in force: it must exist, at or before that link.
+    named: set[int] = set()
+    for position, number in claims:
+        if number == 0 or number in named:
+            continue
+        k = by_number.get(number)
+        if k is None:
+            named.add(number)
+            problems.append(
+                Problem(position, "checkpoint", f"checkpoint #{number} is missing (deleted): the save sealed at position {position} followed it")
+            )
+        elif k.position > position:
+            named.add(number)
+            problems.append(
+                Problem(position, "checkpoint", f"checkpoint #{number} is at position {k.position}, but the save sealed at position {position} already followed it: the checkpoints were renumbered or replaced")
+            )
+
+
+def _verify_expected(report: Report, expect: SignedHead, store: Any, recomputed_at: dict[int, str], head_position: int) -> None:
+    problems = report.problems
+    p = expect.position
+    if p > head_position:
+        problems.append(Problem(p, "head", f"the log is shorter than the expected head: it ends at position {head_position}, the head kept outside names position {p} (truncated, or another store)"))
+        return
+    row = store.chain_at_or_before(p)
+    if row is None or row.position != p:
+        problems.append(Problem(p, "head", f"no event is chained at position {p}, which the expected head names (deleted, or another store)"))
+        return
+    if row.hash != expect.hash or recomputed_at.get(p, row.hash) != expect.hash:
+        problems.append(
+            Problem(
+                p,
+                "head",
+                f"the log does not extend the expected head: the link at position {p} differs from the one kept outside (rewritten, or another store)",
+                details=[f"expected {expect.hash}", f"stored {row.hash}"] + ([f"recomputed {recomputed_at[p]}"] if p in recomputed_at else []),
+            )
+        )
+        return
+    if expect.checkpoint:
+        k = next((k for k in store.chain_checkpoints() if k.number == expect.checkpoint), None)
+        if k is None or (k.position, k.hash) != (p, expect.hash) or (expect.signature and not _same(k.seal, expect.signature)):
+            problems.append(
+                Problem(p, "head", f"checkpoint #{expect.checkpoint}, which the expected head names, is " + ("missing" if k is None else "not the one kept outside") + " (the checkpoints were rebuilt)")
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,21 +1108,22 @@ def verify(chain: Chain, progress: Callable[[int], None] | None = None, max_prob
 #: process: adapters that keep only ``app.recorder`` rely on the app (whose finaliser closes the
 #: store's connections) staying alive. Freeing it needs those adapters to hold the app first.
 _chains: "weakref.WeakKeyDictionary[Any, Chain]" = weakref.WeakKeyDictionary()
+_install_lock = threading.Lock()
 
 
 def install(app: Any, seal: Callable[[str], str], *, on_save: bool = True) -> Chain:
-    """Give the application its chain (tables created if needed); chain after every save."""
-    datastore = getattr(app.recorder, "datastore", None)
-    if datastore is None:
-        store: Any = MemoryChainStore(app.recorder.select_notifications)
-    else:
-        postgres = type(app.recorder).__module__.startswith("eventsourcing.postgres")
-        table = f'"{datastore.schema}"."{app.recorder.events_table_name}"' if postgres else app.recorder.events_table_name
-        store = SqlChainStore(datastore, postgres=postgres, events_table=table)
-    chain = Chain(app, store, seal)
+    """Give the application's chaining recorder its sealer (tables created or upgraded if
+    needed). ``on_save`` is accepted for callers of the earlier chainer: every save chains."""
+    recorder = app.recorder
+    if not hasattr(recorder, "chain_install"):
+        raise ChainNotInstalled(
+            f"{type(recorder).__name__} does not chain the events it stores: build the app with infra.wiring (integrity.chained_env)"
+        )
+    sealer = Sealer(seal)
+    with _install_lock:
+        recorder.chain_install(sealer)
+    chain = Chain(app, recorder, sealer)
     _chains[app] = chain
-    if on_save and chain.after_save not in app.after_save:
-        app.after_save.append(chain.after_save)
     return chain
 
 
@@ -636,9 +1136,9 @@ def chain_for(app: Any) -> Chain:
 
 def chain_head(position: int, app: Any = None) -> ChainLink | None:
     """The chain head at ``position``: the link of the last event at or before it (None for an
-    empty store), chaining up to it first if needed. For snapshots to carry: a snapshot taken at
-    position P names this hash, and ``ledger verify`` proves the log up to P is the one it saw.
-    Without ``app``, the store of the current settings is opened."""
+    empty store). For snapshots to carry: a snapshot taken at position P names this hash, and
+    ``ledger verify`` proves the log up to P is the one it saw. Without ``app``, the store of the
+    current settings is opened."""
     if app is None:
         from infra.wiring import build_app
 

@@ -7,7 +7,10 @@
   key) of a searchable field such as the resident id number: searchable, never the plaintext.
 - Data keys live in ``recipient_keys``, wrapped (AES-GCM) by a key derived from the master key
   (``LEDGER_DATA_KEY``). Erasure deletes the wrapped key and leaves a tombstone: the ciphertext
-  stays in the log (the integrity chain hashes it), but it decodes as :data:`ERASED`.
+  stays in the log (the integrity chain hashes it), but it decodes as :data:`ERASED`. The old
+  key's bytes are then purged from the database's pages (PostgreSQL: ``VACUUM``; SQLite:
+  ``secure_delete`` and a WAL checkpoint), and every process sees the erasure on its next read
+  (the store's erasure generation, checked once per request: :func:`fresh_keys`).
 - The domain never sees any of this: ``Recipient.id_number`` and ``Recipient.name`` are plaintext
   in memory, and every adapter that goes through the application benefits.
 """
@@ -23,6 +26,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
@@ -44,7 +50,12 @@ log = logging.getLogger("ledger.privacy")
 ENVELOPE = "_pd_"
 ALGORITHM = "aesgcm1"
 DEV_KEY_MATERIAL = b"medical-aid-ledger development data key: NOT A SECRET"
-KEY_CACHE_SECONDS = 30.0
+#: Outside a :func:`fresh_keys` scope (a long-running follower, not the HTTP service), how long
+#: unwrapped keys are trusted before the store's erasure generation is read again.
+KEY_CACHE_SECONDS = 5.0
+#: How long an erasure waits for what still holds the old key (a transaction that began before
+#: it) before it reports the purge as unconfirmed.
+PURGE_WAIT_SECONDS = 5.0
 _warned = False
 
 
@@ -135,6 +146,13 @@ class MasterKey:
             )
         return cls(DEV_KEY_MATERIAL, development=True)
 
+    @staticmethod
+    def announced() -> None:
+        """The development key was already announced (``ledger serve`` on loopback gives one
+        warning for every development setting): do not warn again."""
+        global _warned
+        _warned = True
+
     @classmethod
     def ephemeral(cls) -> "MasterKey":
         """A random key for a store that lives only in memory (the scenario runner)."""
@@ -173,31 +191,80 @@ class KeyStore(Protocol):
     def erase(self, recipient_id: str, reason: str = "") -> bool:
         """Delete the key (crypto-shredding); True if there was a key to delete."""
 
+    def purge(self) -> bool:
+        """Remove what the store may still hold of erased keys outside its live rows (dead row
+        versions, freed page space, the write-ahead log); True when that is confirmed."""
+
     def status(self, recipient_id: str) -> dict[str, Any] | None:
         """``{"state": "active"|"erased", "created_at", "erased_at", "reason"}`` or None."""
 
 
+_scope: ContextVar["_KeyScope | None"] = ContextVar("ledger_key_scope", default=None)
+
+
+class _KeyScope:
+    """One request: the key stores whose erasure generation it has already read."""
+
+    __slots__ = ("checked",)
+
+    def __init__(self) -> None:
+        self.checked: set[int] = set()
+
+
+@contextmanager
+def fresh_keys() -> Iterator[None]:
+    """Everything read inside sees every erasure committed before the scope began, in whichever
+    process it was made (ADR 0015): the first decryption in the scope reads the store's erasure
+    generation (with the key, in the same query) and drops every cached key if it moved. The
+    HTTP service opens one scope per request (``infra.http.guard``)."""
+    token = _scope.set(_KeyScope())
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
 class _CachedKeys:
-    """Unwrapped keys kept in memory for a short while. An erasure in this process drops the key
-    at once; another process sees it within :data:`KEY_CACHE_SECONDS`."""
+    """Unwrapped keys kept in memory, valid for one erasure generation of the store.
+
+    Every erasure raises the store's generation in the transaction that deletes the key. A key
+    is cached with the generation read in the same statement as the key; the cache only moves
+    forward, and moving drops everything: a key read before an erasure can never be served after
+    a read that saw the erasure's generation. Outside a :func:`fresh_keys` scope the generation
+    is re-read when the last reading is older than the ttl."""
 
     def __init__(self, ttl: float = KEY_CACHE_SECONDS):
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._keys: dict[str, tuple[bytes | None, float]] = {}
+        self._keys: dict[str, bytes | None] = {}
+        self.generation = -1
+        self._checked_at = float("-inf")
 
     def get(self, rid: str) -> tuple[bool, bytes | None]:
         with self._lock:
-            hit = self._keys.get(rid)
-        if hit is None or time.monotonic() - hit[1] > self.ttl:
-            return False, None
-        return True, hit[0]
+            if rid not in self._keys:
+                return False, None
+            return True, self._keys[rid]
 
-    def put(self, rid: str, key: bytes | None) -> None:
+    def stale(self) -> bool:
+        return time.monotonic() - self._checked_at > self.ttl
+
+    def observe(self, generation: int) -> None:
+        """The store's generation as just read: a newer one drops every cached key."""
         with self._lock:
+            if generation > self.generation:
+                self._keys.clear()
+                self.generation = generation
+            if generation >= self.generation:
+                self._checked_at = time.monotonic()
+
+    def put(self, rid: str, key: bytes | None, generation: int) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return  # read under an older generation: an erasure may have come since
             if len(self._keys) > 50_000:
                 self._keys.clear()
-            self._keys[rid] = (key, time.monotonic())
+            self._keys[rid] = key
 
     def drop(self, rid: str) -> None:
         with self._lock:
@@ -240,6 +307,9 @@ class MemoryKeyStore:
             row.update(wrapped=None, erased_at=row["erased_at"] or _now(), reason=row["reason"] or reason)
             return had
 
+    def purge(self) -> bool:
+        return True  # the wrapped key was dropped with the row's reference; nothing else holds it
+
     def status(self, recipient_id: str) -> dict[str, Any] | None:
         row = self._rows.get(recipient_id)
         if row is None:
@@ -252,10 +322,13 @@ class SqlKeyStore:
     PostgreSQL), reached through the recorder's datastore so no second connection setting exists.
 
     Columns: recipient_id, wrapped_key (NULL once erased), key_id (which master key wrapped it),
-    created_at, erased_at, erase_reason.
+    created_at, erased_at, erase_reason. ``recipient_key_erasures`` holds one row, the store's
+    erasure generation, raised by every erasure in the same transaction: any process reads it
+    with a key and drops its cached keys when it moved (:class:`_CachedKeys`).
     """
 
     TABLE = "recipient_keys"
+    GENERATION = "recipient_key_erasures"
 
     def __init__(self, datastore: Any, master: MasterKey, *, postgres: bool):
         self.datastore = datastore
@@ -280,28 +353,55 @@ class SqlKeyStore:
                 "erased_at TEXT, "
                 "erase_reason TEXT)"
             )
+            c.execute(f"CREATE TABLE IF NOT EXISTS {self.GENERATION} (id INTEGER PRIMARY KEY, generation BIGINT NOT NULL)")
+            c.execute(f"INSERT INTO {self.GENERATION} (id, generation) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
 
     def _row(self, c: Any, rid: str) -> Any:
         c.execute(f"SELECT wrapped_key, key_id, created_at, erased_at, erase_reason FROM {self.TABLE} WHERE recipient_id = {self.p}", (rid,))
         return c.fetchone()
 
+    def _generation(self, c: Any) -> int:
+        c.execute(f"SELECT generation FROM {self.GENERATION} WHERE id = 1")
+        return int(c.fetchone()["generation"])
+
+    def _must_check(self) -> bool:
+        scope = _scope.get()
+        if scope is not None:
+            return id(self) not in scope.checked
+        return self._cache.stale()
+
     def data_key(self, recipient_id: str, *, create: bool) -> bytes | None:
-        hit, key = self._cache.get(recipient_id)
-        if hit and (key is not None or not create):
-            return key
+        if not create and not self._must_check():
+            hit, key = self._cache.get(recipient_id)
+            if hit:
+                return key
         with self.datastore.transaction(commit=create) as c:
             if create:
+                # Always asked of the store: an erasure in another process refuses new personal
+                # data at once (PERSONAL_DATA_ERASED), never seals it under a shredded key.
                 c.execute(
                     f"INSERT INTO {self.TABLE} (recipient_id, wrapped_key, key_id, created_at) "
                     f"VALUES ({self.p}, {self.p}, {self.p}, {self.p}) ON CONFLICT (recipient_id) DO NOTHING",
                     (recipient_id, self.master.wrap(recipient_id, AESGCM.generate_key(256)), self.master.key_id, _now()),
                 )
-            row = self._row(c, recipient_id)
-        if row is None:
+            # The generation and the key in one statement (one snapshot): if the key is still
+            # there, no erasure of it had committed, so the generation read is older than any.
+            c.execute(
+                f"SELECT g.generation, k.wrapped_key, k.key_id FROM {self.GENERATION} g "
+                f"LEFT JOIN {self.TABLE} k ON k.recipient_id = {self.p} WHERE g.id = 1",
+                (recipient_id,),
+            )
+            row = c.fetchone()
+        generation = int(row["generation"])
+        self._cache.observe(generation)
+        scope = _scope.get()
+        if scope is not None:
+            scope.checked.add(id(self))
+        if row["key_id"] is None:
             return None  # no key was ever made (a store written before encryption)
         wrapped = row["wrapped_key"]
         if wrapped is None:
-            self._cache.put(recipient_id, None)
+            self._cache.put(recipient_id, None, generation)
             if create:
                 raise _erased_error(recipient_id)
             return None
@@ -311,11 +411,15 @@ class SqlKeyStore:
                 f"but LEDGER_DATA_KEY is {self.master.key_id}: set the data key this store was written with"
             )
         key = self.master.unwrap(recipient_id, bytes(wrapped))
-        self._cache.put(recipient_id, key)
+        self._cache.put(recipient_id, key, generation)
         return key
 
     def erase(self, recipient_id: str, reason: str = "") -> bool:
         with self.datastore.transaction(commit=True) as c:
+            if not self.postgres:
+                # SQLite overwrites the freed space of the old row with zeros (some builds do
+                # by default, not all): the wrapped key is not left in the page's free space.
+                c.execute("PRAGMA secure_delete = ON")
             row = self._row(c, recipient_id)
             if row is None:
                 c.execute(
@@ -323,16 +427,65 @@ class SqlKeyStore:
                     f"VALUES ({self.p}, NULL, {self.p}, {self.p}, {self.p}, {self.p})",
                     (recipient_id, self.master.key_id, _now(), _now(), reason),
                 )
-                had = False
+                had, changed = False, True
             else:
-                had = row["wrapped_key"] is not None
+                had = changed = row["wrapped_key"] is not None
                 if had:
                     c.execute(
                         f"UPDATE {self.TABLE} SET wrapped_key = NULL, erased_at = {self.p}, erase_reason = {self.p} WHERE recipient_id = {self.p}",
                         (_now(), reason, recipient_id),
                     )
+            if changed:
+                c.execute(f"UPDATE {self.GENERATION} SET generation = generation + 1 WHERE id = 1")
+            generation = self._generation(c)
+        self._cache.observe(generation)
         self._cache.drop(recipient_id)
         return had
+
+    def purge(self, wait: float | None = None) -> bool:
+        """After an erasure, remove the old key from where the live database still holds it.
+
+        PostgreSQL keeps the updated row's old version (with the key) as a dead tuple until
+        VACUUM, which cannot run in a transaction: it runs on an autocommit connection, and the
+        table's count of dead tuples left (tuples a transaction older than the erasure can still
+        see) must come back 0. SQLite: the pages with the key may sit in the write-ahead log (and
+        the old page in the file until it is checkpointed): a TRUNCATE checkpoint writes the
+        zeroed page into the file and empties the log; it must not be blocked by a reader.
+        Retried for ``wait`` seconds (:data:`PURGE_WAIT_SECONDS`); False if still unconfirmed
+        (run the erasure again later).
+        """
+        deadline = time.monotonic() + (PURGE_WAIT_SECONDS if wait is None else wait)
+        delay = 0.05
+        while True:
+            if self._purge_once():
+                return True
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _purge_once(self) -> bool:
+        if self.postgres:
+            with self.datastore.get_connection() as conn:  # autocommit (eventsourcing sets it)
+                conn.execute(f"VACUUM {self.TABLE}")
+                row = conn.execute(
+                    "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = %s::regclass", (self.TABLE,)
+                ).fetchone()
+            dead = row["n_dead_tup"] if isinstance(row, dict) else row[0]
+            return dead == 0
+        if getattr(self.datastore.pool, "is_sqlite_memory_mode", False):
+            return True  # no file, no log
+        with self.datastore.get_connection(commit=True) as conn:
+            cursor = conn.cursor()
+            cursor.execute("PRAGMA busy_timeout")
+            timeout = int(cursor.fetchone()[0])
+            cursor.execute("PRAGMA busy_timeout = 200")  # a reader holding an old snapshot: retried here
+            try:
+                cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy = cursor.fetchone()[0]
+            finally:
+                cursor.execute(f"PRAGMA busy_timeout = {timeout}")
+        return busy == 0
 
     def status(self, recipient_id: str) -> dict[str, Any] | None:
         with self.datastore.transaction(commit=False) as c:
@@ -504,7 +657,7 @@ def install(app: Any, master: MasterKey) -> KeyStore:
     if not isinstance(app.mapper, PersonalDataMapper):
         raise PersonalDataError("the application was not built with the personal-data mapper (MAPPER_TOPIC)")
     datastore = getattr(app.recorder, "datastore", None)
-    module = type(app.recorder).__module__
+    module = type(datastore).__module__  # the library's datastore (the recorder may be a subclass: ADR 0016)
     if datastore is None:
         store: KeyStore = MemoryKeyStore(master)
     else:
@@ -525,11 +678,19 @@ def key_store(app: Any) -> KeyStore:
 
 def erase(app: Any, recipient_id: uuid.UUID | str, reason: str = "") -> dict[str, Any]:
     """Crypto-shredding: delete the recipient's data key. Their events stay (the integrity chain
-    still verifies, replay still works); their personal fields read as ``[erased]`` from now on."""
+    still verifies, replay still works); their personal fields read as ``[erased]`` from now on,
+    in every process (the next request of a running service already does).
+
+    Then the old key is purged from the database's pages (:meth:`SqlKeyStore.purge`), also when
+    the recipient was already erased, so running the erasure again finishes a purge that a long
+    transaction held up. ``purged`` says whether it is confirmed. Copies made before (backups,
+    archived WAL) are out of reach: ADR 0015 says how they are handled."""
     r = app.recipient(recipient_id)  # raises UnknownEntity for an unknown id
     rid = str(r.id)
-    had = key_store(app).erase(rid, reason)
-    return {"recipient": rid, "erased": had, "already_erased": not had, **(key_store(app).status(rid) or {})}
+    keys = key_store(app)
+    had = keys.erase(rid, reason)
+    purged = keys.purge()
+    return {"recipient": rid, "erased": had, "already_erased": not had, "purged": purged, **(keys.status(rid) or {})}
 
 
 def search_hash(app: Any) -> Callable[[str], str]:

@@ -25,6 +25,10 @@ A replay (``replay()``) re-reads the log from any position into one subscriber's
 destination and closes it with a ``relay.replay_completed`` marker: that is how a new subscriber
 catches up (ADR 0011).
 
+The integrity chain's numbered checkpoints (ADR 0016) go out too, as ``chain.checkpoint_sealed``,
+each right after the last event it seals, so that every subscriber holds a copy outside the
+ledger's database. They are tracked by number in their own row (``<name>:checkpoints``).
+
 faststream has no synchronous API: the relay is a coroutine; the CLI runs it with
 ``asyncio.run``; the store is read in a worker thread so the loop keeps the broker's heartbeats.
 """
@@ -45,6 +49,7 @@ import sqlalchemy as sa
 from pydantic import PydanticUserError, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra import integrity
 from infra.contract import mapping
 from infra.contract import messages as pm
 from infra.settings import Settings, get_settings
@@ -440,6 +445,18 @@ class StoreReader:
             self._claims[claim_id] = rid
         return rid
 
+    def checkpoints(self, after: int, up_to: int) -> list[pm.ChainCheckpointSealed]:
+        """The chain's numbered checkpoints after number ``after`` that seal positions up to
+        ``up_to`` (ADR 0016), as messages; none for an app without a chain."""
+        try:
+            chain = integrity.chain_for(self.app)
+        except RuntimeError:
+            return []
+        return [
+            mapping.checkpoint_sealed(k.number or 0, k.position, k.hash, k.recorded_at, k.kind or "", k.seal, k.previous or "")
+            for k in chain.store.chain_checkpoints_after(after, up_to)
+        ]
+
     def read(self, after: int, limit: int, stop: int | None = None) -> Page:
         notifications = self.app.recorder.select_notifications(start=after + 1, limit=limit, stop=stop)
         page = Page(last=notifications[-1].id if notifications else after, messages=[])
@@ -472,7 +489,8 @@ def reader_app(settings: Settings) -> Any:
 # ---------------------------------------------------------------------------------- the relay
 @dataclass
 class RelayStats:
-    published: int = 0
+    published: int = 0  # event messages
+    checkpoints: int = 0  # chain.checkpoint_sealed messages (ADR 0016)
     batches: int = 0
     reconnects: int = 0
     position: int = 0
@@ -515,6 +533,27 @@ class Relay:
     def position(self) -> int:
         return self.tracking.load(self.name)
 
+    @property
+    def checkpoints_name(self) -> str:
+        return f"{self.name}:checkpoints"
+
+    async def _pending_checkpoints(self, up_to: int) -> list[pm.ChainCheckpointSealed]:
+        """The checkpoints not published yet that seal positions up to ``up_to``."""
+        done = await asyncio.to_thread(self.tracking.load, self.checkpoints_name)
+        return await asyncio.to_thread(self.reader.checkpoints, done, up_to)
+
+    async def _published_checkpoints(self, sent: list[pm.ChainCheckpointSealed]) -> None:
+        if sent:
+            await asyncio.to_thread(self.tracking.save, self.checkpoints_name, sent[-1].payload.number, len(sent))
+            self.stats.checkpoints += len(sent)
+
+    async def _checkpoints(self, sender: Sender, up_to: int) -> None:
+        """Publish the checkpoints sealed (on demand) after the events they cover went out."""
+        pending = await self._pending_checkpoints(up_to)
+        if pending:
+            await sender.send_all(list(pending))
+            await self._published_checkpoints(pending)
+
     async def run(self, *, once: bool = False, start: int | None = None, stop: threading.Event | None = None) -> RelayStats:
         """Publish from the tracked position (or from ``start``); with ``once``, stop at the log's
         head as it was when the run began; otherwise follow the log until ``stop`` is set."""
@@ -547,22 +586,28 @@ class Relay:
     async def _pump(self, sender: Sender, position: int, head: int | None, stop: threading.Event) -> bool:
         while not stop.is_set():
             if head is not None and position >= head:
+                await self._checkpoints(sender, position)
                 return True
             page = await asyncio.to_thread(self.reader.read, position, self.batch_size, head)
             if not page.messages and page.last == position:
+                await self._checkpoints(sender, position)  # one sealed on demand since
                 if head is not None:
                     return True
                 await _sleep(self.poll_interval, stop)
                 continue
+            # Each checkpoint right after the last event it seals (ADR 0016).
+            checkpoints = await self._pending_checkpoints(page.last)
+            outgoing = interleave(page.messages, checkpoints)
             if self.max_rate:
-                for message in page.messages:
+                for message in outgoing:
                     t0 = time.monotonic()
                     await sender.send(message)
                     await asyncio.sleep(max(0.0, 1.0 / self.max_rate - (time.monotonic() - t0)))
             else:
-                await sender.send_all(page.messages)
+                await sender.send_all(outgoing)
             # Only now, every message of the page confirmed: record the position.
             await asyncio.to_thread(self.tracking.save, self.name, page.last, len(page.messages))
+            await self._published_checkpoints(checkpoints)
             position = page.last
             self.stats.published += len(page.messages)
             self.stats.batches += 1
@@ -579,14 +624,19 @@ class Relay:
             await sender.start()
             await sender.prepare_replay(destination)
             position = max(0, start - 1)
+            sealed = 0  # the checkpoints too, each after the events it seals (ADR 0016)
             while position < head:
                 page = await asyncio.to_thread(self.reader.read, position, self.batch_size, head)
                 if page.last == position:
                     break
-                for message in page.messages:
+                checkpoints = await asyncio.to_thread(self.reader.checkpoints, sealed, page.last)
+                sealed = checkpoints[-1].payload.number if checkpoints else sealed
+                checkpoints = [k for k in checkpoints if k.position >= start]
+                for message in interleave(page.messages, checkpoints):
                     await sender.send_replay(destination, message)
                 position = page.last
                 self.stats.published += len(page.messages)
+                self.stats.checkpoints += len(checkpoints)
             await sender.send_replay(destination, mapping.replay_completed(destination, head))
         finally:
             await sender.stop()
@@ -598,6 +648,17 @@ class Relay:
             self.app.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def interleave(events: list[pm.Envelope], checkpoints: list[pm.ChainCheckpointSealed]) -> list[pm.Envelope]:
+    """The page's event messages with each checkpoint right after the last one it seals."""
+    out: list[pm.Envelope] = []
+    pending = list(checkpoints)
+    for message in events:
+        while pending and pending[0].position < message.position:
+            out.append(pending.pop(0))
+        out.append(message)
+    return out + pending
 
 
 #: Errors that a retry cannot cure (a bug, a message outside the contract): the relay stops.

@@ -176,7 +176,8 @@ class ReportStore:
 
     # -- applying ----------------------------------------------------------------------------
     def apply(self, data: pm.Envelope | dict[str, Any] | bytes | str, *, ordered: bool = True) -> str:
-        """Apply one received message; returns ``applied``, ``repeat``, ``skipped`` or ``replay_completed``.
+        """Apply one received message; returns ``applied``, ``repeat``, ``skipped``, ``replay_completed``
+        or ``checkpoint`` (an integrity checkpoint, left alone).
 
         ``ordered``: the transport delivers in log order (one RabbitMQ queue, one JetStream stream,
         one Redis stream), so anything at or below the last position applied is a repeat.
@@ -188,6 +189,8 @@ class ReportStore:
             with self.engine.begin() as conn:
                 conn.execute(tracking.update().where(tracking.c.name == self.name).values(skipped=tracking.c.skipped + 1))
             return "skipped"
+        if isinstance(message, pm.ChainCheckpointSealed):
+            return "checkpoint"  # the integrity chain's checkpoint (ADR 0016): no figure of the report
         with self.engine.begin() as conn:
             state = conn.execute(sa.select(tracking).where(tracking.c.name == self.name)).mappings().one()
             last = int(state["last_position"])

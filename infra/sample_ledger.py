@@ -124,7 +124,7 @@ def build(app: Any, recipients: int = 12, *, seed: int = 7, start: datetime = ST
                 def pay(key: str = key, paid: datetime = paid) -> None:
                     cid = state.get(f"c.{key}")
                     if cid:
-                        run(m.Pay(claim=cid, at=paid))
+                        run(m.Pay(claim=cid, payer="P-1", at=paid))
 
                 at(lodged, lodge)
                 at(approved, approve)
@@ -138,7 +138,7 @@ def build(app: Any, recipients: int = 12, *, seed: int = 7, start: datetime = ST
     for month in range(months):
         first = (start + timedelta(days=31 * month)).replace(day=1)
         label = f"{first:%Y-%m}"
-        at(first.replace(day=14, hour=18), lambda label=label, t=first.replace(day=14, hour=18): run(m.AutoClaims(month=label, at=t)))
+        at(first.replace(day=14, hour=18), lambda label=label, t=first.replace(day=14, hour=18): app.auto_claims_signed(label, t))
     for t, _, action in sorted(plan, key=lambda p: (p[0], p[1])):
         action()
     return built

@@ -6,6 +6,7 @@ file's handles to the ledger's own ids) and reports what the ledger then says. N
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -46,7 +47,7 @@ _FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "claim": ({"claim", "recipient", "expenses", "handler"}, {"channel", "proxy_id_number", "deadline_override"}),
     "review": ({"claim", "reviewer"}, set()),
     "approve": ({"claim", "approver"}, set()),
-    "pay": ({"claim"}, set()),
+    "pay": ({"claim"}, {"payer"}),
     "aid": ({"claim", "recipient", "expenses"}, set()),
     "auto_claims": ({"month"}, set()),
     "set_parameter": ({"name", "value", "effective_from"}, {"effective_to", "reference"}),
@@ -176,7 +177,7 @@ class Runner:
         return self._run(m.Approve, at, claim=self._c(f), approver=f["approver"])
 
     def _do_pay(self, f: dict, at: datetime) -> Result:
-        return self._run(m.Pay, at, claim=self._c(f))
+        return self._run(m.Pay, at, claim=self._c(f), **({"payer": f["payer"]} if f.get("payer") is not None else {}))
 
     def _do_aid(self, f: dict, at: datetime) -> Result:
         handle = str(f["claim"])
@@ -190,7 +191,8 @@ class Runner:
         return res
 
     def _do_auto_claims(self, f: dict, at: datetime) -> Result:
-        return self._run(m.AutoClaims, at, month=str(f["month"]))
+        m.AutoClaims.model_validate({"month": str(f["month"]), "at": at})
+        return self.app.auto_claims_signed(str(f["month"]), at)
 
     def _do_set_parameter(self, f: dict, at: datetime) -> Result:
         return self._run(m.SetParameter, at, **f)
@@ -266,9 +268,24 @@ def _stringify_dates(obj: Any) -> Any:
     return obj
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with numbers read strictly, as people write amounts in a scenario: a plain decimal
+    integer (``150``) or decimal fraction (``85.50``) is a number; anything else that YAML 1.1 would
+    turn into a number behind the writer's back (``1_000``, ``1:30`` in base 60, ``0x10``, ``010``
+    as octal, ``1e3``) stays the text it was, for the command's own validation to refuse by name."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^-?(?:0|[1-9][0-9]*)$"), list("-0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^-?(?:0|[1-9][0-9]*)\.[0-9]+$"), list("-0123456789"))
+
+
 def load(text: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader with stricter numbers
     except yaml.YAMLError as exc:
         raise ScenarioError(f"not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/ledger.db"
 DEV_TOKEN_SECRET = "dev-only-token-secret-change-me"
+#: A token secret shorter than this is refused by ``ledger serve`` beyond loopback (ADR 0013):
+#: HMAC-SHA256 wants a key as long as its output.
+MIN_TOKEN_SECRET_BYTES = 32
+#: The largest request body the HTTP service reads (``LEDGER_MAX_BODY_BYTES``, ADR 0013).
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
@@ -64,7 +69,7 @@ class Settings(BaseSettings):
     broker: Literal["rabbit", "nats", "redis", "kafka"] = "rabbit"
     token_secret: str = DEV_TOKEN_SECRET
     data_key: str | None = None
-    chain_on_save: bool = True  # extend the integrity chain after every save (ADR 0016)
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)  # larger request bodies get 413 unread
     jurisdiction: Literal["shanghai.changning", "shanghai", "lianyungang"] = "shanghai.changning"
 
     @field_validator("database_url")
@@ -77,6 +82,19 @@ class Settings(BaseSettings):
             return value
         _parse_postgres(value)
         return value
+
+    def network_weaknesses(self) -> list[str]:
+        """Why these settings are unfit for a service reachable beyond this machine, one phrase
+        per setting (empty when none): ``ledger serve`` refuses a non-loopback address with any
+        of them and warns on loopback (ADR 0013, ADR 0015)."""
+        out = []
+        if not self.data_key:
+            out.append("LEDGER_DATA_KEY is not set (personal data would be encrypted with the fixed development key)")
+        if self.token_secret == DEV_TOKEN_SECRET:
+            out.append("LEDGER_TOKEN_SECRET is the development secret (anyone can sign a token with it)")
+        elif len(self.token_secret.encode("utf-8")) < MIN_TOKEN_SECRET_BYTES:
+            out.append(f"LEDGER_TOKEN_SECRET is shorter than {MIN_TOKEN_SECRET_BYTES} bytes")
+        return out
 
     # -- backend --------------------------------------------------------------------------
 

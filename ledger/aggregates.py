@@ -422,6 +422,24 @@ class Recipient(Aggregate):
                     s["reviewer"] = self.reviewer
             r.lifts.append(Lift(self.scheme, self.reviewer, _d(self.lifted_on), self.timestamp))
 
+    class SuspensionEnded(Aggregate.Event):
+        """R-4L-4 with R-TIME-2, R-CLR-2: a recomputation after a retroactive change no longer
+        supports a recorded suspension (the expense that started it no longer passes the month's
+        ceiling or visit count); it ends on ``ended_on``. Not a district review: nothing reopens
+        that the pass does not reopen by itself, so no ``Lift`` is recorded."""
+
+        scheme: str
+        expense_id: str
+        ended_on: str
+        reason: str
+
+        def apply(self, r: "Recipient") -> None:
+            for s in r.suspensions:
+                if s["scheme"] == self.scheme and s["expense"] == self.expense_id and s["lifted"] is None:
+                    s["lifted"] = self.ended_on
+                    s["ended_by"] = "recomputation"
+                    s["end_reason"] = self.reason
+
     class SocialHelpGranted(Aggregate.Event):
         """R-4L-5 [000 第四条(四)]: one-time social-organisation help."""
 
@@ -575,6 +593,7 @@ class Claim(Aggregate):
         self.status = "lodged"
         self.rejection: dict[str, Any] | None = None
         self.paid_at: datetime | None = None
+        self.payer: str | None = None
 
     class Reviewed(Aggregate.Event):
         reviewer: str
@@ -601,12 +620,48 @@ class Claim(Aggregate):
             c.rejection = {"code": self.code, "rule": self.rule, "message": self.message, "expense": self.expense_id}
 
     class Paid(Aggregate.Event):
+        """District disbursement. v2 records the officer who paid (``payer``), the fourth signature
+        (R-PH-4 [002 3.4, 3.5]); payments recorded before have none."""
+
+        class_version = 2
         total: Decimal
         to_person: Decimal
+        payer: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("payer", None)
 
         def apply(self, c: "Claim") -> None:
             c.status = "paid"
             c.paid_at = self.timestamp
+            c.payer = self.payer
+
+
+class ClaimBatch(Aggregate):
+    """The 免申即享 monthly batch (R-PH-3 [002 3.3]): the claims one run lodged, and the officers who
+    signed them as a whole. Automatic claims skip the applicant's paperwork, not the officers: the
+    batch's handler lodged them, and a reviewer, an approver and a payer each sign the batch once,
+    their signature recorded on each claim (R-PH-4 [002 3.4])."""
+
+    class Opened(Aggregate.Created):
+        month: str
+        handler: str
+        claim_ids: list[str]
+
+    def __init__(self, month: str, handler: str, claim_ids: list[str]):
+        self.month = month
+        self.handler = handler
+        self.claim_ids = list(claim_ids)
+        self.signatures: dict[str, str] = {}
+
+    class Signed(Aggregate.Event):
+        role: str  # reviewer | approver | payer
+        officer: str
+        outcomes: dict[str, str]  # claim id -> accepted | the rejection code
+
+        def apply(self, b: "ClaimBatch") -> None:
+            b.signatures[self.role] = self.officer
 
 
 class PolicyLedger(Aggregate):
@@ -690,6 +745,57 @@ def _version_from(d: dict[str, Any], published_at: datetime) -> ParameterVersion
         published_at=published_at,
         source=d.get("source", "amendment"),
     )
+
+
+class Receipt(Aggregate):
+    """One receipt in the whole ledger: R-CLR-1(b) [002 4.5; 000 第七条] and R-PH-7 — the same
+    facility code and invoice number (compared after NFKC, case folding and trimming; the invoice
+    number alone without a code, ``ledger.values.receipt_identity``) is the same receipt under
+    whichever recipient it was recorded, and it is aided once. Its id is derived from the key, so
+    two writers that record or aid the same receipt at once meet on this aggregate's version
+    (optimistic concurrency) and the second is decided with the first's outcome in view. Saved in
+    the same transaction as the recipient's events (ADR 0003, ADR 0007)."""
+
+    @staticmethod
+    def id_for(key: tuple[str, str]) -> uuid.UUID:
+        return uuid.uuid5(NAMESPACE, "receipt:" + "\x1f".join(key))
+
+    class Opened(Aggregate.Created):
+        facility_code: str
+        invoice_no: str
+
+    def __init__(self, facility_code: str, invoice_no: str):
+        self.facility_code = facility_code
+        self.invoice_no = invoice_no
+        self.expenses: list[tuple[str, str]] = []  # (expense id, recipient id), in recording order
+        self.aided_as: str | None = None  # the expense that got aid on this receipt first
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.facility_code, self.invoice_no)
+
+    @property
+    def first_recorded(self) -> str | None:
+        return self.expenses[0][0] if self.expenses else None
+
+    class ExpenseNoted(Aggregate.Event):
+        """An expense was recorded on this receipt (the first, or a duplicate of it)."""
+
+        expense_id: str
+        recipient_id: str
+
+        def apply(self, rc: "Receipt") -> None:
+            rc.expenses.append((self.expense_id, self.recipient_id))
+
+    class Aided(Aggregate.Event):
+        """Aid was decided on this receipt, as ``expense_id``, through ``channel``."""
+
+        expense_id: str
+        channel: str
+
+        def apply(self, rc: "Receipt") -> None:
+            if rc.aided_as is None:
+                rc.aided_as = self.expense_id
 
 
 class CommandRecord(Aggregate):

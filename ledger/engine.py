@@ -204,7 +204,11 @@ def _city_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, h: Holding, self_pay: 
     on, kind = e.service_date, e.cap_kind
     rate_v = pol.need(scheme, f"rate.{kind}.{h.category}", on)
     raw = money(self_pay * rate_v.value)
-    cap_v = pol.need(scheme, f"annual_cap.{kind}.{h.category}", on)
+    # R-CAP-2 [002 4.3 按发票日期所在年度]: the cap year is the invoice date's calendar year, and
+    # the limit that bounds it is the annual_cap in force on the invoice date (rates still follow
+    # the service date, R-TIME-1): a December visit invoiced in January counts against, and is
+    # bounded by, the new year's limit.
+    cap_v = pol.need(scheme, f"annual_cap.{kind}.{h.category}", e.invoice_date)
     bucket = (scheme, e.invoice_date.year, kind)
     used = st.caps_used.get(bucket, ZERO)
     remaining = clamp0(cap_v.value - used)
@@ -457,12 +461,13 @@ def _lianyungang(pol: Policy, e: ExpenseFacts, h: Holding, self_pay: Decimal, st
         )
     amount, capped = raw, False
     if kind == "inpatient":
-        basic_v = pol.need(scheme, "basic_insurance_cap", on)
-        share_v = pol.need(scheme, "annual_cap.key_share", on)
+        # R-LYG-2 with R-CAP-2: the year's limit is the one in force on the invoice date.
+        basic_v = pol.need(scheme, "basic_insurance_cap", e.invoice_date)
+        share_v = pol.need(scheme, "annual_cap.key_share", e.invoice_date)
         cap = money(basic_v.value * share_v.value)
         cap_trace: dict[str, Any] = {"basic_insurance_cap": _pv(basic_v), "key_share": _pv(share_v)}
         if h.category == "lyg_extended":
-            ext_v = pol.get(scheme, "annual_cap.extended", on)
+            ext_v = pol.get(scheme, "annual_cap.extended", e.invoice_date)
             if ext_v is not None and ext_v.value is not None:
                 cap = ext_v.value
                 cap_trace["extended"] = _pv(ext_v)
@@ -624,6 +629,13 @@ class PassResult:
     caps: dict[tuple[str, int, str], tuple[Decimal, Decimal | None]]  # bucket -> (used, cap)
     policy_used: list[dict[str, Any]]
     policy_version: str
+    #: R-4L-4: the expense whose crossing suspends 四医联动 at the end of the pass (no district
+    #: review recorded since), or None.
+    suspended_by: str | None = None
+
+
+def _receipt_text(key: tuple[str, str]) -> str:
+    return f"{key[0]}/{key[1]}" if key[0] else key[1]
 
 
 def canonical_order(decided: list[DecisionRef], expenses: dict[str, ExpenseFacts]) -> list[DecisionRef]:
@@ -654,20 +666,18 @@ def assess(
     # R-CLR-1(b), R-PH-7: the first decision on a receipt keeps it; any other is a duplicate.
     first_on_receipt: dict[tuple[str, str], str] = {}
     for d in sorted(decided, key=lambda d: (d.seq, d.position)):
-        key = expenses[d.expense_id].receipt_key
-        if key is not None:
-            first_on_receipt.setdefault(key, d.expense_id)
+        first_on_receipt.setdefault(expenses[d.expense_id].receipt_key, d.expense_id)
     for d in canonical_order(decided, expenses):
         e = expenses[d.expense_id].known_at(known_at)
         key = e.receipt_key
-        if key is not None and first_on_receipt[key] != e.id:
+        if first_on_receipt[key] != e.id:
             out[e.id] = Assessment(
                 e.id,
                 False,
                 e.self_pay(known_at),
                 code="DUPLICATE",
                 rule="R-PH-7",
-                message=f"receipt {key[0]}/{key[1]} already aided as {first_on_receipt[key]} (R-CLR-1(b), [002 4.5])",
+                message=f"receipt {_receipt_text(key)} already aided as {first_on_receipt[key]} (R-CLR-1(b), [002 4.5])",
             )
             continue
         if st.suspension is not None:
@@ -684,4 +694,7 @@ def assess(
         out[e.id] = a
     caps = {b: (used, st.caps_value.get(b)) for b, used in st.caps_used.items()}
     used = [v.as_trace() for _, v in sorted(pol.used.items())]
-    return PassResult(out, caps, used, book.content_hash())
+    suspended_by = None
+    if st.suspension is not None and not any(st.suspension[1] < lift.recorded_at for lift in k.lifts):
+        suspended_by = st.suspension[0]
+    return PassResult(out, caps, used, book.content_hash(), suspended_by)

@@ -12,7 +12,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from ledger.money import ZERO, clamp0
-from ledger.values import Facility, FacilityKind, VisitType
+from ledger.values import Facility, FacilityKind, VisitType, receipt_identity
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,11 @@ class ExpenseFacts:
     settlements: tuple[Settlement, ...] = ()
 
     @property
-    def receipt_key(self) -> tuple[str, str] | None:
-        """R-CLR-1(b): the same receipt is the same facility code and invoice number."""
-        if not self.facility.code:
-            return None
-        return (self.facility.code, self.invoice_no)
+    def receipt_key(self) -> tuple[str, str]:
+        """R-CLR-1(b) [002 4.5; 000 第七条]: the same receipt is the same facility code and invoice
+        number, compared after NFKC, case folding and trimming; a receipt without a facility code
+        is identified by its invoice number alone (``ledger.values.receipt_identity``)."""
+        return receipt_identity(self.facility.code, self.invoice_no)
 
     @property
     def cap_kind(self) -> str:

@@ -10,7 +10,7 @@ from datetime import date
 from ledger import errors
 from ledger.facts import ExpenseFacts
 from ledger.policy.params import PolicyBook
-from ledger.values import Scheme, add_months, validate_id_number
+from ledger.values import Scheme, add_months, same_identity, validate_id_number
 
 PROCEDURE = Scheme.POST_HOC_PROCEDURE.value
 
@@ -68,27 +68,33 @@ def check_settled(e: ExpenseFacts) -> None:
         )
 
 
-def check_officers(handler: str | None, reviewer: str | None, approver: str | None) -> None:
-    """R-PH-4 [002 3.4]: handler, reviewer and approver are three distinct people."""
-    roles = [("handler", handler), ("reviewer", reviewer), ("approver", approver)]
-    seen: dict[str, str] = {}
+def check_officers(handler: str | None, reviewer: str | None, approver: str | None, payer: str | None = None) -> None:
+    """R-PH-4 [002 3.4]: handler 经办人, reviewer 审核人 and approver 审批人 are three distinct people,
+    and the officer who pays (the disbursement, [002 3.5]) is a fourth. Officers are compared as
+    people type them: after NFKC, case folding and trimming (``Wang.Li`` and `` wang.li`` are one
+    person, ``ledger.values.same_identity``)."""
+    roles = [("handler", handler), ("reviewer", reviewer), ("approver", approver), ("payer", payer)]
+    seen: dict[str, tuple[str, str]] = {}
     for role, person in roles:
         if not person:
             continue
-        if person in seen:
+        who = same_identity(person)
+        if who in seen:
+            signed_as, spelled = seen[who]
             raise errors.SameOfficer(
-                f"{person} already signed this claim as {seen[person]}; the {role} must be a different person [002 3.4]",
+                f"{person!r} is {spelled!r}, who already signed this claim as {signed_as}; the {role} must be a "
+                f"different person (R-PH-4 [002 3.4])",
                 field=role,
             )
-        seen[person] = role
+        seen[who] = (role, person)
 
 
-def check_proxy(proxy_id_number: str | None, recipient_id_number: str) -> str | None:
+def check_proxy(proxy_id_number: str | None, recipient_id_number: str, today: date) -> str | None:
     """R-PH-9 [002 4.7]: a proxy may lodge; the proxy's identity is recorded and verified."""
     if proxy_id_number is None:
         return None
     try:
-        number = validate_id_number(proxy_id_number)
+        number = validate_id_number(proxy_id_number, today=today)
     except ValueError as exc:
         raise errors.InvalidInput(f"proxy_id_number {exc} (R-PH-9)", rule="R-PH-9", field="proxy_id_number") from None
     if number == recipient_id_number:

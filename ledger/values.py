@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import calendar
+import re
+import unicodedata
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from enum import Enum
 
 from stdnum.cn import ric
-from stdnum.exceptions import ValidationError as StdnumValidationError
 
 #: Local time of the programme: dates of recorded times are read in China Standard Time.
 CST = timezone(timedelta(hours=8))
@@ -167,19 +168,59 @@ class Facility:
         )
 
 
-def validate_id_number(value: str) -> str:
-    """An 18-character PRC resident identity number with a valid check digit (GB 11643)."""
-    text = (value or "").strip().upper()
+#: The earliest birth date (and any other date) the ledger takes.
+EARLIEST_DATE = date(1900, 1, 1)
+
+_ID_NUMBER = re.compile(r"[0-9]{6}([0-9]{8})[0-9]{3}[0-9Xx]")
+
+
+def validate_id_number(value: str, *, today: date | None) -> str:
+    """An 18-character PRC resident identity number (GB 11643; SCENARIOS.md ``enrol``), in its
+    canonical form (a final ``x`` is written ``X``).
+
+    Checked: the form (17 digits 0–9 then a digit or X), the birth date it carries (a real date,
+    from 1900-01-01, not after ``today``, China Standard Time, by default the clock's) and the
+    check digit. Not checked: the region code's history. A region code names where the number was
+    first issued, and codes are created and retired over the years (浦东新区 310115 exists since
+    1993, 连云区 320703 since 1983), so a number legitimately carries a code that did not exist in
+    its holder's birth year; python-stdnum's ``ric.validate`` refuses those, which kept older
+    people out of the ledger. Nor is the province part restricted: foreigners' permanent
+    residence numbers (2023 form) start with 9 and follow the same rule."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string: an 18-character resident id number (GB 11643)")
+    text = value.strip()
     if len(text) != 18:
-        raise ValueError("must be an 18-character resident identity number")
+        raise ValueError(f"must be 18 characters, got {len(text)} (GB 11643 resident id number)")
+    if not _ID_NUMBER.fullmatch(text):
+        raise ValueError("must be 17 digits 0-9 followed by a digit or X (GB 11643 resident id number)")
+    text = text.upper()
+    born = _birth_date_of(text)
+    if born is None:
+        raise ValueError(f"carries the birth date {text[6:10]}-{text[10:12]}-{text[12:14]}, which is not a real date (GB 11643: digits 7-14 are the birth date)")
+    if born < EARLIEST_DATE:
+        raise ValueError(f"carries the birth date {born.isoformat()}, before {EARLIEST_DATE.isoformat()} (GB 11643: digits 7-14 are the birth date)")
+    if today is not None and born > today:
+        raise ValueError(f"carries the birth date {born.isoformat()}, which is in the future (today is {today.isoformat()}, China Standard Time) (GB 11643: digits 7-14 are the birth date)")
+    expected = ric.calc_check_digit(text)  # the GB 11643 ISO 7064 MOD 11-2 checksum over the first 17 digits
+    if text[-1] != expected:
+        raise ValueError(f"has the check digit {text[-1]}, but its first 17 digits give {expected} (GB 11643 check digit)")
+    return text
+
+
+def _birth_date_of(number: str) -> date | None:
     try:
-        return ric.validate(text)
-    except StdnumValidationError as exc:
-        raise ValueError(f"is not a valid resident identity number ({exc})") from None
+        return date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+    except ValueError:
+        return None
 
 
 def birth_date(id_number: str) -> date:
-    return ric.get_birth_date(id_number)
+    """The birth date an id number carries (GB 11643, digits 7–14), whatever its region code."""
+    text = (id_number or "").strip()
+    born = _birth_date_of(text) if _ID_NUMBER.fullmatch(text) else None
+    if born is None:
+        raise ValueError(f"{id_number!r} does not carry a birth date (GB 11643)")
+    return born
 
 
 def age_on(id_number: str, on: date) -> int:
@@ -199,3 +240,19 @@ def local_date(moment: datetime) -> date:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=CST)
     return moment.astimezone(CST).date()
+
+
+def same_identity(text: str | None) -> str:
+    """The form in which identities that people type are compared: receipts' facility codes and
+    invoice numbers (R-CLR-1(b) [002 4.5]), officers (R-PH-4 [002 3.4]), names. Unicode NFKC (so
+    full-width ``ＡＢ１`` is ``ab1``), case folding and trimming; ``Wang.Li`` and `` wang.li`` are
+    one person (SCENARIOS.md ``review``)."""
+    folded = unicodedata.normalize("NFKC", text or "").casefold()
+    return unicodedata.normalize("NFKC", folded).strip()
+
+
+def receipt_identity(facility_code: str | None, invoice_no: str) -> tuple[str, str]:
+    """R-CLR-1(b) [002 4.5; 000 第七条]: a receipt is its facility code and invoice number,
+    compared as :func:`same_identity`; one recorded without a facility code is identified by its
+    invoice number alone (national e-invoice numbers are unique), so its code part is ``""``."""
+    return (same_identity(facility_code), same_identity(invoice_no))

@@ -82,7 +82,7 @@ def _decode(value: Any) -> Any:
 
 class Caps(Projection):
     name = "caps"
-    version = 1
+    version = 2  # 2: the cap of a year is read on the invoice date (R-CAP-2)
     tables = (caps_state, caps_parameter, caps)
     events = (*_RECIPIENT_EVENTS, PolicyLedger.PackPublished, PolicyLedger.ParameterAmended)
 
@@ -254,7 +254,8 @@ def _rows(rid: str, st: dict[str, Any], book: _Book) -> list[dict[str, Any]]:
         for scheme, info in x["caps"].items():
             bucket = (info["year"], scheme, info["kind"])
             if bucket not in last or order > last[bucket][0]:
-                last[bucket] = (order, info, x["svc"])
+                # R-CAP-2 [002 4.3]: the limit of a cap year is the one in force on the invoice date.
+                last[bucket] = (order, info, x["inv"])
     rows = []
     for key in sorted(set(granted) | paid_any):
         year, scheme, kind = key
@@ -263,8 +264,8 @@ def _rows(rid: str, st: dict[str, Any], book: _Book) -> list[dict[str, Any]]:
             continue
         cap, parameter = None, None
         if scheme in CAPPED and key in last:
-            _, info, svc = last[key]
-            cap, parameter = book.cap(scheme, info, date.fromisoformat(svc))
+            _, info, invoiced = last[key]
+            cap, parameter = book.cap(scheme, info, date.fromisoformat(invoiced))
         rows.append(
             {
                 "recipient": rid,

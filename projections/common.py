@@ -1,7 +1,8 @@
 """Common ground for the read models (ADR 0008).
 
-- one SQLAlchemy ``metadata`` for every read-model table (all named ``proj_*``) and the tracking
-  table ``proj_tracking`` (one row per projection: the notification id it has applied up to);
+- one SQLAlchemy ``metadata`` for every read-model table (all named ``proj_*``), the tracking
+  table ``proj_tracking`` (one row per projection: the notification id it has applied up to) and
+  ``proj_failures`` (notifications a view could not apply, and the operator's skip decisions);
 - where the read models live: the event store's PostgreSQL database, or a SQLite file beside the
   event store's file (``ledger.db`` → ``ledger.projections.db``);
 - money as integer fen (exact on both backends), JSON as canonical text;
@@ -28,6 +29,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     and_,
     bindparam,
     create_engine,
@@ -50,6 +52,27 @@ tracking = Table(
     Column("version", Integer, nullable=False),
     # Wall-clock time of the last commit: for `status`, not part of any view.
     Column("updated_at", String(40), nullable=True),
+)
+
+# Notifications a view could not apply (a poison event: one the read models cannot store), and
+# what an operator decided about each (``ledger projections skip``). A failed row stops its view
+# at the position before it; a skipped row is left out of that view for good, rebuilds included.
+failures = Table(
+    "proj_failures",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", BigInteger, primary_key=True),  # the notification id that failed
+    Column("topic", String(400), nullable=False),  # the event type
+    Column("originator_id", String(80), nullable=True),
+    Column("originator_version", BigInteger, nullable=True),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("first_failed_at", String(40), nullable=False),
+    Column("last_failed_at", String(40), nullable=False),
+    Column("status", String(16), nullable=False),  # "failed" (the view stops) or "skipped"
+    Column("skipped_at", String(40), nullable=True),
+    Column("skipped_by", String(200), nullable=True),
+    Column("reason", Text, nullable=True),
 )
 
 Item = tuple[int, Any]  # (notification id, decoded domain event)
@@ -103,7 +126,30 @@ def make_engine(url: str) -> Engine:
         deferred = conn.get_execution_options().get("sqlite_deferred", False)
         conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
+    @event.listens_for(engine, "before_cursor_execute")
+    def _no_nul(_conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        refuse_nul(parameters)
+
     return engine
+
+
+class NulInText(ValueError):
+    """Text with a NUL character (U+0000), which a read model cannot store."""
+
+
+def refuse_nul(parameters: Any) -> None:
+    """PostgreSQL refuses NUL in text; SQLite read models refuse it too, so that an event the
+    read models cannot store stops its view the same way on both backends (ADR 0008)."""
+    stack = [parameters]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise NulInText("a read model cannot store text containing NUL (U+0000), as PostgreSQL cannot")
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
 
 
 def is_postgres(conn_or_engine: Connection | Engine) -> bool:

@@ -84,14 +84,14 @@ class CommunityMonths(Projection):
     name = "community"
     version = 1
     tables = (community_state, community_month, suspension)
-    events = (Recipient.AidDecided, Recipient.AidReassessed, Recipient.SuspensionStarted, Recipient.SuspensionLifted)
+    events = (Recipient.AidDecided, Recipient.AidReassessed, Recipient.SuspensionStarted, Recipient.SuspensionLifted, Recipient.SuspensionEnded)
 
     def apply(self, conn: Connection, items: Sequence[Item]) -> None:
         rids = {str(e.originator_id) for _, e in items}
         states = Store(conn, community_state)
         states.fetch("recipient", rids)
         susp = Store(conn, suspension, index=("recipient",))
-        susp.fetch("recipient", {str(e.originator_id) for _, e in items if isinstance(e, (Recipient.SuspensionStarted, Recipient.SuspensionLifted))})
+        susp.fetch("recipient", {str(e.originator_id) for _, e in items if isinstance(e, (Recipient.SuspensionStarted, Recipient.SuspensionLifted, Recipient.SuspensionEnded))})
         parsed: dict[str, dict[str, Any]] = {}
         touched: set[str] = set()
 
@@ -134,6 +134,11 @@ class CommunityMonths(Projection):
                 # R-4L-4: the district review lifts every open suspension of the scheme.
                 for r in susp.where(recipient=rid, scheme=e.scheme, lifted_on=None):
                     r.update(lifted_on=date.fromisoformat(e.lifted_on), reviewer=e.reviewer, lifted_position=position)
+            elif isinstance(e, Recipient.SuspensionEnded):
+                # R-4L-4, R-CLR-2: a recomputation no longer supports this suspension; it ends (no reviewer).
+                for r in susp.where(recipient=rid, scheme=e.scheme, lifted_on=None):
+                    if r["expense_id"] == e.expense_id:
+                        r.update(lifted_on=date.fromisoformat(e.ended_on), reviewer=None, lifted_position=position)
         susp.flush()
         for rid, st in parsed.items():
             states.put({"recipient": rid, "state": dumps(st)})

@@ -5,7 +5,8 @@
 (``evidence``) and why (``reason``):
 
 - ``receipt``: an expense recorded with the facility code and invoice number of an earlier
-  expense of the same recipient (the same receipt, R-CLR-1(b));
+  expense of the same recipient (the same receipt, R-CLR-1(b): compared after NFKC, case folding
+  and trimming; a receipt without a facility code by its invoice number alone);
 - ``receipt_other_recipient``: the same receipt recorded earlier for another recipient;
 - ``aided_twice``: an expense whose receipt (or the expense itself) already had aid decided,
   through any channel (one-stop, post-hoc, auto);
@@ -25,6 +26,7 @@ from sqlalchemy import BigInteger, Column, String, Table, Text, select
 from sqlalchemy.engine import Connection
 
 from ledger.aggregates import Claim, Recipient
+from ledger.values import receipt_identity
 from projections.common import Item, Projection, Store, insert_rows, dumps, loads, metadata, utc
 
 dup_expense = Table(
@@ -33,7 +35,8 @@ dup_expense = Table(
     Column("expense_id", String(80), primary_key=True),
     Column("recipient", String(36), nullable=False),
     Column("facility_code", String(80), nullable=True),
-    Column("invoice_no", String(80), nullable=False, index=True),
+    Column("invoice_no", String(200), nullable=False),
+    Column("receipt", String(420), nullable=False, index=True),  # receipt_identity, joined by U+001F
     Column("position", BigInteger, nullable=False),
     Column("decisions", Text, nullable=False),  # JSON [[notification id, channel, claim], …]
 )
@@ -69,12 +72,12 @@ _RULE = "R-CLR-1(b), R-PH-7 [000 第七条; 002 4.5]"
 
 class Duplicates(Projection):
     name = "duplicates"
-    version = 1
+    version = 2  # 2: receipts compared after normalising, ledger-wide, codeless ones by number
     tables = (dup_expense, dup_claim, duplicate)
     events = (Recipient.ExpenseRecorded, Recipient.AidDecided, Recipient.DuplicateAttempted, Claim.Lodged, Claim.Rejected)
 
     def apply(self, conn: Connection, items: Sequence[Item]) -> None:
-        exp = Store(conn, dup_expense, index=("facility_code", "invoice_no"))
+        exp = Store(conn, dup_expense, index=("receipt",))
         claims = Store(conn, dup_claim)
         ids: set[str] = set()
         for _, e in items:
@@ -85,9 +88,9 @@ class Duplicates(Projection):
             elif isinstance(e, Claim.Rejected) and e.expense_id:
                 ids.add(e.expense_id)
         exp.fetch("expense_id", ids)
-        invoices = {r["invoice_no"] for r in exp.rows.values() if r["facility_code"]}
-        invoices |= {e.invoice_no for _, e in items if isinstance(e, Recipient.ExpenseRecorded) and e.facility.get("code")}
-        exp.fetch("invoice_no", invoices)
+        receipts = {r["receipt"] for r in exp.rows.values()}
+        receipts |= {_receipt(e.facility.get("code"), e.invoice_no) for _, e in items if isinstance(e, Recipient.ExpenseRecorded)}
+        exp.fetch("receipt", receipts)
         claims.fetch(
             "claim_id",
             {str(e.originator_id) for _, e in items if isinstance(e, Claim.Rejected)}
@@ -95,17 +98,16 @@ class Duplicates(Projection):
         )
         found: list[dict[str, Any]] = []
 
-        def same_receipt(code: str | None, number: str, but: str) -> list[dict[str, Any]]:
-            if not code:
-                return []
-            rows = [r for r in exp.where(facility_code=code, invoice_no=number) if r["expense_id"] != but]
+        def same_receipt(receipt: str, but: str) -> list[dict[str, Any]]:
+            rows = [r for r in exp.where(receipt=receipt) if r["expense_id"] != but]
             return sorted(rows, key=lambda r: r["position"])
 
         for position, e in items:
             at = utc(e.timestamp)
             if isinstance(e, Recipient.ExpenseRecorded):
                 rid, code = str(e.originator_id), e.facility.get("code")
-                earlier = same_receipt(code, e.invoice_no, e.expense_id)
+                receipt = _receipt(code, e.invoice_no)
+                earlier = same_receipt(receipt, e.expense_id)
                 own = next((r for r in earlier if r["recipient"] == rid), None)
                 other = next((r for r in earlier if r["recipient"] != rid), None)
                 for kind, match, whose in (("receipt", own, "the same recipient"), ("receipt_other_recipient", other, "another recipient")):
@@ -126,6 +128,7 @@ class Duplicates(Projection):
                         "recipient": rid,
                         "facility_code": code,
                         "invoice_no": e.invoice_no,
+                        "receipt": receipt,
                         "position": position,
                         "decisions": "[]",
                     }
@@ -147,7 +150,7 @@ class Duplicates(Projection):
                                 at,
                             )
                         )
-                    aided = [r for r in same_receipt(x["facility_code"], x["invoice_no"], x["expense_id"]) if loads(r["decisions"])]
+                    aided = [r for r in same_receipt(x["receipt"], x["expense_id"]) if loads(r["decisions"])]
                     if aided:
                         first = min(aided, key=lambda r: loads(r["decisions"])[0][0])
                         fd = loads(first["decisions"])[0]
@@ -155,7 +158,7 @@ class Duplicates(Projection):
                             _finding(
                                 position, "aided_twice", x["expense_id"], first["expense_id"], rid, first["recipient"], x["facility_code"], x["invoice_no"], e.channel,
                                 [first["position"], fd[0], x["position"], position],
-                                f"receipt {x['facility_code']}/{x['invoice_no']} was aided as {first['expense_id']} through channel "
+                                f"receipt {x['facility_code'] or ''}/{x['invoice_no']} was aided as {first['expense_id']} through channel "
                                 f"{fd[1]} and again as {x['expense_id']} through channel {e.channel} ({_RULE})",
                                 at,
                             )
@@ -225,6 +228,17 @@ def index(conn: Connection, kind: str | None = None) -> list[dict[str, Any]]:
 
 
 def receipt_duplicates(conn: Connection) -> list[dict[str, str]]:
-    """SCENARIOS.md ``duplicates``: each expense recorded again for the same recipient on the same
-    receipt, with the first expense recorded on it."""
-    return [{"expense": r["subject"], "duplicate_of": r["matched"]} for r in index(conn, "receipt")]
+    """SCENARIOS.md ``duplicates``: each expense recorded again on a receipt already recorded, for
+    the same or another recipient (a receipt is one in the whole ledger, R-CLR-1(b)), with the
+    first expense recorded on it."""
+    first: dict[str, tuple[int, str]] = {}  # in the order the duplicates were recorded
+    for r in index(conn):
+        if r["kind"] in ("receipt", "receipt_other_recipient"):
+            at = min(r["evidence"])  # the earliest match is the receipt's first recording
+            if r["subject"] not in first or at < first[r["subject"]][0]:
+                first[r["subject"]] = (at, r["matched"])
+    return [{"expense": subject, "duplicate_of": matched} for subject, (_, matched) in first.items()]
+
+
+def _receipt(code: str | None, invoice_no: str) -> str:
+    return "\x1f".join(receipt_identity(code, invoice_no))

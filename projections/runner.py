@@ -13,24 +13,40 @@ A crash anywhere before the commit loses the rows and the position together; aft
 kept. Two runners on the same view serialise on the lock and the second finds the position moved,
 so nothing is applied twice. The write path never waits for any of this: the command handlers
 compute caps and limits from the recipient's own events (ADR 0008).
+
+A poison event (one a view cannot apply: text the database refuses, a value the view cannot read,
+an event that cannot be decoded) never stalls a view for good. When a page fails for a reason
+other than a lost connection, the view applies that page again one notification per transaction;
+the first one that fails is recorded in ``proj_failures`` (view, position, event type, error;
+committed) and the view stops just before it, with a message naming all four, while the other views
+go on. ``ledger projections status`` shows it and exits non-zero. The view moves on only when an
+operator decides: ``ledger projections skip VIEW POSITION --reason …`` records the decision and the
+view leaves that notification out from then on (rebuilds included). A new runner (a restart, after
+a fix) tries a failed position once more before stopping at it again.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, select, text, update
-from sqlalchemy.engine import Connection
+from eventsourcing.persistence import OperationalError as StoreOperationalError
+from eventsourcing.persistence import InterfaceError as StoreInterfaceError
 from eventsourcing.persistence import PersistenceError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Engine, delete, inspect, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from projections.common import Projection, is_postgres, metadata, tracking
+from projections.common import Projection, failures, is_postgres, metadata, tracking
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1000
 
@@ -61,6 +77,58 @@ class PositionMoved(RuntimeError):
     """The tracking row changed under us (cannot happen while the lock is held; a safety net)."""
 
 
+class NoSuchFailure(LookupError):
+    """``skip`` names a position that has no recorded failure of that view."""
+
+
+@dataclass
+class Failure:
+    """A notification a view could not apply (a row of ``proj_failures``)."""
+
+    name: str
+    position: int
+    topic: str
+    originator_id: str | None
+    originator_version: int | None
+    error: str
+    attempts: int
+    first_failed_at: str
+    last_failed_at: str
+    #: "failed": the view stops before it; "skipped": left out by an operator's decision;
+    #: "resolved": a later try (a new runner, after a fix) applied it after all
+    status: str
+    skipped_at: str | None = None
+    skipped_by: str | None = None
+    reason: str | None = None
+
+    @property
+    def event_type(self) -> str:
+        """``ledger.aggregates:Recipient.ExpenseRecorded`` → ``Recipient.ExpenseRecorded``."""
+        return self.topic.rsplit(":", 1)[-1]
+
+    @property
+    def open(self) -> bool:
+        return self.status == "failed"
+
+    def message(self) -> str:
+        """The alert: view, position, event type and error, and what the operator can do."""
+        of = f" of {self.originator_id} v{self.originator_version}" if self.originator_id else ""
+        return (
+            f"projection {self.name!r} stopped at position {self.position}: event {self.event_type}{of} "
+            f"cannot be applied: {self.error} (attempt {self.attempts}). The other views go on; this one "
+            f"stays before position {self.position} until an operator decides: "
+            f"`ledger projections skip {self.name} {self.position} --reason …` leaves the event out of this view"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "position": self.position, "event_type": self.event_type, "topic": self.topic,
+            "originator_id": self.originator_id, "originator_version": self.originator_version, "error": self.error,
+            "attempts": self.attempts, "first_failed_at": self.first_failed_at, "last_failed_at": self.last_failed_at,
+            "status": self.status, "skipped_at": self.skipped_at, "skipped_by": self.skipped_by, "reason": self.reason,
+        }
+
+
 @dataclass
 class Status:
     name: str
@@ -69,6 +137,7 @@ class Status:
     position: int
     head: int
     updated_at: str | None
+    failures: list[Failure] = field(default_factory=list)  # every recorded failure of the view
 
     @property
     def lag(self) -> int:
@@ -78,6 +147,46 @@ class Status:
     @property
     def stale(self) -> bool:
         return self.stored_version is not None and self.stored_version != self.version
+
+    @property
+    def failed(self) -> Failure | None:
+        """The open failure this view is stopped at, if any."""
+        return next((f for f in self.failures if f.open and f.position > self.position), None)
+
+
+class _Undecodable:
+    """A notification the mapper could not turn into a domain event (poison for every view that
+    reads its topic)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+@dataclass
+class _Note:
+    id: int
+    topic: str
+    originator_id: str
+    originator_version: int
+    event: Any  # the domain event, or _Undecodable
+
+
+def transient(exc: BaseException) -> bool:
+    """A lost connection, a restart, a lock or pool timeout: worth retrying as it is. Anything else
+    a view raises (a value the database refuses, a bug the event triggers) would fail again."""
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(exc, (OperationalError, InterfaceError))
+    return isinstance(exc, (DisconnectionError, PoolTimeoutError, StoreOperationalError, StoreInterfaceError, PositionMoved))
+
+
+def _describe(exc: BaseException) -> str:
+    """The error as stored and shown: its type and first line, NUL made visible, bounded."""
+    orig = getattr(exc, "orig", None)  # a DBAPIError: the driver's own message says it best
+    shown = orig if isinstance(orig, BaseException) else exc
+    if isinstance(shown, _Undecodable):
+        shown = shown.error
+    first = (str(shown).strip().splitlines() or [""])[0]
+    return f"{type(shown).__name__}: {first}".replace("\x00", "\\x00")[:2000]
 
 
 class Runner:
@@ -93,6 +202,7 @@ class Runner:
         *,
         batch_size: int = DEFAULT_BATCH,
         pause_in_batch: float = 0.0,
+        on_failure: Callable[[Failure], None] | None = None,
     ):
         self.engine = engine
         self.recorder = recorder
@@ -103,6 +213,10 @@ class Runner:
         # commit, so that a kill can be made to land inside a transaction.
         self.pause_in_batch = pause_in_batch
         self.topics = sorted(set().union(*(p.topics() for p in self.projections)))
+        #: Called with each failure as it is recorded (the alert); it is logged either way.
+        self.on_failure = on_failure
+        # (view, position) of recorded failures this runner has tried once more already.
+        self._retried: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------ schema and tracking
     def setup(self) -> None:
@@ -112,7 +226,7 @@ class Runner:
             if is_postgres(conn):
                 # Two processes starting at once must not race on CREATE TABLE.
                 conn.execute(text("SELECT pg_advisory_xact_lock(7308262501)"))
-            metadata.create_all(conn, tables=[tracking, *{t for p in self.projections for t in p.tables}])
+            metadata.create_all(conn, tables=[tracking, failures, *{t for p in self.projections for t in p.tables}])
             stored = dict(conn.execute(select(tracking.c.name, tracking.c.version)).all())
             for p in self.projections:
                 if p.name not in stored:
@@ -122,7 +236,8 @@ class Runner:
                 self.reset(p, recreate=True)
 
     def reset(self, projection: Projection, *, recreate: bool = False) -> None:
-        """Empty a view and move it back to position 0, in one transaction."""
+        """Empty a view and move it back to position 0, in one transaction. Open failures go too
+        (the rebuild meets a poison event again); skip decisions stay and hold for the rebuild."""
         with self.engine.begin() as conn:
             self._lock(conn, projection.name)
             if recreate:
@@ -131,6 +246,7 @@ class Runner:
             else:
                 for t in reversed(projection.tables):
                     conn.execute(t.delete())
+            conn.execute(delete(failures).where(failures.c.name == projection.name, failures.c.status == "failed"))
             conn.execute(
                 update(tracking)
                 .where(tracking.c.name == projection.name)
@@ -158,47 +274,191 @@ class Runner:
         head = self.head()
         with self.engine.connect().execution_options(sqlite_deferred=True) as conn:
             rows = {r.name: r for r in conn.execute(select(tracking))}
+        recorded = self.failures()
         out = []
         for p in self.projections:
             r = rows.get(p.name)
-            out.append(Status(p.name, p.version, r.version if r else None, int(r.position) if r else 0, head, r.updated_at if r else None))
+            mine = [f for f in recorded if f.name == p.name]
+            out.append(Status(p.name, p.version, r.version if r else None, int(r.position) if r else 0, head, r.updated_at if r else None, mine))
+        return out
+
+    # ------------------------------------------------------------------ failures
+    def failures(self, *, open_only: bool = False) -> list[Failure]:
+        """Recorded failures of this runner's views, by view and position (none before setup)."""
+        names = [p.name for p in self.projections]
+        with self.engine.connect().execution_options(sqlite_deferred=True) as conn:
+            if not inspect(conn).has_table(failures.name):
+                return []
+            q = select(failures).where(failures.c.name.in_(names))
+            if open_only:
+                q = q.where(failures.c.status == "failed")
+            rows = conn.execute(q.order_by(failures.c.name, failures.c.position)).mappings().all()
+        return [
+            Failure(**{**r, "position": int(r["position"]), "attempts": int(r["attempts"]),
+                       "originator_version": None if r["originator_version"] is None else int(r["originator_version"])})
+            for r in rows
+        ]
+
+    def _record_failure(self, p: Projection, note: _Note, exc: BaseException) -> Failure:
+        """Keep the failure (its own committed transaction: the view's rolled back), then alert."""
+        now, error = _now(), _describe(exc)
+        with self.engine.begin() as conn:
+            key = (failures.c.name == p.name) & (failures.c.position == note.id)
+            stmt = select(failures.c.attempts, failures.c.first_failed_at).where(key)
+            if is_postgres(conn):
+                stmt = stmt.with_for_update()
+            row = conn.execute(stmt).first()
+            values = {
+                "topic": note.topic, "originator_id": note.originator_id, "originator_version": note.originator_version,
+                "error": error, "last_failed_at": now, "status": "failed", "skipped_at": None, "skipped_by": None, "reason": None,
+            }
+            if row is None:
+                conn.execute(failures.insert().values(name=p.name, position=note.id, attempts=1, first_failed_at=now, **values))
+                attempts, first = 1, now
+            else:
+                attempts, first = int(row.attempts) + 1, row.first_failed_at
+                conn.execute(update(failures).where(key).values(attempts=attempts, **values))
+        self._retried.add((p.name, note.id))
+        failure = Failure(p.name, note.id, note.topic, note.originator_id, note.originator_version, error, attempts, first, now, "failed")
+        log.error("%s", failure.message())
+        if self.on_failure:
+            self.on_failure(failure)
+        return failure
+
+    def skip(self, name: str, position: int, *, reason: str, by: str) -> Failure:
+        """An operator's decision: view ``name`` leaves out the failed notification at ``position``
+        from now on (rebuilds included). Only a recorded failure can be skipped; the decision, its
+        reason and who made it are kept with the failure."""
+        if not reason.strip():
+            raise ValueError("a skip needs a reason")
+        if name not in {p.name for p in self.projections}:
+            raise KeyError(name)
+        with self.engine.begin() as conn:
+            if not inspect(conn).has_table(failures.name):
+                raise NoSuchFailure(f"projection {name!r} has no recorded failure at position {position}")
+            key = (failures.c.name == name) & (failures.c.position == position)
+            stmt = select(failures.c.status).where(key)
+            if is_postgres(conn):
+                stmt = stmt.with_for_update()
+            status = conn.execute(stmt).scalar_one_or_none()
+            if status is None:
+                raise NoSuchFailure(f"projection {name!r} has no recorded failure at position {position}")
+            if status == "resolved":
+                raise NoSuchFailure(f"projection {name!r} applied position {position} on a later try: nothing to skip")
+            if status == "failed":
+                conn.execute(update(failures).where(key).values(status="skipped", skipped_at=_now(), skipped_by=by, reason=reason.strip()))
+        [done] = [f for f in self.failures() if f.name == name and f.position == position]
+        return done
+
+    def _stopped(self, positions: dict[str, int], recorded: list[Failure]) -> dict[str, Failure]:
+        """Views stopped at an open failure (each tried once more by a new runner first). A
+        failure the view has since got past (a later try succeeded) is marked ``resolved``."""
+        out: dict[str, Failure] = {}
+        for f in recorded:
+            if not f.open:
+                continue
+            if f.position <= positions.get(f.name, 0):
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        update(failures)
+                        .where(failures.c.name == f.name, failures.c.position == f.position, failures.c.status == "failed")
+                        .values(status="resolved")
+                    )
+                continue
+            if f.name in out:
+                continue
+            if (f.name, f.position) in self._retried:
+                out[f.name] = f
+            else:
+                self._retried.add((f.name, f.position))  # this runner's one more try
         return out
 
     # ------------------------------------------------------------------ following the log
     def step(self, head: int | None = None) -> tuple[int, int]:
-        """Apply one page of the log to every view that needs it. Returns (notifications read,
-        the position the page covers up to)."""
+        """Apply one page of the log to every view that needs it (a view stopped at a failure
+        waits for the operator and holds no other view back). Returns (notifications read, the
+        position the page covers up to)."""
         positions = self.positions()
-        low = min(positions.values())
         head = self.head() if head is None else head
+        recorded = self.failures()
+        stopped = self._stopped(positions, recorded)
+        active = [p for p in self.projections if p.name not in stopped]
+        if not active:
+            return 0, head
+        low = min(positions[p.name] for p in active)
         if low >= head:
             return 0, low
         notes = self.recorder.select_notifications(low + 1, self.batch_size, stop=head, topics=self.topics)
         upto = head if len(notes) < self.batch_size else notes[-1].id
-        decoded = [(n.id, n.topic, self.mapper.to_domain_event(n)) for n in notes]
-        for p in self.projections:
+        decoded = [self._decode(n) for n in notes]
+        skipped: dict[str, set[int]] = {}
+        for f in recorded:
+            if f.status == "skipped":
+                skipped.setdefault(f.name, set()).add(f.position)
+        for p in active:
             if positions[p.name] >= upto:
                 continue
             wanted = p.topics()
-            with self.engine.begin() as conn:
-                position = self._lock(conn, p.name)
-                if position >= upto or position < low:
-                    # Done by another runner, or reset under us: nothing safe to apply from this page.
+            leave_out = skipped.get(p.name, set())
+            page = [n for n in decoded if n.topic in wanted and n.id not in leave_out]
+            if not any(isinstance(n.event, _Undecodable) for n in page):
+                try:
+                    self._apply(p, page, low, upto)
                     continue
-                items = [(i, e) for i, t, e in decoded if i > position and t in wanted]
-                p.apply(conn, items)
-                if self.pause_in_batch:
-                    sys.stderr.write(f"projections: {p.name} applied {position}..{upto}, pausing before commit\n")
-                    sys.stderr.flush()
-                    time.sleep(self.pause_in_batch)
-                moved = conn.execute(
-                    update(tracking)
-                    .where(tracking.c.name == p.name, tracking.c.position == position)
-                    .values(position=upto, updated_at=_now())
-                ).rowcount
-                if moved != 1:
-                    raise PositionMoved(f"projection {p.name!r}: the tracking position moved during the batch")
+                except Exception as exc:  # noqa: BLE001 - sorted below: retry, or find the poison
+                    if transient(exc):
+                        raise
+                    log.warning("projection %r: page %s..%s failed (%s); applying it one event at a time", p.name, low, upto, _describe(exc))
+            self._apply_one_by_one(p, page, low, upto)
         return len(notes), upto
+
+    def _decode(self, n: Any) -> _Note:
+        try:
+            event: Any = self.mapper.to_domain_event(n)
+        except Exception as exc:  # noqa: BLE001 - a store error is retried; anything else is poison
+            if isinstance(exc, (DBAPIError, PersistenceError)) and not isinstance(exc, ValueError):
+                raise
+            event = _Undecodable(exc)
+        return _Note(int(n.id), n.topic, str(n.originator_id), int(n.originator_version), event)
+
+    def _apply(self, p: Projection, page: Sequence[_Note], low: int, upto: int) -> bool:
+        """One transaction: apply the page's notifications after the view's position and move it
+        to ``upto``. False when another runner got there first (or a reset happened under us)."""
+        with self.engine.begin() as conn:
+            position = self._lock(conn, p.name)
+            if position >= upto or position < low:
+                # Done by another runner, or reset under us: nothing safe to apply from this page.
+                return False
+            items = [(n.id, n.event) for n in page if n.id > position]
+            for _, e in items:
+                if isinstance(e, _Undecodable):
+                    raise e.error
+            p.apply(conn, items)
+            if self.pause_in_batch:
+                sys.stderr.write(f"projections: {p.name} applied {position}..{upto}, pausing before commit\n")
+                sys.stderr.flush()
+                time.sleep(self.pause_in_batch)
+            moved = conn.execute(
+                update(tracking)
+                .where(tracking.c.name == p.name, tracking.c.position == position)
+                .values(position=upto, updated_at=_now())
+            ).rowcount
+            if moved != 1:
+                raise PositionMoved(f"projection {p.name!r}: the tracking position moved during the batch")
+        return True
+
+    def _apply_one_by_one(self, p: Projection, page: Sequence[_Note], low: int, upto: int) -> None:
+        """The page again, one notification per transaction: the first that fails on its own is
+        recorded and the view stops before it; if none does, the view reaches ``upto``."""
+        for n in page:
+            try:
+                self._apply(p, [n], low, n.id)
+            except Exception as exc:  # noqa: BLE001
+                if transient(exc):
+                    raise
+                self._record_failure(p, n, exc)
+                return
+        self._apply(p, [], low, upto)
 
     def catch_up(self, progress: Callable[[int, int, int], None] | None = None, stop: threading.Event | None = None) -> int:
         """Apply pages until every view is at the head as seen at the start. ``progress`` gets
@@ -231,7 +491,8 @@ class Runner:
     ) -> None:
         """Keep the views current, polling the log every ``interval`` seconds, until ``stop`` is
         set (a SIGTERM handler sets it; the transaction in progress completes or rolls back as a
-        whole). A lost database connection is reported and retried with a back-off."""
+        whole). A lost database connection is reported and retried with a back-off; a view that
+        meets an event it cannot apply stops before it (recorded, alerted) and the others go on."""
         backoff = interval
         while not stop.is_set():
             try:

@@ -60,6 +60,7 @@ class Statement(Projection):
         Recipient.AidReassessed,
         Recipient.SuspensionStarted,
         Recipient.SuspensionLifted,
+        Recipient.SuspensionEnded,
         Recipient.SocialHelpGranted,
         Recipient.AidPaid,
         Recipient.ClearingCaseOpened,
@@ -140,6 +141,8 @@ class Statement(Projection):
                 add(rid, "suspension_started", None, e.expense_id, scheme=e.scheme, valid_from=e.valid_from, reason=e.reason)
             elif isinstance(e, Recipient.SuspensionLifted):
                 add(rid, "suspension_lifted", scheme=e.scheme, lifted_on=e.lifted_on, reviewer=e.reviewer)
+            elif isinstance(e, Recipient.SuspensionEnded):
+                add(rid, "suspension_ended", None, e.expense_id, scheme=e.scheme, ended_on=e.ended_on, reason=e.reason)
             elif isinstance(e, Recipient.SocialHelpGranted):
                 add(rid, "social_help", e.amount, organisation=e.organisation, period=e.period, rule="R-4L-5")
             elif isinstance(e, Recipient.AidPaid):

@@ -1,22 +1,23 @@
-"""Scenario files (SCENARIOS.md) as tests: every public scenario and every file in tests/scenarios/.
+"""Scenario files (SCENARIOS.md) as tests: the public acceptance scenarios and the project's own.
 
-- The public scenarios of ``../shared/scenarios/`` run through the real command line, exactly as
-  their own checker runs them (``check.py --ledger .venv/bin/ledger``, a subprocess), and again
-  in-process (one case per file, for a readable diff).
+- The public acceptance scenarios are kept in ``tests/acceptance/`` (each ``NAME.yaml`` with its
+  ``NAME.expected.json``, copied unchanged). Each runs through the real command line, a
+  ``ledger scenario run FILE --json`` subprocess, exactly as the acceptance run drives it, and
+  again in-process (one case per file, for a readable diff). Every one must match exactly.
 - The project's own scenarios (``tests/scenarios/*.yaml``, expected values written by hand from
   RULES.md, the arithmetic in each file's comments) run in-process through
   :func:`infra.scenario.replay` and the runner's report, what ``ledger scenario run`` prints; each
   stored decision is then replayed with its recorded knowledge and must come out the same.
-- Comparison uses ``mismatches`` imported from the shared ``check.py``: the same partial-matching
-  semantics as the acceptance run.
+- Every comparison uses :func:`infra.scenario_check.mismatches`, the project's implementation of
+  the acceptance contract's partial matching; a few cases below check that it does report
+  differences, so it cannot pass everything unnoticed.
 - A malformed file (unknown command, missing field, bad date) exits 2 and names its step.
 
-A missing ``../shared/scenarios`` folder FAILS these tests: the acceptance contract is not optional.
+Nothing here reads outside the repository: a clone with nothing beside it runs all of it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -27,30 +28,22 @@ import pytest
 from typer.testing import CliRunner
 
 from infra.scenario import ScenarioError, replay, run_scenario
+from infra.scenario_check import expected_path, mismatches
 
-ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = ROOT.parent / "shared" / "scenarios"
-OWN = Path(__file__).resolve().parent / "scenarios"
+HERE = Path(__file__).resolve().parent
+ACCEPTANCE = HERE / "acceptance"
+OWN = HERE / "scenarios"
+
+# The public acceptance scenarios, by name: all of them must be here and pass.
+PUBLIC_NAMES = ("changning-dibao-basics", "late-insurance-clearing", "mutual-aid-outpatient-year")
 
 
 def _public_files() -> list[Path]:
-    return sorted(PUBLIC.glob("*.yaml")) if PUBLIC.is_dir() else []
+    return sorted(ACCEPTANCE.glob("*.yaml"))
 
 
 def _own_files() -> list[Path]:
     return sorted(OWN.glob("*.yaml"))
-
-
-def _checker():
-    """The acceptance checker's own comparison (``check.py`` beside the public scenarios)."""
-    path = PUBLIC / "check.py"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the public scenarios and their checker must be present", pytrace=False)
-    spec = importlib.util.spec_from_file_location("shared_scenarios_check", path)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
 
 
 def _ledger_executable() -> str:
@@ -62,43 +55,96 @@ def _ledger_executable() -> str:
 
 
 def _expected(path: Path) -> dict:
-    expected = path.with_name(path.name.replace(".yaml", ".expected.json"))
+    expected = expected_path(path)
     if not expected.is_file():
         pytest.fail(f"{expected.name} is missing beside {path.name}", pytrace=False)
     return json.loads(expected.read_text(encoding="utf-8"))
-
-
-def test_public_scenarios_are_present():
-    assert PUBLIC.is_dir(), f"{PUBLIC} is missing: the public acceptance scenarios must be present"
-    files = _public_files()
-    assert files, f"no *.yaml in {PUBLIC}"
-    for f in files:
-        assert f.with_name(f.name.replace(".yaml", ".expected.json")).is_file(), f"{f.name} has no expected output"
-    assert (PUBLIC / "check.py").is_file()
-
-
-def test_public_scenarios_pass_through_the_cli():
-    """Exactly the acceptance run: the shared checker drives the installed ``ledger`` command."""
-    files = _public_files()
-    assert files, f"no public scenarios in {PUBLIC}"
-    run = subprocess.run(
-        [sys.executable, str(PUBLIC / "check.py"), "--ledger", _ledger_executable(), *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert f"{len(files)} passed, 0 failed" in run.stdout
 
 
 def _case_ids(files: list[Path]) -> list[str]:
     return [f.stem for f in files]
 
 
+# ----------------------------------------------------------------------------- the comparison itself
+
+
+def test_comparison_accepts_a_partial_match():
+    expected = {"expenses": {"E1": {"self_pay": "10.00"}}, "suspensions": [{"recipient": "R1"}]}
+    actual = {
+        "scenario": "x",
+        "expenses": {"E1": {"self_pay": "10.00", "category": "dibao"}, "E2": {"self_pay": "1.00"}},
+        "suspensions": [{"recipient": "R1", "reason": "lapse"}],
+    }
+    assert mismatches(expected, actual) == []
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "where"),
+    [
+        ({"expenses": {"E1": {"self_pay": "10.00"}}}, {"expenses": {"E1": {"self_pay": "10.01"}}}, "$.expenses.E1.self_pay"),
+        ({"expenses": {"E1": {}}}, {"expenses": {}}, "$.expenses.E1: missing"),
+        ({"expenses": {}}, {"expenses": []}, "$.expenses: expected an object"),
+        ({"annual": [{"year": 2026}]}, {"annual": {"year": 2026}}, "$.annual: expected a list"),
+        ({"annual": []}, {"annual": [{"year": 2026}]}, "$.annual: expected no items"),
+        # two expected items cannot both be matched by one actual item
+        ({"annual": [{"year": 2026}, {"year": 2026}]}, {"annual": [{"year": 2026, "kind": "a"}]}, "$.annual[1]: no actual item"),
+        # counted lists: an extra actual item is a difference; elsewhere it is not
+        ({"clearing_cases": [{"expense": "E1"}]}, {"clearing_cases": [{"expense": "E1"}, {"expense": "E2"}]}, "expected 1 items, got 2"),
+        ({"supplementary": [{"expense": "E1"}]}, {"supplementary": [{"expense": "E1"}, {"expense": "E1"}]}, "expected 1 items, got 2"),
+        ({"suspensions": [{"recipient": "R1"}]}, {"suspensions": [{"recipient": "R1"}, {"recipient": "R2"}]}, "expected 1 items, got 2"),
+    ],
+    ids=["value", "missing-key", "object-vs-list", "list-vs-object", "empty-list", "distinct-items", "clearing-count", "supplementary-count", "suspensions-count"],
+)
+def test_comparison_reports_a_mismatch(expected, actual, where: str):
+    problems = mismatches(expected, actual)
+    assert len(problems) == 1 and where in problems[0], problems
+
+
+def test_comparison_lets_uncounted_lists_have_more_items():
+    assert mismatches({"annual": [{"year": 2026}]}, {"annual": [{"year": 2025}, {"year": 2026}]}) == []
+
+
+def test_comparison_fails_a_public_report_that_was_tampered_with():
+    """A real report matches its expectation; change one amount and the comparison says where."""
+    path = ACCEPTANCE / "late-insurance-clearing.yaml"
+    expected = _expected(path)
+    report = run_scenario(path.read_text(encoding="utf-8"))
+    assert mismatches(expected, report) == []
+    report["expenses"]["E1"]["self_pay"] = "5250.01"
+    assert mismatches(expected, report) == ['$.expenses.E1.self_pay: expected "5250.00", got "5250.01"']
+
+
+# ----------------------------------------------------------------------------- public acceptance scenarios
+
+
+def test_public_scenarios_are_present():
+    assert sorted(f.stem for f in _public_files()) == sorted(PUBLIC_NAMES), f"the acceptance scenarios in {ACCEPTANCE}"
+    for f in _public_files():
+        assert expected_path(f).is_file(), f"{f.name} has no expected output"
+        assert _expected(f).get("scenario") == f.stem, "the expected output names its scenario"
+
+
+@pytest.mark.parametrize("path", _public_files(), ids=_case_ids(_public_files()))
+def test_public_scenario_through_the_cli(path: Path):
+    """Exactly the acceptance run: the installed ``ledger`` command, a real process, its stdout."""
+    run = subprocess.run(
+        [_ledger_executable(), "scenario", "run", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    problems = mismatches(_expected(path), json.loads(run.stdout))
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("path", _public_files(), ids=_case_ids(_public_files()))
 def test_public_scenario_in_process(path: Path):
-    problems = _checker().mismatches(_expected(path), run_scenario(path.read_text(encoding="utf-8")))
+    problems = mismatches(_expected(path), run_scenario(path.read_text(encoding="utf-8")))
     assert not problems, "\n".join(problems)
+
+
+# ----------------------------------------------------------------------------- the project's own scenarios
 
 
 @pytest.mark.parametrize("path", _own_files(), ids=_case_ids(_own_files()))
@@ -110,7 +156,7 @@ def test_own_scenario(path: Path):
     expected = _expected(path)
     assert expected.get("scenario") == path.stem, "the expected output names its scenario"
     name, runner = replay(path.read_text(encoding="utf-8"))
-    problems = _checker().mismatches(expected, runner.report(name))
+    problems = mismatches(expected, runner.report(name))
     assert not problems, "\n".join(problems)
     replayed = audit(runner.app)
     assert replayed.ok, json.dumps(replayed.as_dict(), ensure_ascii=False, default=str)[:2000]
@@ -129,6 +175,12 @@ steps:
   - {at: "2026-01-05T09:01:00+08:00", do: grant_category, recipient: R1, category: dibao, from: "2025-01-01"}
 """
 
+_EXPENSE = (
+    '  - {{at: "2026-01-05T09:02:00+08:00", do: record_expense, expense: E1, recipient: R1, visit_type: outpatient, '
+    'facility: {{kind: hospital, level: 2}}, service_date: "2026-01-04", invoice_date: "2026-01-04", invoice_no: X-1, '
+    'total: {total}, in_scope: "10.00", basic_insurance_paid: "0.00"}}\n'
+)
+
 MALFORMED = {
     "unknown-command": (_GOOD_HEAD + '  - {at: "2026-01-05T09:02:00+08:00", do: grant_everything, recipient: R1}\n', 3, "grant_everything"),
     "missing-field": (_GOOD_HEAD + '  - {at: "2026-01-05T09:02:00+08:00", do: insure, recipient: R1, from: "2020-01-01"}\n', 3, "scheme"),
@@ -140,6 +192,10 @@ MALFORMED = {
         "from",
     ),
     "bad-recorded-time": (_GOOD_HEAD + '  - {at: "yesterday", do: consent_auto_claim, recipient: R1, signed: true}\n', 3, "at"),
+    # unquoted, YAML 1.1 would read these as the numbers 1000 and 90: the file says what it says
+    "underscored-amount": (_GOOD_HEAD + _EXPENSE.format(total="1_000"), 3, "total"),
+    "sexagesimal-amount": (_GOOD_HEAD + _EXPENSE.format(total="1:30"), 3, "total"),
+    "exponent-amount": (_GOOD_HEAD + _EXPENSE.format(total="1e3"), 3, "total"),
 }
 
 

@@ -9,7 +9,7 @@ recorded in its own month. ``generated`` builds a seeded random history for the 
 from __future__ import annotations
 
 import random
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -171,6 +171,8 @@ def generated(ledger: Ledger, recipients: int = 12, seed: int = 7) -> Ledger:
                 visit = "inpatient" if facility in (HOSPITAL_2, HOSPITAL_3) and rnd.random() < 0.5 else "outpatient"
                 in_scope = Decimal(rnd.randint(50, 40000 if visit == "inpatient" else 900)).quantize(Decimal("0.01"))
                 ins = (in_scope * Decimal(rnd.choice(("0", "0.3", "0.5")))).quantize(Decimal("0.01"))
+                # a receipt is recorded on or after its dates (R-TIME-1: never dated in the future)
+                clock[0] = max(clock[0], datetime.combine(invoice, time(18), CST))
                 ledger.expense(e, h, tick(0.2), service=day.isoformat(), invoice=invoice.isoformat(), in_scope=str(in_scope),
                                insurance=str(ins), visit=visit, facility={**facility, "code": f"F{facilities.index(facility)}"},
                                referred=facility is HOSPITAL_2)
@@ -218,7 +220,7 @@ def generated(ledger: Ledger, recipients: int = 12, seed: int = 7) -> Ledger:
         if month == 2:
             for i in range(0, recipients, 3):
                 ledger.run(m.ConsentAutoClaim(recipient=ledger.recipients[f"R{i + 1}"], signed=True, at=tick(0.1)))
-        ledger.run(m.AutoClaims(month=f"2026-0{month}", at=tick()))
+        ledger.app.auto_claims_signed(f"2026-0{month}", tick())  # lodged, then signed by three officers (R-PH-4)
         if month == 3:
             # A retroactive cut of the outpatient caps: later expenses hit them (R-CAP-3, R-CLR-1(d)).
             for cat in ("dibao", "low_income", "orphan"):

@@ -41,14 +41,42 @@ def _dump(data: Any) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
+def _expected_head(text: Optional[str]) -> Any:
+    """``--expect-head``: the JSON ``ledger chain --head`` printed, a file holding it, or POSITION:HASH."""
+    from pathlib import Path
+
+    from infra.integrity import SignedHead
+
+    if text is None:
+        return None
+    value = text
+    if not text.lstrip().startswith("{") and ":" not in text or text.startswith("@"):
+        path = Path(text[1:] if text.startswith("@") else text)
+        try:
+            value = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            typer.echo(f"--expect-head: cannot read {path}: {exc.strerror}", err=True)
+            raise typer.Exit(2) from None
+    try:
+        return SignedHead.parse(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        typer.echo(f"--expect-head: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command("verify")
 def verify_command(
     database_url: Optional[str] = DB_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    expect_head: Optional[str] = typer.Option(
+        None, "--expect-head", help="a head kept outside the database (`ledger chain --head`'s JSON, a file holding it, or POSITION:HASH): fail unless the log extends it"
+    ),
 ) -> None:
-    """Recompute the integrity chain from the stored events; exit 1 at the first broken position."""
+    """Recompute the integrity chain from the stored events, check every link, seal and numbered
+    checkpoint (and the head kept outside, if given); exit 1 naming each broken position."""
     from infra import integrity
 
+    expected = _expected_head(expect_head)
     with _open(database_url) as ledger:
         chain = integrity.chain_for(ledger)
         total = ledger.recorder.max_notification_id() or 0
@@ -57,17 +85,20 @@ def verify_command(
         ) as progress:
             head = chain.head()
             task = progress.add_task("verify", total=head.position if head else 0)
-            report = integrity.verify(chain, progress=lambda n: progress.advance(task, n))
+            report = integrity.verify(chain, progress=lambda n: progress.advance(task, n), expect=expected)
     if as_json:
         _dump(report.as_dict())
     else:
-        head_text = f"{report.head.position} ({report.head.hash[:16]}…)" if report.head else "none (nothing chained yet)"
-        typer.echo(f"chain: {report.checked} events checked, head at position {head_text}, {report.checkpoints} checkpoints; store holds positions up to {total}")
-        if report.unchained:
-            typer.echo(f"note: {report.unchained} events after the head are not chained yet (run `ledger chain`)")
+        head_text = f"{report.head.position} ({report.head.hash[:16]}…)" if report.head else "none (nothing chained)"
+        typer.echo(
+            f"chain: {report.checked} events checked, head at position {head_text}, {report.checkpoints} checkpoints "
+            f"(last #{report.last_checkpoint}); store holds positions up to {total}"
+        )
+        if expected is not None:
+            typer.echo(f"expected head: position {expected.position} ({expected.hash[:16]}…)" + (f", checkpoint #{expected.checkpoint}" if expected.checkpoint else ""))
         first = report.first
         if first is None:
-            typer.echo("OK: every stored event matches the chain and its sealed checkpoints")
+            typer.echo("OK: every stored event matches its link, every save's seal and every numbered checkpoint" + (", and the log extends the expected head" if expected else ""))
         else:
             typer.echo(f"BROKEN at position {first.position}: {first.message}")
             if first.event:
@@ -82,17 +113,29 @@ def verify_command(
 
 
 @app.command("chain")
-def chain_command(database_url: Optional[str] = DB_OPTION) -> None:
-    """Chain every event not chained yet, seal a checkpoint, and print the head (keep it outside
-    the database: it anchors everything before it)."""
+def chain_command(
+    database_url: Optional[str] = DB_OPTION,
+    head_only: bool = typer.Option(False, "--head", help="print only the signed head, as one JSON line to keep outside the database"),
+) -> None:
+    """Seal a numbered checkpoint at the head (every event is already chained, in the transaction
+    that stored it) and print the signed head: keep it outside the database, and check the store
+    against it later with `ledger verify --expect-head`."""
     from infra import integrity
 
     with _open(database_url) as ledger:
-        head = integrity.chain_for(ledger).run(wait=True, checkpoint_at_end=True)
-    if head is None:
+        signed = integrity.chain_for(ledger).signed_head()
+    if signed is None:
+        if head_only:
+            typer.echo("the store is empty: there is no head to sign", err=True)
+            raise typer.Exit(1)
         typer.echo("the store is empty: nothing to chain")
-    else:
-        typer.echo(f"chain head: position {head.position} sha256 {head.hash}")
+        return
+    if head_only:
+        typer.echo(signed.to_json())
+        return
+    typer.echo(f"chain head: position {signed.position} sha256 {signed.hash}")
+    typer.echo(f"checkpoint #{signed.checkpoint} signed {signed.recorded_at}: {signed.signature}")
+    typer.echo(f"keep outside the database: {signed.to_json()}")
 
 
 @app.command("erase")
@@ -123,3 +166,11 @@ def erase_command(
         typer.echo(f"erased: recipient {outcome['recipient']} (key deleted {outcome.get('erased_at')})")
     else:
         typer.echo(f"already erased: recipient {outcome['recipient']} (since {outcome.get('erased_at')})")
+    if not outcome.get("purged", True):
+        # ADR 0015: the deleted key is still in a dead row version (PostgreSQL) or the WAL (SQLite)
+        # that a transaction begun before the erasure holds; it goes once that transaction ends.
+        typer.echo(
+            "warning: the old key is still held by a transaction that began before the erasure; "
+            f"run `ledger erase {outcome['recipient']} --yes` again once it has ended to purge it",
+            err=True,
+        )

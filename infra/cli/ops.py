@@ -5,16 +5,20 @@ Every command honours ``LEDGER_DATABASE_URL`` (``infra.settings``).
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import sys
+import time
 from datetime import date, datetime, timedelta
 from typing import Any, Optional
 
 import typer
+from eventsourcing.persistence import IntegrityError, OperationalError
 from pydantic import BaseModel, ValidationError
 
 from commands import models as m
-from commands.app import DEFAULT_OFFICERS, LedgerApp
+from commands.app import DEFAULT_OFFICERS, LedgerApp, WriteConflict, retryable_write_error
 from infra import ops
 from infra.cli import app
 from infra.input_errors import describe_ledger_error, describe_validation
@@ -39,7 +43,8 @@ COMMANDS: dict[str, type[m.Command]] = {
     "approve": m.Approve,
     "pay": m.Pay,
     "aid": m.LodgeClaim,  # claim + review + approve + pay with the default officers
-    "auto_claims": m.AutoClaims,
+    "auto_claims": m.AutoClaims,  # lodges the batch; its officers then sign it (sign_batch)
+    "sign_batch": m.SignBatch,
     "set_parameter": m.SetParameter,
     "lift_suspension": m.LiftSuspension,
     "social_help": m.SocialHelp,
@@ -49,7 +54,7 @@ COMMANDS: dict[str, type[m.Command]] = {
     "clearing_run": m.ClearingRun,
 }
 
-EXIT_ACCEPTED, EXIT_REJECTED, EXIT_INVALID = 0, 1, 2
+EXIT_ACCEPTED, EXIT_REJECTED, EXIT_INVALID, EXIT_CONFLICT = 0, 1, 2, 3
 
 
 # --------------------------------------------------------------------------------------- do
@@ -93,10 +98,16 @@ def _invalid(problems: list[dict[str, str]]) -> tuple[int, dict[str, Any]]:
     return EXIT_INVALID, {"status": "invalid", "errors": problems}
 
 
+def _conflict(exc: WriteConflict) -> tuple[int, dict[str, Any]]:
+    return EXIT_CONFLICT, {"status": "conflict", "code": exc.code, "message": exc.message, "retryable": True}
+
+
 def execute(ledger: LedgerApp, name: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """Validate ``payload`` as command ``name`` and run it. Returns (exit code, answer):
     0 accepted, 1 rejected by a rule, 2 invalid input (nothing recorded; each problem names its
-    field and rule)."""
+    field and rule; a ``command_id`` already used for another command is IDEMPOTENCY_MISMATCH),
+    3 a conflict with concurrent writers that outlasted the retries (nothing recorded: run it
+    again)."""
     model: type[BaseModel] | None = COMMANDS.get(name)
     if model is None:
         return _invalid([{"field": "command", "message": f"unknown command {name!r} (known: {', '.join(COMMANDS)})",
@@ -109,6 +120,8 @@ def execute(ledger: LedgerApp, name: str, payload: dict[str, Any]) -> tuple[int,
             result = ledger.run(model.model_validate(payload))
     except ValidationError as exc:
         return _invalid(describe_validation(exc, model))
+    except WriteConflict as exc:
+        return _conflict(exc)
     except errors.LedgerError as exc:  # InvalidInput from a handler (e.g. an unknown recipient)
         return _invalid(describe_ledger_error(exc))
     answer = {"command": name, **result.as_dict()}
@@ -120,11 +133,14 @@ def do(
     command: str = typer.Argument(..., help=f"one of: {', '.join(COMMANDS)}"),
     pairs: Optional[list[str]] = typer.Argument(None, help="key=value fields (dotted keys nest: facility.kind=hospital)"),
     json_text: Optional[str] = typer.Option(None, "--json", help="the fields as one JSON object ('-' reads stdin)"),
+    get: Optional[str] = typer.Option(None, "--get", help="print only this dotted field of the result (e.g. ids.recipient), for scripts"),
 ) -> None:
     """Run one command through its handler and print the result as JSON.
 
     Exit code 0: accepted; 1: rejected by a rule (the code and R-id are printed); 2: invalid input
-    (each problem names its field and rule; nothing is recorded).
+    (each problem names its field and rule; nothing is recorded), a command_id already used for a
+    different command included (IDEMPOTENCY_MISMATCH); 3: a conflict with concurrent writers
+    (code CONFLICT; nothing is recorded: run it again).
 
     Example: ledger do enrol id_number=310105195803122013 name=王秀英 street=华阳路街道
     """
@@ -139,15 +155,29 @@ def do(
     except (ValueError, json.JSONDecodeError) as exc:
         code, answer = _invalid([{"field": "input", "message": str(exc), "rule": "ledger do: key=value pairs or one JSON object"}])
     else:
-        ledger = _build()
         try:
-            code, answer = execute(ledger, command, payload)
-        finally:
-            ledger.close()
-    typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
+            ledger = _build_when_free()
+        except (IntegrityError, OperationalError) as exc:
+            if not retryable_write_error(exc):
+                raise
+            code, answer = _conflict(WriteConflict(f"the store stayed busy ({exc}); nothing was recorded: run it again"))
+        else:
+            try:
+                code, answer = execute(ledger, command, payload)
+            finally:
+                ledger.close()
+    if get is not None and code == EXIT_ACCEPTED:
+        value: Any = answer
+        for part in get.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        typer.echo(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    else:
+        typer.echo(json.dumps(answer, ensure_ascii=False, indent=2), err=get is not None)
     if code == EXIT_INVALID:
         for p in answer["errors"]:
             typer.echo(f"invalid {p['field']}: {p['message']} [{p['rule']}]", err=True)
+    elif code == EXIT_CONFLICT:
+        typer.echo(f"conflict: {answer['message']}", err=True)
     raise typer.Exit(code)
 
 
@@ -155,6 +185,21 @@ def _build() -> LedgerApp:
     from infra.wiring import build_app
 
     return build_app(get_settings())
+
+
+def _build_when_free(seconds: float = 30.0) -> LedgerApp:
+    """The ledger, waiting (jittered back-off, up to ``seconds``) while other processes keep the
+    store busy, e.g. many ``ledger do`` started at once on a SQLite file."""
+    deadline = time.monotonic() + seconds
+    for attempt in itertools.count():
+        try:
+            return _build()
+        except (IntegrityError, OperationalError) as exc:
+            pause = random.uniform(0, min(0.5, 0.01 * 2**attempt))
+            if not retryable_write_error(exc) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------------------- status

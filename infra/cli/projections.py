@@ -3,10 +3,15 @@
 The read models live beside the event store (``LEDGER_DATABASE_URL``): the same PostgreSQL
 database, or ``<store>.projections.db`` beside a SQLite store. Test hook:
 ``LEDGER_PROJECTIONS_PAUSE_IN_BATCH=<seconds>`` makes each batch sleep before its commit.
+
+A view that meets an event it cannot apply stops before it and says so (view, position, event
+type, error); ``status`` lists it and exits 1; ``skip VIEW POSITION --reason …`` is the operator's
+recorded decision to leave that event out of the view.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -23,12 +28,16 @@ from rich.text import Text
 
 from infra.cli import app
 from projections.common import make_engine, projection_url
-from projections.runner import DEFAULT_BATCH, Runner, select_projections
+from projections.runner import DEFAULT_BATCH, Failure, NoSuchFailure, Runner, select_projections
 
 projections_app = typer.Typer(help="Read models over the event log: caps, 四医联动 months, duplicates, fund books, statements.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 
 err = Console(stderr=True)
+
+
+def _alert(failure: Failure) -> None:
+    err.print(f"[red]projections: {failure.message()}[/red]", highlight=False, soft_wrap=True)
 
 
 def _runner(names: list[str] | None, batch: int, pause: float = 0.0) -> Runner:
@@ -46,7 +55,7 @@ def _runner(names: list[str] | None, batch: int, pause: float = 0.0) -> Runner:
         raise typer.Exit(2) from None
     ledger = build_app(settings, publish_policy=False)  # reading only: publishes nothing
     engine = make_engine(projection_url(settings.sqlalchemy_url()))
-    return Runner(engine, ledger.recorder, ledger.mapper, chosen, batch_size=batch, pause_in_batch=pause)
+    return Runner(engine, ledger.recorder, ledger.mapper, chosen, batch_size=batch, pause_in_batch=pause, on_failure=_alert)
 
 
 def _need_tables(runner: Runner) -> None:
@@ -95,24 +104,80 @@ def rebuild(
     elapsed = time.perf_counter() - counter["start"]
     rate = counter["events"] / elapsed if elapsed > 0 else 0.0
     typer.echo(f"rebuilt {', '.join(p.name for p in runner.projections)}: {int(counter['events'])} events up to position {head} in {elapsed:.2f}s ({rate:,.0f} events/s)")
+    _exit_if_stopped(runner)
+
+
+def _exit_if_stopped(runner: Runner) -> None:
+    """Exit 1 when a view is stopped at a failure (each was alerted as it happened)."""
+    stopped = [s for s in runner.status() if s.failed]
+    if stopped:
+        for s in stopped:
+            err.print(f"[red]projections: {s.name} is stopped before position {s.failed.position} ({s.failed.event_type}): "
+                      f"{s.failed.error}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @projections_app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """Position and lag of each read model."""
+    """Position and lag of each read model, and the events a view could not apply. Exits 1 when
+    a view is stopped at such an event (until an operator skips it)."""
     runner = _runner(None, DEFAULT_BATCH)
     _need_tables(runner)
     rows = runner.status()
+    stopped = [s for s in rows if s.failed]
     if as_json:
-        sys.stdout.write(json.dumps([{"name": s.name, "version": s.version, "position": s.position, "head": s.head, "lag": s.lag, "stale": s.stale, "updated_at": s.updated_at} for s in rows], indent=2) + "\n")
-        return
-    table = Table(title="read models")
-    for col in ("projection", "version", "position", "head", "lag", "last commit"):
-        table.add_column(col, justify="right" if col in ("version", "position", "head", "lag") else "left")
-    for s in rows:
-        version = f"{s.stored_version} → {s.version} (rebuilt on next run)" if s.stale else str(s.version)
-        table.add_row(s.name, version, str(s.position), str(s.head), str(s.lag), s.updated_at or "-")
-    Console().print(table)
+        sys.stdout.write(json.dumps([
+            {"name": s.name, "version": s.version, "position": s.position, "head": s.head, "lag": s.lag, "stale": s.stale,
+             "updated_at": s.updated_at, "stopped_at": s.failed.position if s.failed else None,
+             "failures": [f.as_dict() for f in s.failures]}
+            for s in rows
+        ], ensure_ascii=False, indent=2) + "\n")
+    else:
+        table = Table(title="read models")
+        for col in ("projection", "version", "position", "head", "lag", "last commit", "state"):
+            table.add_column(col, justify="right" if col in ("version", "position", "head", "lag") else "left")
+        for s in rows:
+            version = f"{s.stored_version} → {s.version} (rebuilt on next run)" if s.stale else str(s.version)
+            state = f"[red]STOPPED before {s.failed.position}[/red]" if s.failed else "ok"
+            table.add_row(s.name, version, str(s.position), str(s.head), str(s.lag), s.updated_at or "-", state)
+        Console().print(table)
+        recorded = [f for s in rows for f in s.failures if f.status != "resolved"]
+        if recorded:
+            failed = Table(title="events a view could not apply")
+            for col in ("projection", "position", "event", "error", "attempts", "decision"):
+                failed.add_column(col, justify="right" if col in ("position", "attempts") else "left")
+            for f in recorded:
+                decision = f"skipped {f.skipped_at} by {f.skipped_by}: {f.reason}" if f.status == "skipped" else "[red]none yet: the view is stopped[/red]"
+                failed.add_row(f.name, str(f.position), f.event_type, f.error, str(f.attempts), decision)
+            Console().print(failed)
+    if stopped:
+        for s in stopped:
+            err.print(f"[red]projections: {s.failed.message()}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@projections_app.command("skip")
+def skip(
+    name: str = typer.Argument(..., help="the view stopped at the failure"),
+    position: int = typer.Argument(..., help="the failed notification's position (from `ledger projections status`)"),
+    reason: str = typer.Option(..., "--reason", help="why the event can be left out of this view (kept with the decision)"),
+    by: Optional[str] = typer.Option(None, "--by", help="who decides (default: the login name)"),
+) -> None:
+    """Leave one failed event out of one view, by an operator's recorded decision; the view goes
+    on from there at its next run (rebuilds leave it out too)."""
+    runner = _runner([name], DEFAULT_BATCH)
+    _need_tables(runner)
+    who = by or os.environ.get("LEDGER_OPERATOR") or getpass.getuser()
+    try:
+        done = runner.skip(name, position, reason=reason, by=who)
+    except NoSuchFailure as exc:
+        err.print(f"[red]{exc}: only a recorded failure can be skipped (see `ledger projections status`)[/red]")
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(f"{done.name}: position {done.position} ({done.event_type}) is left out of this view, "
+               f"skipped {done.skipped_at} by {done.skipped_by}: {done.reason}")
 
 
 @projections_app.command("run")
@@ -137,7 +202,8 @@ def run(
     err.print(f"projections: following the event log ({', '.join(p.name for p in runner.projections)})")
     runner.run(stop, interval=interval, exit_when_idle=once, on_error=lambda exc: err.print(f"[yellow]projections: {exc!r}; retrying[/yellow]"))
     for s in runner.status():
-        err.print(f"projections: {s.name} at {s.position} (head {s.head})")
+        err.print(f"projections: {s.name} at {s.position} (head {s.head})" + (f", stopped before {s.failed.position}" if s.failed else ""))
+    _exit_if_stopped(runner)
 
 
 @projections_app.command("check")

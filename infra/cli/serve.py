@@ -26,16 +26,26 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
 ) -> None:
-    """Serve the HTTP API on the configured store (LEDGER_DATABASE_URL; embedded SQLite by default)."""
+    """Serve the HTTP API on the configured store (LEDGER_DATABASE_URL; embedded SQLite by default).
+
+    Beyond loopback it refuses to start without LEDGER_DATA_KEY, with the development token
+    secret, or with a token secret shorter than 32 bytes (ADR 0013); on loopback it warns once."""
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    weak = settings.network_weaknesses()
+    if weak and not _loopback(host):
+        typer.echo(f"refusing to listen on {host}: {'; '.join(weak)}. Set them, or listen on 127.0.0.1.", err=True)
+        raise typer.Exit(2)
+    if weak:
+        typer.echo(f"warning: development settings, fit for this machine only: {'; '.join(weak)}.", err=True)
+        from infra.privacy import MasterKey
+
+        MasterKey.announced()  # said once here, not again by the key loader
     import uvicorn
 
     from infra.http import create_app
-    from infra.settings import DEV_TOKEN_SECRET, get_settings
 
-    settings = get_settings()
-    if settings.token_secret == DEV_TOKEN_SECRET and not _loopback(host):
-        typer.echo("refusing to listen beyond this machine with the development token secret: set LEDGER_TOKEN_SECRET", err=True)
-        raise typer.Exit(2)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 

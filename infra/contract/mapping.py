@@ -20,7 +20,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.utils import get_topic
 
 from infra.contract import messages as pm
-from ledger.aggregates import Claim, CommandRecord, PolicyLedger, Recipient
+from ledger.aggregates import Claim, ClaimBatch, CommandRecord, PolicyLedger, Receipt, Recipient
 from ledger.money import fmt
 
 #: Namespace of public event ids: ``uuid5(EVENT_NAMESPACE, "<originator id>:<version>")``.
@@ -233,6 +233,11 @@ def _lifted(e: Any, _: ClaimRecipient) -> Mapped:
     return pm.SuspensionLifted, str(e.originator_id), _date(e.lifted_on), payload
 
 
+def _ended(e: Any, _: ClaimRecipient) -> Mapped:
+    payload = {"scheme": e.scheme, "expense_id": e.expense_id, "ended_on": e.ended_on, "reason": e.reason}
+    return pm.SuspensionEnded, str(e.originator_id), _date(e.ended_on), payload
+
+
 def _social_help(e: Any, _: ClaimRecipient) -> Mapped:
     payload = {"amount": _money(e.amount), "organisation": e.organisation, "period": e.period}
     return pm.SocialHelpGranted, str(e.originator_id), None, payload
@@ -290,6 +295,7 @@ MAPPERS: dict[type, Callable[[Any, ClaimRecipient], Mapped]] = {
     Recipient.SupplementaryPayoutDue: _supplementary,
     Recipient.SuspensionStarted: _suspended,
     Recipient.SuspensionLifted: _lifted,
+    Recipient.SuspensionEnded: _ended,
     Recipient.SocialHelpGranted: _social_help,
     Claim.Lodged: _claim_lodged,
     Claim.Reviewed: _claim_event(pm.ClaimReviewed, lambda e: {"reviewer": e.reviewer}),
@@ -307,6 +313,11 @@ SKIPPED: dict[type, str] = {
     PolicyLedger.Opened: "bookkeeping of the policy stream; carries nothing a subscriber uses",
     PolicyLedger.PackPublished: "whole policy packs are published as documents (ledger/policy/packs), not as messages",
     CommandRecord.Recorded: "idempotency record of a client command id; internal",
+    ClaimBatch.Opened: "a 免申即享 batch groups claims for one signature per role; each claim's own events are published",
+    ClaimBatch.Signed: "a 免申即享 batch groups claims for one signature per role; each claim's own events are published",
+    Receipt.Opened: "the ledger-wide receipt index (R-CLR-1(b)); expense.recorded carries duplicate_of publicly",
+    Receipt.ExpenseNoted: "the ledger-wide receipt index (R-CLR-1(b)); expense.recorded carries duplicate_of publicly",
+    Receipt.Aided: "the ledger-wide receipt index (R-PH-7); aid.decided says the same publicly",
 }
 
 #: Topics the relay decodes; everything else is skipped without decoding.
@@ -329,6 +340,20 @@ def to_public(event: DomainEventProtocol, position: int, claim_recipient: ClaimR
             "effective_date": effective,
             "payload": payload,
         }
+    )
+
+
+def checkpoint_sealed(number: int, position: int, hash_hex: str, recorded_at: str, kind: str, signature: str, previous: str) -> pm.ChainCheckpointSealed:
+    """The message for one numbered checkpoint of the integrity chain (ADR 0016): its id is stable
+    for that checkpoint and differs between stores (the hash is part of it)."""
+    from datetime import datetime
+
+    return pm.ChainCheckpointSealed(
+        event_id=uuid.uuid5(EVENT_NAMESPACE, f"chain-checkpoint:{number}:{hash_hex}"),
+        position=position,
+        recipient_key=None,
+        recorded_at=datetime.fromisoformat(recorded_at),
+        payload=pm.ChainCheckpointSealedPayload(number=number, hash=hash_hex, kind=kind, signature=signature, previous_signature=previous),
     )
 
 

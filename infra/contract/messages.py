@@ -8,9 +8,10 @@ shape without breaking a subscriber.
 Every message has the same envelope:
 
 - ``event_id``: stable, uuid5 of the originator id and version; the broker message id, so a
-  consumer drops repeats by it;
+  consumer drops repeats by it (delivery is at least once, ADR 0011);
 - ``position``: the event's notification id in the ledger's log (a position, never a count: ids
-  have gaps);
+  have gaps); strictly increasing along one ledger store's log, so on an ordered destination a
+  message at or below the last position processed is a repeat (:mod:`infra.contract.consumer`);
 - ``recipient_key``: the recipient aggregate's id (never an id number or a name), ``null`` for
   events that belong to no recipient (policy);
 - ``recorded_at``: transaction time; ``effective_date``: valid time where the event has one;
@@ -41,8 +42,8 @@ class _Model(BaseModel):
 class Envelope(_Model):
     """Fields every public message carries."""
 
-    event_id: UUID = Field(description="uuid5(originator id, version): stable; the broker message id")
-    position: int = Field(ge=0, description="notification id in the ledger's log (gaps are normal)")
+    event_id: UUID = Field(description="uuid5(originator id, version): stable; the broker message id and the deduplication key (delivery is at least once: a repeat carries the same event_id and position)")
+    position: int = Field(ge=0, description="notification id in the ledger's log (gaps are normal): strictly increasing along one ledger store's log, so a message at or below the last position processed from that store is a repeat")
     recipient_key: str | None = Field(description="the recipient aggregate id; null for policy events")
     recorded_at: datetime = Field(description="transaction time (when the ledger learned it)")
     effective_date: date | None = Field(default=None, description="valid-time date, where the event has one")
@@ -255,6 +256,13 @@ class SuspensionLiftedPayload(_Model):
     reviewer: str
 
 
+class SuspensionEndedPayload(_Model):
+    scheme: str
+    expense_id: str
+    ended_on: date
+    reason: str
+
+
 class SocialHelpGrantedPayload(_Model):
     amount: Amount
     organisation: str | None
@@ -268,6 +276,14 @@ class ParameterAmendedPayload(_Model):
     effective_to: date | None
     reference: str
     local_setting: bool
+
+
+class ChainCheckpointSealedPayload(_Model):
+    number: int = Field(ge=1, description="the checkpoint's number: 1, 2, 3, … without gaps along one ledger store (ADR 0016)")
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="the chain link (SHA-256, hex) of the event at the envelope's position")
+    kind: str = Field(description="periodic (every 1000 events, inside the save), on_demand (ledger chain) or upgrade")
+    signature: str = Field(pattern=r"^[0-9a-f]{64}$", description="HMAC-SHA256 under a key derived from the ledger's data key, over the number, position, hash, time, kind and the previous signature")
+    previous_signature: str = Field(description="the signature of the checkpoint before it (empty for the first)")
 
 
 class ReplayCompletedPayload(_Model):
@@ -429,6 +445,14 @@ class SuspensionLifted(Envelope):
     payload: SuspensionLiftedPayload
 
 
+class SuspensionEnded(Envelope):
+    """A suspension that a recomputation after a retroactive change no longer supports has ended
+    (R-4L-4, R-CLR-2); not a district review."""
+
+    type: Literal["suspension.ended"] = "suspension.ended"
+    payload: SuspensionEndedPayload
+
+
 class SocialHelpGranted(Envelope):
     """One-time social-organisation help (R-4L-5)."""
 
@@ -441,6 +465,16 @@ class PolicyParameterAmended(Envelope):
 
     type: Literal["policy.parameter_amended"] = "policy.parameter_amended"
     payload: ParameterAmendedPayload
+
+
+class ChainCheckpointSealed(Envelope):
+    """The integrity chain's numbered checkpoint sealing the log up to ``position`` (ADR 0016);
+    keep it: a copy outside the ledger's database is what shows a later rewrite. Published after
+    the events it covers; its position is the last one sealed, so it repeats an event's position
+    (drop repeats of it by event_id)."""
+
+    type: Literal["chain.checkpoint_sealed"] = "chain.checkpoint_sealed"
+    payload: ChainCheckpointSealedPayload
 
 
 class ReplayCompleted(Envelope):
@@ -475,8 +509,10 @@ MESSAGE_CLASSES: tuple[type[Envelope], ...] = (
     SupplementaryDue,
     SuspensionStarted,
     SuspensionLifted,
+    SuspensionEnded,
     SocialHelpGranted,
     PolicyParameterAmended,
+    ChainCheckpointSealed,
     ReplayCompleted,
 )
 

@@ -28,12 +28,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from commands import models as m
-from commands.app import LedgerApp, Result, recipient_of
+from commands.app import LedgerApp, Result, WriteConflict, recipient_of
 from commands.queries import case_view
 from infra.http import schemas as s
 from infra.http import views
 from infra.http.auth import Principal, Role, TokenError, verify
+from infra.http.guard import RequestGuard
 from infra.http.store import HttpStore
+from infra.input_errors import rule_for
 from infra.settings import Settings, get_settings
 from ledger import errors
 from ledger.aggregates import Claim, PolicyLedger, Recipient
@@ -61,7 +63,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "review_claim": frozenset({R.REVIEWER}),
     "approve_claim": frozenset({R.APPROVER}),
     "pay_claim": frozenset({R.DISTRICT_OFFICER}),
-    "auto_claims": frozenset({R.SYSTEM}),
+    "auto_claims": frozenset({R.SYSTEM, R.DISTRICT_OFFICER}),
+    "review_batch": frozenset({R.REVIEWER}),
+    "approve_batch": frozenset({R.APPROVER}),
+    "pay_batch": frozenset({R.DISTRICT_OFFICER}),
     "set_parameter": frozenset({R.DISTRICT_OFFICER}),
     "lift_suspension": frozenset({R.DISTRICT_OFFICER}),
     "social_help": frozenset({R.DISTRICT_OFFICER}),
@@ -111,7 +116,8 @@ IdempotencyKey = Annotated[
 
 _PROBLEM = {"model": s.Problem}
 _COMMON = {401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 422: _PROBLEM}
-_WRITE = {**_COMMON, 409: {"model": s.Problem, "description": "a rule rejected the command (code and R-id)"}}
+_WRITE = {**_COMMON, 409: {"model": s.Problem, "description": "a rule rejected the command (code and R-id), or `CONFLICT`: "
+                                                              "concurrent writers outlasted the retries, nothing was recorded, send it again"}}
 
 
 class ApiError(Exception):
@@ -126,6 +132,8 @@ def _problem(status: int, code: str, message: str, *, rule: str | None = "", fie
 
 
 def _ledger_error_response(exc: errors.LedgerError) -> JSONResponse:
+    if isinstance(exc, WriteConflict):  # retryable: nothing was recorded
+        return _problem(409, exc.code, exc.message, headers={"Retry-After": "1"})
     if isinstance(exc, errors.UnknownEntity):
         return _problem(404, exc.code, exc.message, rule=exc.rule, field=exc.field)
     if isinstance(exc, errors.InvalidInput):
@@ -142,7 +150,9 @@ def _validation_problem(errs: list[Any]) -> JSONResponse:
         f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'input'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"
         for e in errs[:10]
     )
-    return _problem(422, "INVALID_INPUT", message or "invalid input", field=".".join(loc))
+    field = ".".join(loc)
+    rule = rule_for(None, field, str(first.get("type", "")), str(first.get("msg", "")))
+    return _problem(422, "INVALID_INPUT", message or "invalid input", field=field, rule=rule)
 
 
 # ---------------------------------------------------------------------- the service object
@@ -289,17 +299,22 @@ def _write(request: Request, p: Principal, key: str | None, body: BaseModel | No
             sort_keys=True, ensure_ascii=False,
         ).encode("utf-8")
     ).hexdigest()
+    key_reused = _problem(422, "IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was already used for a different request", field="Idempotency-Key")
     if scoped:
         stored = svc.store.stored_response(scoped)
         if stored is not None:
             if stored.request_hash != digest:
-                return _problem(422, "IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was already used for a different request", field="Idempotency-Key")
+                return key_reused
             return JSONResponse(stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
     try:
         status, out = run(f"http:{scoped}" if scoped else None)
     except ValidationError as exc:
         return _validation_problem(exc.errors())
+    except WriteConflict as exc:  # not kept: a retry with the same key runs the command again
+        return _ledger_error_response(exc)
     except errors.LedgerError as exc:
+        if scoped and exc.code == "IDEMPOTENCY_MISMATCH":  # the ledger saw the key (as command_id) first
+            return key_reused
         response = _ledger_error_response(exc)
         status, out = response.status_code, json.loads(bytes(response.body))
         if status != 409:
@@ -308,6 +323,8 @@ def _write(request: Request, p: Principal, key: str | None, body: BaseModel | No
         return _problem(exc.status, exc.code, exc.message, rule=exc.rule, field=exc.field)
     if scoped and status in (200, 201, 409):
         stored = svc.store.store_response(scoped, digest, status, out)
+        if stored.request_hash != digest:  # a concurrent request with the same key and another body won
+            return key_reused
         status, out = stored.status_code, stored.body
     return JSONResponse(out, status_code=status)
 
@@ -347,16 +364,35 @@ def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = N
             "Commands and queries of the district medical-aid ledger. Every request but `/health` and "
             "`/ready` carries a bearer token (`ledger token issue`). Errors are `{status, code, rule, "
             "message, field}`: 422 invalid input, 409 a rule's rejection or a conflict, 404 unknown "
-            "entity, 401/403 authentication and roles. Every write takes an `Idempotency-Key`."
+            "entity, 401/403 authentication and roles, 413 a body over `LEDGER_MAX_BODY_BYTES` (1 MiB by "
+            "default; the token is checked before any body is read). Every write takes an `Idempotency-Key`."
         ),
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.public_paths = {p for p in (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url) if p}
+    public_prefixes: tuple[str, ...] = ()
     _install_error_handlers(app)
     _routes(app)
     console = _optional_module("infra.http.console")  # the browser console's pages (ADR 0018)
     if console is not None:
         console.install(app)
+        # The console keeps its own session (a cookie holding the same token), checked by every
+        # page before it reads a form; its API calls come back through the guard with the token.
+        app.state.public_paths.add("/")
+        public_prefixes = (console.BASE + "/",)
+
+    def is_public(path: str) -> bool:
+        return path in app.state.public_paths or path.startswith(public_prefixes)
+
+    # Body limit and token check before any body is read (ADR 0013); every other path fails closed.
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=lambda: service.settings.max_body_bytes,
+        token_secret=lambda: service.settings.token_secret,
+        is_public=is_public,
+        problem=lambda status, code, message, field, headers: _problem(status, code, message, field=field, headers=headers),
+    )
     return app
 
 
@@ -403,6 +439,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         )
 
     def public(path: str, operation: str, **kw: Any):
+        app.state.public_paths.add(path)  # no token asked at the door (infra.http.guard)
         return app.api_route(path, methods=["GET"], operation_id=operation, **kw)
 
     # ------------------------------------------------------------------ health
@@ -499,7 +536,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
 
     @op("POST", "/claims/{claim_id}/pay", "pay_claim", response_model=s.Accepted, summary="District disbursement of an approved claim (R-PH-6, R-CLR-3)")
     def pay_claim(request: Request, p: Caller, claim_id: ClaimId, key: IdempotencyKey = None) -> JSONResponse:
-        return _command(request, p, key, None, m.Pay, {"claim": str(claim_id)})
+        return _command(request, p, key, None, m.Pay, {"claim": str(claim_id), "payer": p.officer})
 
     @op("GET", "/claims/{claim_id}", "claim_status", response_model=s.ClaimView, summary="A claim's status and signatures")
     def claim_status(request: Request, p: Caller, claim_id: ClaimId) -> Any:
@@ -509,9 +546,26 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         _log_read(svc, p, "claim_status", f"claim:{claim_id}", [c.recipient_id])
         return views.claim(c)
 
-    @op("POST", "/auto-claims", "auto_claims", response_model=s.Accepted, summary="The 免申即享 monthly batch (R-PH-3)")
+    @op("POST", "/auto-claims", "auto_claims", response_model=s.Accepted, summary="Lodge the 免申即享 monthly batch (R-PH-3)",
+        description="The caller is the batch's handler. The claims wait for a reviewer, an approver and a payer, "
+                    "each a different officer, who sign the batch as a whole (R-PH-4): `/auto-claims/{batch}/review`, `/approve`, `/pay`.")
     def auto_claims(request: Request, p: Caller, body: s.AutoClaimsBody, key: IdempotencyKey = None) -> JSONResponse:
-        return _command(request, p, key, body, m.AutoClaims, {})
+        return _command(request, p, key, body, m.AutoClaims, {"handler": p.officer})
+
+    def _sign_batch(request: Request, p: Principal, key: str | None, batch_id: uuid.UUID, role: str) -> JSONResponse:
+        return _command(request, p, key, None, m.SignBatch, {"batch": str(batch_id), "role": role, "officer": p.officer})
+
+    @op("POST", "/auto-claims/{batch_id}/review", "review_batch", response_model=s.Accepted, summary="Review a 免申即享 batch as a whole (R-PH-4)")
+    def review_batch(request: Request, p: Caller, batch_id: Annotated[uuid.UUID, Path()], key: IdempotencyKey = None) -> JSONResponse:
+        return _sign_batch(request, p, key, batch_id, "reviewer")
+
+    @op("POST", "/auto-claims/{batch_id}/approve", "approve_batch", response_model=s.Accepted, summary="Approve a 免申即享 batch as a whole (R-PH-4): one signature, recorded on each claim")
+    def approve_batch(request: Request, p: Caller, batch_id: Annotated[uuid.UUID, Path()], key: IdempotencyKey = None) -> JSONResponse:
+        return _sign_batch(request, p, key, batch_id, "approver")
+
+    @op("POST", "/auto-claims/{batch_id}/pay", "pay_batch", response_model=s.Accepted, summary="Pay a 免申即享 batch (R-PH-4: the payer is a fourth officer)")
+    def pay_batch(request: Request, p: Caller, batch_id: Annotated[uuid.UUID, Path()], key: IdempotencyKey = None) -> JSONResponse:
+        return _sign_batch(request, p, key, batch_id, "payer")
 
     # ------------------------------------------------------------------ district actions
     @op("POST", "/policy/parameters", "set_parameter", response_model=s.Accepted, summary="Publish or amend a policy parameter (may be retroactive)")
@@ -560,9 +614,11 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
                 raise errors.UnknownEntity(f"unknown write-off proposal {proposal_id}", field="proposal_id")
             if proposal["status"] != "pending":
                 raise errors.Conflict(f"the proposal is already {proposal['status']}", code="PROPOSAL_CLOSED", rule="R-CLR-3", field="proposal_id")
-            # The proposal id is the command id: the write-off is applied at most once.
+            # The proposal id and the approver are the command id: each approver's decision is applied
+            # at most once, and a refused one (R-CLR-3: the proposer) leaves the proposal to another
+            # approver (a second approval finds nothing owed).
             cmd = m.WriteOff(recipient=proposal["recipient"], officer=proposal["officer"], approver=p.officer,
-                             reason=proposal["reason"], command_id=f"write-off:{proposal_id}")
+                             reason=proposal["reason"], command_id=f"write-off:{proposal_id}:{p.officer}")
             status, out = _result_response(svc.ledger.run(cmd), False)
             if status == 200:
                 svc.store.decide_proposal(str(proposal_id), p.officer, "approved", out)

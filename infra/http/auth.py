@@ -100,7 +100,9 @@ def verify(secret: str, token: str, *, now: float | None = None) -> Principal:
     """The principal a token names, or :class:`TokenError`."""
     if not secret:
         raise TokenError("no token secret configured")
-    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
+    # A token is base64url text: any other character (a header byte above 0x7f arrives as one)
+    # is refused here, as a malformed token, before anything compares or encodes it.
+    if len(token) > MAX_TOKEN_CHARS or not token.isascii() or token.count(".") != 1:
         raise TokenError("malformed token")
     payload_b64, sig = token.split(".")
     if not hmac.compare_digest(_sign(secret, payload_b64), sig):

@@ -91,7 +91,7 @@ def search(app: Any, query: str, by: str = "auto", *, street: str | None = None,
         by = "id_number" if len(compact) == 18 and compact[:17].isdigit() else "name"
     if by == "id_number":
         try:
-            number = validate_id_number(q.replace(" ", ""))
+            number = validate_id_number(q.replace(" ", ""), today=None)
         except Exception:  # noqa: BLE001 - a malformed number is the same answer: not found
             raise errors.InvalidInput("not an 18-character resident id number with a valid check digit", field="q") from None
         try:

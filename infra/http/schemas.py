@@ -45,7 +45,7 @@ ConsentBody = body_model(m.ConsentAutoClaim, "ConsentBody", exclude=("recipient"
 RecordExpenseBody = body_model(m.RecordExpense, "RecordExpenseBody", exclude=("recipient", "source"))
 SettleInsuranceBody = body_model(m.SettleInsurance, "SettleInsuranceBody", exclude=("expense",))
 LodgeClaimBody = body_model(m.LodgeClaim, "LodgeClaimBody", exclude=("recipient", "handler"))
-AutoClaimsBody = body_model(m.AutoClaims, "AutoClaimsBody")
+AutoClaimsBody = body_model(m.AutoClaims, "AutoClaimsBody", exclude=("handler",))
 SetParameterBody = body_model(m.SetParameter, "SetParameterBody")
 LiftSuspensionBody = body_model(m.LiftSuspension, "LiftSuspensionBody", exclude=("recipient", "reviewer"))
 SocialHelpBody = body_model(m.SocialHelp, "SocialHelpBody", exclude=("recipient",))

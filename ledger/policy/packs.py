@@ -101,7 +101,9 @@ def _build_specs() -> dict[str, ParameterSpec]:
     add(f"{sh}.categories", "categories", "§4", "[001 二(一); 001 四]")
     # (category, inpatient local?, outpatient local?, clause)
     sh_categories = (
-        ("special_relief", False, False, "[000 第四条(二)1]"),
+        # [001 二(二)4] 特殊救济对象等医疗救助标准另行制定: a local setting, 100% by default (the figure
+        # of 沪医保规〔2022〕12号 as cited in [000 第四条(二)1]).
+        ("special_relief", True, True, "[001 二(二)4]"),
         ("destitute", True, True, "[001 二(一)]"),
         ("dibao", False, False, "[001 二(二)4]"),
         ("low_income", False, False, "[001 二(二)4]"),
@@ -178,6 +180,9 @@ def _build_specs() -> dict[str, ParameterSpec]:
     add(f"{ly}.bands.extended", "bands", "R-LYG-3", "[004 五(二)]", local_setting=True,
         bound_rule="R-LYG-3", bound_clause="[004 五(二)] 个人自负费用数额越大，救助比例越高")
     add(f"{ly}.annual_cap.extended", "yuan", "R-LYG-3", "[004 五(二)]", local_setting=True, nullable=True)
+    # R-INS-2: dibao, destitute and orphans have the resident contribution paid in full; for the
+    # others the county sets the subsidy [004 四(一)] (a local setting, 0 until set).
+    add(f"{ly}.enrolment_subsidy.other", "yuan", "R-INS-2", "[004 四(一)]", local_setting=True)
 
     return {s.name: s for s in specs}
 

@@ -20,16 +20,6 @@ _register()
 ID_NUMBER = "310105195803122013"
 
 
-@pytest.fixture
-def ledger(database_url: str):
-    runner = CliRunner()
-
-    def run(*args: str):
-        return runner.invoke(app, list(args), env={"LEDGER_DATABASE_URL": database_url, "LEDGER_DATA_KEY": "cli-test-key"}, catch_exceptions=False)
-
-    return run
-
-
 def test_do_accepts_rejects_and_refuses_with_exit_codes(ledger) -> None:
     enrolled = ledger("do", "enrol", f"id_number={ID_NUMBER}", "name=王秀英", "street=华阳路街道", "at=2026-01-05T09:00:00+08:00")
     assert enrolled.exit_code == 0, enrolled.output

@@ -191,6 +191,20 @@ def test_district_and_system_commands_over_http(database_url):
         month = date.today().strftime("%Y-%m")
         batch = api.post("/auto-claims", system, {"month": month})
         assert batch.status_code == 200 and len(batch.json()["ids"]["claims"]) == 1
+        # R-PH-4: the batch only lodges. The service cannot review its own batch (role), nor can its
+        # subject under another spelling holding a reviewer token (SAME_OFFICER).
+        bid = batch.json()["ids"]["batch"]
+        [cid] = batch.json()["ids"]["claims"]
+        assert api.get(f"/claims/{cid}", district).json()["status"] == "lodged"
+        assert api.post(f"/auto-claims/{bid}/review", system).status_code == 403
+        alias = api.post(f"/auto-claims/{bid}/review", api.auth("PUSH", "reviewer"))
+        assert (alias.json()["code"], alias.json()["rule"]) == ("SAME_OFFICER", "R-PH-4")
+        assert api.post(f"/auto-claims/{bid}/review", api.auth("r-9", "reviewer")).status_code == 200
+        assert api.post(f"/auto-claims/{bid}/approve", api.auth("R-9", "approver")).json()["code"] == "SAME_OFFICER"
+        assert api.post(f"/auto-claims/{bid}/approve", api.auth("a-9", "approver")).status_code == 200
+        assert api.post(f"/auto-claims/{bid}/pay", district).status_code == 200
+        signed = api.get(f"/claims/{cid}", district).json()
+        assert (signed["status"], signed["handler"], signed["reviewer"], signed["approver"]) == ("paid", "push", "r-9", "a-9")
         statement = api.get(f"/recipients/{rid}", district).json()
         assert {e["id"]: e["channel"] for e in statement["expenses"]} == {onestop: "one_stop", auto: "auto"}
 

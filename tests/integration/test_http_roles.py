@@ -30,7 +30,11 @@ EXPECTED: dict[str, set[str]] = {
     "review_claim": {"reviewer"},
     "approve_claim": {"approver"},
     "pay_claim": {"district_officer"},
-    "auto_claims": {"system"},
+    "auto_claims": {"system", "district_officer"},
+    # R-PH-4: a 免申即享 batch is signed once per role by officers, never by the service
+    "review_batch": {"reviewer"},
+    "approve_batch": {"approver"},
+    "pay_batch": {"district_officer"},
     "set_parameter": {"district_officer"},
     "lift_suspension": {"district_officer"},
     "social_help": {"district_officer"},
@@ -74,7 +78,7 @@ def _setup(api: Api) -> dict[str, str]:
     r = api.post(f"/recipients/{rid}/claims", api.auth("h-1", "street_handler", STREET), {"expenses": [eid]})
     assert r.status_code == 201, r.text
     return {"recipient_id": rid, "expense_id": eid, "claim_id": r.json()["ids"]["claim"], "proposal_id": str(uuid.uuid4()),
-            "case_id": f"{rid}:case:1"}
+            "case_id": f"{rid}:case:1", "batch_id": str(uuid.uuid4())}
 
 
 def _call(api: Api, method: str, path: str, ids: dict[str, str], headers: dict[str, str], op: str):
@@ -113,7 +117,7 @@ def test_no_token_or_a_bad_token_is_401_on_every_endpoint(database_url):
     with api_on(database_url) as api:
         ops = _operations(api)
         ids = {"recipient_id": str(uuid.uuid4()), "expense_id": f"{uuid.uuid4()}:1", "claim_id": str(uuid.uuid4()), "proposal_id": str(uuid.uuid4()),
-               "case_id": f"{uuid.uuid4()}:case:1"}
+               "case_id": f"{uuid.uuid4()}:case:1", "batch_id": str(uuid.uuid4())}
         good = api.auth("a-1", "auditor")["Authorization"]
         forged = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
         for op, (method, path) in ops.items():
@@ -129,13 +133,13 @@ def test_no_token_or_a_bad_token_is_401_on_every_endpoint(database_url):
 
 def test_the_matrix_says_what_the_brief_says():
     """Auditor reads everything and writes nothing; the regulator reads snapshots only; the
-    system pushes settlements and runs the 免申即享 batch; each signature has its own role."""
+    system pushes settlements and lodges the 免申即享 batch, which officers sign (R-PH-4); each signature has its own role."""
     writes = {op for op in EXPECTED if op not in _READS}
     assert {op for op, roles in EXPECTED.items() if "auditor" in roles} == _READS
     assert {op for op, roles in EXPECTED.items() if "regulator" in roles} == {"snapshot", "whoami"}
     assert {op for op in writes if "system" in EXPECTED[op]} == {"record_expense", "settle_insurance", "one_stop", "auto_claims", "insure", "end_insurance"}
-    assert {op for op in writes if "reviewer" in EXPECTED[op]} == {"review_claim"}
-    assert {op for op in writes if "approver" in EXPECTED[op]} == {"approve_claim", "approve_write_off", "refuse_write_off"}
+    assert {op for op in writes if "reviewer" in EXPECTED[op]} == {"review_claim", "review_batch"}
+    assert {op for op in writes if "approver" in EXPECTED[op]} == {"approve_claim", "approve_batch", "approve_write_off", "refuse_write_off"}
     assert {op for op in writes if "street_handler" in EXPECTED[op]} == {"enrol", "consent_auto_claim", "record_expense", "lodge_claim"}
     assert {"lift_suspension", "social_help", "set_parameter"} <= {op for op in writes if EXPECTED[op] == {"district_officer"}}
 

@@ -136,7 +136,9 @@ def test_join_mutual_aid_and_consent(ledger: LedgerApp) -> None:
 def test_record_expense_records_the_resolved_fields(ledger: LedgerApp) -> None:
     rid = given_recipient(ledger)
     result, events = when(ledger, expense(rid, referred=False))
-    assert names(events) == ["Recipient.ExpenseRecorded"]
+    # the ledger-wide receipt index opens with the receipt (R-CLR-1(b)), in the same transaction
+    assert names(events) == ["Recipient.ExpenseRecorded", "Receipt.Opened", "Receipt.ExpenseNoted"]
+    assert (events[1].facility_code, events[1].invoice_no) == ("cn-chc-hy", "hy2400001")  # compared normalised
     e = events[0]
     assert result.ids["expense"] == e.expense_id == f"{rid}:1"
     assert e.facility == {**CHC, "out_of_province": False}
@@ -152,7 +154,7 @@ def test_the_same_receipt_twice_is_kept_and_flagged_as_a_duplicate(ledger: Ledge
     rid = given_recipient(ledger)
     first, _ = when(ledger, expense(rid))
     again, events = when(ledger, expense(rid, source="claimant", at=t("2024-03-20")))
-    assert names(events) == ["Recipient.ExpenseRecorded"]
+    assert names(events) == ["Recipient.ExpenseRecorded", "Receipt.ExpenseNoted"]
     assert events[0].duplicate_of == first.ids["expense"] == again.ids["duplicate_of"]
     assert events[0].expense_id != first.ids["expense"]
 
@@ -162,8 +164,9 @@ def test_one_stop_decides_and_pays_at_once(ledger: LedgerApp) -> None:
     eid = ledger.run(expense(rid)).ids["expense"]
     result, events = when(ledger, m.OneStop(expense=eid, at=t("2024-03-04", "15:01")))
     assert result.status == "accepted"
-    assert names(events) == ["Recipient.AidDecided", "Recipient.AidPaid"]
-    decided, paid = events
+    assert names(events) == ["Recipient.AidDecided", "Recipient.AidPaid", "Receipt.Aided"]
+    decided, paid, aided = events
+    assert aided.expense_id == eid and aided.channel == "one_stop"
     assert decided.channel == "one_stop" and decided.decisions[0]["expense"] == eid
     assert decided.knowledge["recipient_version"] >= 1 and "policy_version" in decided.knowledge
     assert paid.payments[0]["total"] == decided.decisions[0]["total"] == result.ids["aid"]
@@ -206,7 +209,7 @@ def test_claim_review_approve_pay(ledger: LedgerApp) -> None:
     _, reviewed = when(ledger, m.Review(claim=cid, reviewer="HY-审核-01", at=t("2024-04-02")))
     assert names(reviewed) == ["Claim.Reviewed"]
     _, approved = when(ledger, m.Approve(claim=cid, approver="区医保局-审批-01", at=t("2024-04-05")))
-    assert names(approved) == ["Claim.Approved", "Recipient.AidDecided"]
+    assert names(approved) == ["Claim.Approved", "Recipient.AidDecided", "Receipt.Aided"]
     decision = approved[1].decisions[0]
     _, paid = when(ledger, m.Pay(claim=cid, at=t("2024-04-25")))
     assert set(names(paid)) == {"Claim.Paid", "Recipient.AidPaid"}
@@ -245,17 +248,22 @@ def test_a_claim_on_an_aided_receipt_is_rejected_and_the_attempt_recorded(ledger
     assert rejected.code == "DUPLICATE" and rejected.expense_id == copy
 
 
-def test_auto_claims_claim_and_pay_a_consenting_recipients_expenses(ledger: LedgerApp) -> None:
+def test_auto_claims_lodge_a_consenting_recipients_expenses_as_a_batch(ledger: LedgerApp) -> None:
     rid = given_recipient(ledger)
     other = given_recipient(ledger, id_number=LOW_INCOME_ID, category="low_income")
     ledger.run(m.ConsentAutoClaim(recipient=rid, signed=True, at=t("2026-04-02")))
     mine = ledger.run(expense(rid, day="2026-04-10", facility=TERTIARY)).ids["expense"]
     ledger.run(expense(other, day="2026-04-11", facility=TERTIARY, invoice_no="X2"))
-    result, events = when(ledger, m.AutoClaims(month="2026-04", at=t("2026-05-11")))
+    result, events = when(ledger, m.AutoClaims(month="2026-04", handler="auto-batch", at=t("2026-05-11")))
     assert len(result.ids["claims"]) == 1
     lodged = [e for e in events if isinstance(e, Claim.Lodged)]
-    assert [(e.channel, e.expense_ids, e.recipient_id) for e in lodged] == [("auto", [mine], rid)]
-    assert "Claim.Paid" in names(events)
+    assert [(e.channel, e.expense_ids, e.recipient_id, e.handler) for e in lodged] == [("auto", [mine], rid, "auto-batch")]
+    # R-PH-4: the batch lodges; review, approval and payment wait for their officers
+    assert names(events)[-1] == "ClaimBatch.Opened" and not {"Claim.Reviewed", "Claim.Approved", "Claim.Paid"} & set(names(events))
+    for role, officer in (("reviewer", "HY-审核-01"), ("approver", "区医保局-审批-01"), ("payer", "区医保局-拨付-01")):
+        _, signed = when(ledger, m.SignBatch(batch=result.ids["batch"], role=role, officer=officer, at=t("2026-05-12")))
+        assert names(signed)[-1] == "ClaimBatch.Signed"
+    assert "Claim.Paid" in names(signed) and ledger.claim(result.ids["claims"][0]).payer == "区医保局-拨付-01"
     _, again = when(ledger, m.AutoClaims(month="2026-04", at=t("2026-05-12")))
     assert not any(isinstance(e, Claim.Lodged) for e in again)  # nothing left to claim
 

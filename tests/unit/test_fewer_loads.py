@@ -60,9 +60,10 @@ def test_the_auto_claims_batch_loads_only_recipients_who_gave_consent() -> None:
     assert len(result.ids["claims"]) == 1
     assert never not in loaded
     assert withdrawn in loaded  # it has a consent event: loaded, then left out (consent withdrawn)
-    assert app.recipient(consenting).expenses[e1].decision.channel == "auto"
-    assert app.recipient(never).expenses[e2].decision is None
-    assert app.recipient(withdrawn).expenses[e3].decision is None
+    [cid] = result.ids["claims"]
+    assert app.claim(cid).channel == "auto" and app.recipient(consenting).expenses[e1].claim_id == cid
+    assert app.recipient(never).expenses[e2].claim_id is None
+    assert app.recipient(withdrawn).expenses[e3].claim_id is None
 
 
 def test_pass_state_copy_is_a_deep_copy() -> None:

@@ -13,7 +13,7 @@ from projections.report import scenario_views
 from projections_support import canonical, reference
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = sorted((ROOT / "tests" / "scenarios").glob("*.yaml")) + sorted((ROOT.parent / "shared" / "scenarios").glob("*.yaml"))
+FILES = sorted((ROOT / "tests" / "scenarios").glob("*.yaml")) + sorted((ROOT / "tests" / "acceptance").glob("*.yaml"))
 
 
 def _replay(path: Path) -> sc.Runner:
