@@ -25,7 +25,7 @@ from ledger.aggregates import PolicyLedger
 from ledger.values import Trigger
 
 if TYPE_CHECKING:  # pragma: no cover
-    from commands.app import LedgerApp
+    from commands.core import LedgerCore as LedgerApp
 
 PAGE = 1000
 

@@ -17,7 +17,7 @@ from ledger.money import ZERO, fmt
 from ledger.values import validate_id_number
 
 if TYPE_CHECKING:  # pragma: no cover
-    from commands.app import LedgerApp
+    from commands.core import LedgerCore as LedgerApp
 
 STATUSES = ("open", "settled", "written_off")
 

@@ -1134,13 +1134,8 @@ def chain_for(app: Any) -> Chain:
     return chain
 
 
-def chain_head(position: int, app: Any = None) -> ChainLink | None:
-    """The chain head at ``position``: the link of the last event at or before it (None for an
-    empty store). For snapshots to carry: a snapshot taken at position P names this hash, and
-    ``ledger verify`` proves the log up to P is the one it saw. Without ``app``, the store of the
-    current settings is opened."""
-    if app is None:
-        from infra.wiring import build_app
-
-        app = build_app()
+def chain_head(position: int, app: Any) -> ChainLink | None:
+    """The chain head at ``position`` of ``app``'s store: the link of the last event at or before
+    it (None for an empty store). For snapshots to carry: a snapshot taken at position P names this
+    hash, and ``ledger verify`` proves the log up to P is the one it saw."""
     return chain_for(app).head_at(position)

@@ -1,0 +1,754 @@
+"""The ledger's write path, its core: one unit of work per command.
+
+``LedgerCore`` is the eventsourcing Application under every command: it loads aggregates, keeps
+recorded times strictly increasing, makes a ``command_id`` apply once, retries a lost race, and
+saves everything one command touched in one transaction. It also holds the deciding machinery
+that several capabilities share (assessing a recipient's expenses, recording a decision and its
+suspensions, paying with offsets, reconciling after a retroactive change). The command handlers
+themselves live in ``commands/handlers/``, one module per capability, and are registered in one
+place (``commands.handlers.HANDLERS``); ``commands.app.LedgerApp`` puts the two together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Iterator
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, OperationalError
+
+from commands import models as m
+from commands.repository import upgrade as upgrade_repository
+from ledger import clearing, engine, errors, procedure
+from ledger.aggregates import (
+    Claim,
+    ClaimBatch,
+    CommandRecord,
+    PolicyLedger,
+    Receipt,
+    Recipient,
+    version_to_event,
+)
+from ledger.facts import DecisionRef, ExpenseFacts
+from ledger.money import ZERO, fmt
+from ledger.policy import packs as policy_packs
+from ledger.policy.params import PolicyError
+from ledger.values import Channel, Scheme, Trigger, local_date
+
+DEFAULT_OFFICERS = ("handler-default", "reviewer-default", "approver-default")
+#: The scenario contract's ``pay`` without a payer: a fourth officer, distinct from the three.
+DEFAULT_PAYER = "payer-default"
+
+
+@dataclass
+class Result:
+    """What a command did: ``accepted`` or ``rejected`` (a rule said no), with ids it created."""
+
+    status: str = "accepted"
+    code: str | None = None
+    rule: str | None = None
+    message: str | None = None
+    ids: dict[str, Any] = field(default_factory=dict)
+    field_name: str = ""  # the input field a rejection concerns (HTTP error bodies)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status}
+        if self.status != "accepted":
+            out.update({"code": self.code, "rule": self.rule, "message": self.message})
+            if self.field_name:
+                out["field"] = self.field_name
+        if self.ids:
+            out["ids"] = self.ids
+        return out
+
+    @classmethod
+    def rejected(cls, exc: errors.LedgerError, **ids: Any) -> "Result":
+        return cls("rejected", exc.code, exc.rule, exc.message, dict(ids), exc.field)
+
+
+class WriteConflict(errors.LedgerError):
+    """Other writers kept changing what this command needs (optimistic concurrency, ADR 0003) for
+    longer than ``LedgerApp.conflict_seconds``: nothing of it was recorded and the same command can
+    simply be sent again (HTTP 409 ``CONFLICT``, ``ledger do`` exit 3). Not a rule's answer."""
+
+    code = "CONFLICT"
+    retryable = True
+
+
+def command_fingerprint(cmd: m.Command) -> str:
+    """What a ``command_id`` is bound to: the command's type and fields, its id aside (SHA-256 of
+    canonical JSON; fields left at their defaults are left out, so sending a default explicitly is
+    the same command)."""
+    body = cmd.model_dump(mode="json", exclude={"command_id"}, exclude_defaults=True)
+    text = json.dumps([type(cmd).__name__, body], sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def retryable_write_error(exc: Exception) -> bool:
+    """A write that certainly did not happen and may succeed if tried again: another writer saved
+    the same aggregate version first (unique key), or the store was busy (SQLite lock, PostgreSQL
+    serialisation failure or deadlock, no free connection)."""
+    if isinstance(exc, IntegrityError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc, TimeoutError):  # the pool had no connection to give: nothing was sent
+        return True
+    cause = exc.__cause__
+    sqlstate = getattr(getattr(cause, "diag", None), "sqlstate", None) or getattr(cause, "sqlstate", None)
+    if sqlstate in ("40001", "40P01", "55P03"):
+        return True
+    return type(cause).__module__ == "sqlite3" and any(w in str(cause).lower() for w in ("locked", "busy"))
+
+
+def expense_ref(recipient_id: uuid.UUID | str, number: int) -> str:
+    """Expense ids name their recipient: ``<recipient uuid>:<n>``."""
+    return f"{recipient_id}:{number}"
+
+
+def recipient_of(expense_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(expense_id.split(":", 1)[0])
+    except ValueError:
+        raise errors.UnknownEntity(f"expense {expense_id!r} is not an expense id", field="expense") from None
+
+
+class LedgerCore(Application):
+    name = "Ledger"
+    #: command type -> handler ``(ledger, command) -> Result`` (``commands.handlers.HANDLERS``)
+    handlers: dict[type, Callable[[Any, Any], "Result"]] = {}
+    # No automatic snapshots: a Recipient's state holds dataclasses and tuple-keyed maps that the
+    # JSON transcoder does not carry yet, so only a newly enrolled recipient can be snapshotted
+    # (the snapshot store exists for that and for the encryption tests). At district stream
+    # lengths a full load is cheap enough (ADR 0017); bulk imports use the aggregate cache
+    # (infra.demo.demo_env).
+    is_snapshotting_enabled = True
+    snapshotting_intervals: dict = {}
+
+    def __init__(self, env: dict[str, str] | None = None, *, jurisdiction: str = "shanghai.changning"):
+        super().__init__(env)
+        if jurisdiction not in policy_packs.JURISDICTIONS:
+            raise errors.InvalidInput(f"unknown jurisdiction {jurisdiction!r}", field="jurisdiction")
+        self.jurisdiction = jurisdiction
+        self.schemes = policy_packs.JURISDICTIONS[jurisdiction]
+        self._clock_lock = threading.Lock()
+        self._last_at: datetime | None = None
+        self._policy_cache: PolicyLedger | None = None
+        #: Keyed hash of a resident id number (ADR 0015), installed by the wiring; unset, the
+        #: recipient id is the plain uuid5 of the number.
+        self.id_number_digest: Callable[[str], str] | None = None
+        #: Called with the recordings after every save (the integrity chainer, ADR 0016).
+        self.after_save: list[Callable[[list[Any]], None]] = []
+        #: Aggregates a handler touched beside the ones it commits by name (the receipt index),
+        #: saved in the same transaction by the next ``_commit`` of this thread.
+        self._unit = threading.local()
+
+    def construct_repository(self) -> Any:
+        """The library's repository with a cheaper projector (commands.repository, ADR 0017)."""
+        return upgrade_repository(super().construct_repository(), self.snapshotting_intervals)
+
+    def _notify(self, recordings: list[Any]) -> None:
+        for hook in self.after_save:
+            hook(recordings)
+
+    def recipient_id_for(self, id_number: str) -> uuid.UUID:
+        """The Recipient id for a resident id number: one recipient per number, not guessable
+        from the number when the wiring installed a keyed hash (ADR 0015)."""
+        digest = self.id_number_digest
+        return Recipient.id_for(id_number if digest is None else digest(id_number))
+
+    # ------------------------------------------------------------------ plumbing
+    def _now(self, at: datetime | None) -> datetime:
+        """Recorded time: the command's ``at`` (or now), strictly after the last one recorded here,
+        so that "known at T" cuts never split what one command recorded from the next."""
+        moment = at or datetime.now(timezone.utc)
+        with self._clock_lock:
+            if self._last_at is not None and moment <= self._last_at:
+                moment = self._last_at + timedelta(microseconds=1)
+            self._last_at = moment
+        return moment
+
+    def _command_record(self, cmd: m.Command, result: Result, at: datetime | None) -> CommandRecord:
+        """The idempotency record: the command's type, its result and its fingerprint (kept with
+        the result), so that a retry is answered with the first result and another command under
+        the same id is refused."""
+        return CommandRecord._create(  # noqa: SLF001
+            CommandRecord.Recorded,
+            id=CommandRecord.id_for(cmd.command_id),
+            timestamp=at,
+            command_id=cmd.command_id,
+            command=type(cmd).__name__,
+            result={**result.as_dict(), "fingerprint": self._fingerprint(cmd)},
+        )
+
+    def _fingerprint(self, cmd: m.Command) -> str:
+        """``command_fingerprint``, keyed when the wiring installed a keyed hash (ADR 0015): a
+        command's fields include personal data (an id number has few enough values to be guessed
+        back from a plain hash), so the stored fingerprint is no easier to read than a recipient id."""
+        plain = command_fingerprint(cmd)
+        keyed = self.id_number_digest
+        return plain if keyed is None else keyed(f"command:{plain}")
+
+    def _commit(self, cmd: m.Command, result: Result, *aggregates: Any) -> Result:
+        if cmd.command_id:
+            aggregates = (*aggregates, self._command_record(cmd, result, self._last_at))
+        companions = self._take_companions()
+        self.save(*[a for a in aggregates if a is not None], *companions)
+        if any(isinstance(a, PolicyLedger) for a in aggregates):
+            self._policy_cache = None
+        return result
+
+    def _also_save(self, aggregate: Any) -> None:
+        """Save ``aggregate`` with the command's own aggregates, in one transaction."""
+        pending = getattr(self._unit, "companions", None)
+        if pending is None:
+            pending = self._unit.companions = {}
+        pending[aggregate.id] = aggregate
+
+    def _take_companions(self) -> list[Any]:
+        pending = getattr(self._unit, "companions", None) or {}
+        self._unit.companions = {}
+        return list(pending.values())
+
+    def receipt(self, key: tuple[str, str]) -> Receipt | None:
+        """The ledger-wide record of one receipt (R-CLR-1(b)), or None if never recorded since the
+        index exists. A companion touched by the command in progress is returned as it stands."""
+        rid = Receipt.id_for(key)
+        pending = getattr(self._unit, "companions", None) or {}
+        if rid in pending:
+            return pending[rid]
+        try:
+            return self.repository.get(rid)
+        except AggregateNotFoundError:
+            return None
+
+    def receipt_aided_as(self, r: Recipient, facts: ExpenseFacts) -> str | None:
+        """R-PH-7 [002 4.5], R-CLR-1(b): the expense (of this or any recipient) that already got aid
+        on this expense's receipt, if any: a receipt is paid once in the whole ledger."""
+        own = r.receipt_aided_by(facts)
+        if own is not None:
+            return own
+        rc = self.receipt(facts.receipt_key)
+        return rc.aided_as if rc is not None else None
+
+    def _replayed(self, cmd: m.Command) -> Result | None:
+        """The first result recorded under ``cmd.command_id``, if any; a different command under
+        the same id is refused (IDEMPOTENCY_MISMATCH), whatever the adapter it came through."""
+        if not cmd.command_id:
+            return None
+        try:
+            record = self.repository.get(CommandRecord.id_for(cmd.command_id))
+        except AggregateNotFoundError:
+            return None
+        r = record.result
+        stored = r.get("fingerprint")  # absent from records made before fingerprints were kept
+        if record.command != type(cmd).__name__ or (stored is not None and stored != self._fingerprint(cmd)):
+            what = record.command if record.command != type(cmd).__name__ else f"another {record.command} (different fields)"
+            raise errors.InvalidInput(
+                f"command_id {cmd.command_id!r} was already used for {what}: a retry must repeat the first "
+                "command exactly; a new command needs a new command_id",
+                code="IDEMPOTENCY_MISMATCH",
+                rule="command_id: one id, one command (a retry repeats it exactly)",
+                field="command_id",
+            )
+        return Result(r["status"], r.get("code"), r.get("rule"), r.get("message"), r.get("ids", {}), r.get("field", ""))
+
+    #: How long ``run`` keeps retrying a command that lost an optimistic-concurrency race before it
+    #: answers ``WriteConflict`` (a time, not a count: under contention each writer gets its turn).
+    conflict_seconds: float = 30.0
+
+    def run(self, cmd: m.Command) -> Result:
+        """Dispatch a command to its handler; idempotent under ``command_id`` (a retry of the same
+        command gets the first result, accepted or rejected; another command under the same id is
+        refused); retried with jittered back-off while concurrent writes to the same aggregates
+        win the race (optimistic concurrency), for up to ``conflict_seconds``, then WriteConflict."""
+        replay = self._replayed(cmd)
+        if replay is not None:
+            return replay
+        handler = self.handlers.get(type(cmd))
+        if handler is None:
+            raise errors.InvalidInput(f"no handler for {type(cmd).__name__}", field="command")
+        deadline = time.monotonic() + self.conflict_seconds
+        for attempt in itertools.count():
+            self._take_companions()  # nothing left over from an attempt that did not commit
+            try:
+                try:
+                    return handler(self, cmd)
+                except errors.Rejected as exc:
+                    return self._rejected(cmd, Result.rejected(exc))
+            except (IntegrityError, OperationalError) as exc:
+                if not retryable_write_error(exc):
+                    raise
+                self._policy_cache = None
+                replay = self._replayed(cmd)
+                if replay is not None:
+                    return replay
+                # Full jitter: a random wait up to a doubling ceiling, so racing writers spread out.
+                pause = random.uniform(0, min(0.5, 0.005 * 2**attempt))
+                if time.monotonic() + pause > deadline:
+                    raise WriteConflict(
+                        f"other writers kept changing the same records for {self.conflict_seconds:g}s "
+                        f"({attempt + 1} attempts); nothing was recorded: send the command again",
+                        field="",
+                    ) from exc
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _rejected(self, cmd: m.Command, result: Result) -> Result:
+        """A rule's refusal raised by a handler: kept under ``command_id`` (alone: what the handler
+        had touched is dropped) so that a retry gets the same answer and the id stays bound to
+        this command."""
+        self._take_companions()
+        if cmd.command_id:
+            self.save(self._command_record(cmd, result, self._now(cmd.at)))
+        return result
+
+    def recipient(self, recipient_id: uuid.UUID | str, version: int | None = None) -> Recipient:
+        try:
+            rid = recipient_id if isinstance(recipient_id, uuid.UUID) else uuid.UUID(str(recipient_id))
+            return self.repository.get(rid, version=version)
+        except (AggregateNotFoundError, ValueError):
+            raise errors.UnknownEntity(f"unknown recipient {recipient_id!r}", field="recipient") from None
+
+    def claim(self, claim_id: uuid.UUID | str) -> Claim:
+        try:
+            cid = claim_id if isinstance(claim_id, uuid.UUID) else uuid.UUID(str(claim_id))
+            return self.repository.get(cid)
+        except (AggregateNotFoundError, ValueError):
+            raise errors.UnknownEntity(f"unknown claim {claim_id!r}", field="claim") from None
+
+    def policy(self, version: int | None = None) -> PolicyLedger:
+        if version is not None:
+            return self.repository.get(PolicyLedger.ID, version=version)
+        if self._policy_cache is None:
+            try:
+                self._policy_cache = self.repository.get(PolicyLedger.ID)
+            except AggregateNotFoundError:
+                raise errors.InvalidInput("no policy loaded: publish the policy packs first", field="policy") from None
+        return self._policy_cache
+
+    def _expense(self, r: Recipient, expense_id: str) -> Any:
+        acc = r.expenses.get(expense_id)
+        if acc is None:
+            raise errors.UnknownEntity(f"expense {expense_id!r} is not an expense of this recipient", field="expenses")
+        return acc
+
+    # ------------------------------------------------------------------ policy
+    def publish_packs(self, packs: Iterable[policy_packs.Pack], at: datetime | None = None) -> Result:
+        """Publish policy packs as events; refused whole (POLICY_FLOOR) if any breaks its floor."""
+        moment = self._now(at)
+        try:
+            ledger = self.repository.get(PolicyLedger.ID)
+        except AggregateNotFoundError:
+            ledger = PolicyLedger._create(  # noqa: SLF001
+                PolicyLedger.Opened, id=PolicyLedger.ID, timestamp=moment, jurisdiction=self.jurisdiction
+            )
+        packs = list(packs)
+        candidate = [v for p in packs for v in p.versions]
+        try:
+            policy_packs.validate(ledger.book, candidate)
+        except PolicyError as exc:
+            return Result("rejected", exc.code, exc.rule, str(exc))
+        for p in packs:
+            ledger.trigger_event(
+                PolicyLedger.PackPublished,
+                timestamp=moment,
+                scheme=p.scheme,
+                version=p.version,
+                content_hash=p.content_hash,
+                versions=[version_to_event(v) for v in p.versions],
+            )
+        self.save(ledger)
+        self._policy_cache = None
+        return Result(ids={"packs": [f"{p.scheme}@{p.version}" for p in packs]})
+
+
+    # ------------------------------------------------------------------ recipients
+
+
+
+
+
+
+
+
+
+
+
+
+    # ------------------------------------------------------------------ expenses
+
+
+    # ------------------------------------------------------------------ decisions
+    def _assess(self, r: Recipient, new: list[str], channel: str, claim_id: str | None, at: datetime) -> engine.PassResult:
+        facts = r.expense_facts()
+        refs = r.decided_refs()
+        seq = r.decision_seq + 1
+        refs = refs + [DecisionRef(eid, channel, claim_id, at, seq, pos) for pos, eid in enumerate(new)]
+        return engine.assess(r.knowledge(), facts, refs, self.policy().book, self.schemes)
+
+    def claim_order(self, r: Recipient, expense_ids: list[str]) -> list[str]:
+        """SCENARIOS.md: within a claim, invoice date, then service date, then the order listed."""
+        indexed = list(enumerate(expense_ids))
+        indexed.sort(key=lambda p: (r.expenses[p[1]].facts.invoice_date, r.expenses[p[1]].facts.service_date, p[0]))
+        return [eid for _, eid in indexed]
+
+    def _check_claimable(self, r: Recipient, eid: str, channel: str, lodged_on: date, claim_id: str | None, override: bool) -> None:
+        """The procedural checks on one expense, in a fixed order (R-PH-7, R-PH-5, R-INS-6, R-INS-5)."""
+        acc = self._expense(r, eid)
+        aided = self.receipt_aided_as(r, acc.facts)
+        if aided is not None:
+            mine = r.expenses.get(aided)
+            if mine is None:
+                how = "already aided for another recipient"
+            elif mine.decision and mine.decision.channel == "one_stop":
+                how = "settled one-stop"
+            else:
+                how = "already aided"
+            raise errors.Duplicate(
+                f"expense {eid}: the receipt was {how} (as {aided}); a receipt is aided once in the whole ledger "
+                f"(R-PH-7, R-CLR-1(b) [002 4.5; 000 第七条])",
+                field="expenses",
+            )
+        if acc.claim_id is not None and acc.claim_id != claim_id:
+            raise errors.Duplicate(f"expense {eid}: already listed on open claim {acc.claim_id} [002 4.5]", field="expenses")
+        book = self.policy().book
+        if channel != Channel.ONE_STOP.value:
+            procedure.check_deadline(book, self.schemes, acc.facts, lodged_on, override)
+            procedure.check_settled(acc.facts)
+            procedure.check_evidence(book, self.schemes, acc.facts)
+
+    def _first_rejection(self, r: Recipient, ordered: list[str], channel: str, lodged_on: date, claim_id: str | None, at: datetime, override: bool = False) -> tuple[errors.Rejected | None, str | None, engine.PassResult | None]:
+        seen: set[tuple[str, str]] = set()
+        procedural: tuple[errors.Rejected, str] | None = None
+        checked: list[str] = []
+        for eid in ordered:
+            key = r.expenses[eid].facts.receipt_key if eid in r.expenses else None
+            if key is not None and key in seen:
+                procedural = (errors.Duplicate(f"expense {eid}: the same receipt is listed twice on this claim", field="expenses"), eid)
+                break
+            if key is not None:
+                seen.add(key)
+            try:
+                self._check_claimable(r, eid, channel, lodged_on, claim_id, override)
+            except errors.Rejected as exc:
+                procedural = (exc, eid)
+                break
+            checked.append(eid)
+        if len(set(checked)) != len(checked):
+            return errors.Duplicate("an expense is listed twice on this claim", field="expenses"), None, None
+        # SCENARIOS.md: a claim reports the first rejection in the order of assessment, so the
+        # expenses before the first procedural refusal are assessed (and may be refused) first.
+        result = self._assess(r, checked, channel, claim_id, at) if checked else None
+        for eid in checked:
+            a = result.assessments[eid]
+            if not a.granted:
+                return a.rejection(), eid, result
+        if procedural is not None:
+            return procedural[0], procedural[1], None
+        return None, None, result
+
+    def _record_decision(self, r: Recipient, ordered: list[str], channel: str, claim_id: str | None, at: datetime, result: engine.PassResult) -> list[engine.Assessment]:
+        policy = self.policy()
+        knowledge = {
+            "recipient_version": r.version,
+            "policy_version": policy.version,
+            "policy_hash": result.policy_version,
+            "known_at": at.isoformat(),
+            "parameters": result.policy_used,
+        }
+        decided = [result.assessments[eid] for eid in ordered]
+        for a in decided:  # R-PH-7: the receipt is now aided, ledger-wide
+            self._note_aid_on_receipt(r, a.expense_id, channel, at)
+        r.trigger_event(
+            Recipient.AidDecided,
+            timestamp=at,
+            claim_id=claim_id,
+            channel=channel,
+            decisions=[a.summary() for a in decided],
+            knowledge=knowledge,
+        )
+        # An expense decided out of invoice-date order can push an earlier-decided one past its cap:
+        # R-CLR-1(e).
+        self._apply_differences(r, result, Trigger.CAP_OVERRUN.value, at, {"decision": claim_id or channel}, exclude=set(ordered), decision=True)
+        return decided
+
+    def _pay(self, r: Recipient, claim_id: str | None, channel: str, items: list[tuple[str, dict[str, Any]]], at: datetime, *, supplementary: dict[str, list[str]] | None = None, offset: bool = True) -> Decimal:
+        """A payout; the part the recipient owes on open clearing cases is offset first, oldest
+        case first, never taking the payout below zero (R-CLR-3 [000 第七条])."""
+        payments = []
+        total = ZERO
+        for eid, amounts in items:
+            amt = Decimal(amounts["total"])
+            total += amt
+            payments.append(
+                {
+                    "expense": eid,
+                    "total": fmt(amt),
+                    "by_scheme": amounts["by_scheme"],
+                    "by_fund": amounts["by_fund"],
+                    "channel": channel,
+                    "supplementary": (supplementary or {}).get(eid, []),
+                }
+            )
+        offsets = []
+        if offset and total > 0:
+            open_cases = [(c.id, c.balance) for c in r.open_cases()]
+            for case_id, amount in clearing.oldest_first(total, open_cases):
+                by_fund = clearing.allocate(amount, r.cases[case_id].balance_by_fund)
+                offsets.append({"case": case_id, "amount": fmt(amount), "by_fund": {k: fmt(v) for k, v in by_fund.items()}})
+        offset_total = sum((Decimal(o["amount"]) for o in offsets), ZERO)
+        r.trigger_event(
+            Recipient.AidPaid,
+            timestamp=at,
+            claim_id=claim_id,
+            channel=channel,
+            payments=payments,
+            offsets=offsets,
+            to_person=total - offset_total,
+        )
+        return total
+
+
+    def _note_aid_on_receipt(self, r: Recipient, eid: str, channel: str, at: datetime) -> None:
+        key = r.expenses[eid].facts.receipt_key
+        rc = self.receipt(key)
+        if rc is None:  # an expense recorded before the ledger-wide index existed
+            rc = Receipt._create(  # noqa: SLF001
+                Receipt.Opened, id=Receipt.id_for(key), timestamp=at, facility_code=key[0], invoice_no=key[1]
+            )
+            rc.trigger_event(Receipt.ExpenseNoted, timestamp=at, expense_id=eid, recipient_id=str(r.id))
+        rc.trigger_event(Receipt.Aided, timestamp=at, expense_id=eid, channel=channel)
+        self._also_save(rc)
+
+    def _note_duplicate(self, r: Recipient, eid: str, channel: str, claim_id: str | None, exc: errors.Rejected, at: datetime) -> None:
+        """R-PH-7: the duplicate is rejected *and recorded* as an attempted duplicate."""
+        if eid not in r.expenses:
+            return
+        r.trigger_event(
+            Recipient.DuplicateAttempted,
+            timestamp=at,
+            expense_id=eid,
+            channel=channel,
+            claim_id=claim_id,
+            aided_as=self.receipt_aided_as(r, r.expenses[eid].facts),
+            reason=exc.message,
+        )
+
+    # ------------------------------------------------------------------ claims
+
+
+
+
+    def aid(self, recipient: str, expenses: list[str], at: datetime | None, command_id: str | None = None) -> Result:
+        """The scenario contract's shorthand: claim + review + approve + pay with three distinct
+        default officers and the default payer (R-PH-4)."""
+        handler, reviewer, approver = DEFAULT_OFFICERS
+        lodged = self.run(m.LodgeClaim(recipient=recipient, expenses=expenses, handler=handler, at=at, command_id=command_id and f"{command_id}:claim"))
+        if lodged.status != "accepted":
+            return lodged
+        claim_id = lodged.ids["claim"]
+        for step in (
+            m.Review(claim=claim_id, reviewer=reviewer, at=at, command_id=command_id and f"{command_id}:review"),
+            m.Approve(claim=claim_id, approver=approver, at=at, command_id=command_id and f"{command_id}:approve"),
+            m.Pay(claim=claim_id, at=at, command_id=command_id and f"{command_id}:pay"),
+        ):
+            res = self.run(step)
+            if res.status != "accepted":
+                res.ids.setdefault("claim", claim_id)
+                return res
+        return Result(ids={"claim": claim_id})
+
+    def recipient_ids(self) -> Iterator[uuid.UUID]:
+        """Every enrolled recipient, in enrolment order (from the notification log)."""
+        yield from self._originators([f"{Recipient.Enrolled.__module__}:{Recipient.Enrolled.__qualname__}"])
+
+    def notifications(self, topics: list[str] | None = None, *, page: int = 1000) -> Iterator[Any]:
+        """Every stored event (optionally only ``topics``) in log order, read a page at a time."""
+        start = 1
+        while True:
+            batch = self.recorder.select_notifications(start=start, limit=page, topics=topics or ())
+            if not batch:
+                return
+            yield from batch
+            start = batch[-1].id + 1
+
+    def _originators(self, topics: list[str]) -> Iterator[uuid.UUID]:
+        """The originator of every event with one of ``topics``, in log order (repeats included)."""
+        for n in self.notifications(topics):
+            yield n.originator_id
+
+
+    def batch(self, batch_id: uuid.UUID | str) -> ClaimBatch:
+        try:
+            bid = batch_id if isinstance(batch_id, uuid.UUID) else uuid.UUID(str(batch_id))
+            return self.repository.get(bid)
+        except (AggregateNotFoundError, ValueError):
+            raise errors.UnknownEntity(f"unknown batch {batch_id!r}", field="batch") from None
+
+
+    def auto_claims_signed(self, month: str, at: datetime | None) -> Result:
+        """The scenario contract's ``auto_claims`` shorthand: the batch lodged by the default handler,
+        then reviewed, approved and paid by the default officers (R-PH-3, R-PH-4)."""
+        handler, reviewer, approver = DEFAULT_OFFICERS
+        lodged = self.run(m.AutoClaims(month=month, handler=handler, at=at))
+        batch = lodged.ids.get("batch")
+        if lodged.status != "accepted" or not batch:
+            return lodged
+        for role, officer in (("reviewer", reviewer), ("approver", approver), ("payer", DEFAULT_PAYER)):
+            self.run(m.SignBatch(batch=batch, role=role, officer=officer, at=at))
+        return lodged
+
+    # ------------------------------------------------------------------ 四医联动 district actions
+
+
+    # ------------------------------------------------------------------ clearing
+    def _reconcile(self, r: Recipient, trigger: str, at: datetime, cause: dict[str, Any]) -> bool:
+        """R-CLR-2: recompute every decided expense of the recipient with today's knowledge."""
+        if not r.decided_refs():
+            return False
+        result = engine.assess(r.knowledge(), r.expense_facts(), r.decided_refs(), self.policy().book, self.schemes)
+        return self._apply_differences(r, result, trigger, at, cause)
+
+    def _sync_suspensions(self, r: Recipient, result: engine.PassResult, at: datetime, trigger: str | None) -> bool:
+        """R-4L-4 [000 第四条(三)]: record the 四医联动 suspensions the pass implies, so that a district
+        review can lift them, and end the recorded ones it no longer supports.
+
+        The pass decides which expense passes a month's ceiling or visit count; decided out of
+        order, or recomputed after a retroactive parameter or category change (R-TIME-2, R-CLR-2),
+        that can be another expense than the one recorded, or none. A suspension the pass implies
+        is recorded now, with its explanation; a recorded one whose expense no longer starts a
+        suspension in the pass ends (``SuspensionEnded``: not a review, so nothing is reopened
+        that the pass itself does not reopen)."""
+        scheme = Scheme.FOUR_LINKAGE.value
+        implied = result.suspended_by
+        changed = False
+        on = local_date(at).isoformat()
+        why = "a decision" if trigger is None else f"a recomputation after {trigger} (R-TIME-2, R-CLR-2)"
+        for s in list(r.suspensions):
+            if s["scheme"] == scheme and s["lifted"] is None and s["expense"] != implied:
+                r.trigger_event(
+                    Recipient.SuspensionEnded,
+                    timestamp=at,
+                    scheme=scheme,
+                    expense_id=s["expense"],
+                    ended_on=on,
+                    reason=f"after {why}, expense {s['expense']} no longer passes the month's community-centre "
+                    "ceiling or visit count: the suspension it started ends (R-4L-4 [000 第四条(三)])",
+                )
+                changed = True
+        if implied is not None and r.active_suspension(scheme) is None:
+            a = result.assessments[implied]
+            month = a.suspension_started.strftime("%Y-%m")
+            r.trigger_event(
+                Recipient.SuspensionStarted,
+                timestamp=at,
+                scheme=scheme,
+                valid_from=a.suspension_started.isoformat(),
+                expense_id=a.expense_id,
+                reason=f"monthly community-centre ceiling or visit count passed in {month}, found by {why} "
+                "(R-4L-4 [000 第四条(三)])",
+            )
+            changed = True
+        return changed
+
+    def _apply_differences(self, r: Recipient, result: engine.PassResult, trigger: str, at: datetime, cause: dict[str, Any], exclude: set[str] = frozenset(), *, decision: bool = False) -> bool:
+        suspensions_changed = self._sync_suspensions(r, result, at, None if decision else trigger)
+        changed: list[dict[str, Any]] = []
+        outcomes: list[tuple[str, engine.Assessment, dict[str, Any]]] = []
+        for eid, a in result.assessments.items():
+            if eid in exclude:
+                continue
+            acc = r.expenses[eid]
+            now = a.summary()
+            if _amounts(now) != _amounts(acc.due or {}):
+                changed.append({"expense": eid, "previous": acc.due, "due": now})
+            outcomes.append((eid, a, now))
+        if changed:
+            policy = self.policy()
+            r.trigger_event(
+                Recipient.AidReassessed,
+                timestamp=at,
+                trigger=trigger,
+                cause=cause,
+                results=changed,
+                knowledge={"recipient_version": r.version, "policy_version": policy.version, "policy_hash": result.policy_version, "known_at": at.isoformat()},
+            )
+        any_new = bool(changed) or suspensions_changed
+        for eid, a, now in outcomes:
+            expected = r.expected(eid)
+            diff = a.total - expected["total"]
+            if diff == 0:
+                continue
+            previous = r.expenses[eid].decided or {}
+            by_fund = clearing.sub(expected["by_fund"], a.by_fund) if diff < 0 else clearing.sub(a.by_fund, expected["by_fund"])
+            by_scheme = clearing.sub(expected["by_scheme"], a.by_scheme) if diff < 0 else clearing.sub(a.by_scheme, expected["by_scheme"])
+            common = dict(
+                timestamp=at,
+                expense_id=eid,
+                # R-CLR-1(b): aid on a receipt already aided is cleared as a duplicate, whatever
+                # fact set the recomputation off.
+                trigger=Trigger.DUPLICATE.value if a.code == "DUPLICATE" else trigger,
+                amount=abs(diff),
+                by_fund={k: fmt(v) for k, v in by_fund.items()},
+                by_scheme={k: fmt(v) for k, v in by_scheme.items()},
+                previous={"total": fmt(expected["total"]), "decision": _brief(previous)},
+                current=_brief(now),
+            )
+            if diff < 0:
+                r.trigger_event(Recipient.ClearingCaseOpened, case_id=f"{r.id}:case:{len(r.cases) + 1}", **common)
+            else:
+                r.trigger_event(Recipient.SupplementaryPayoutDue, supplementary_id=f"{r.id}:supp:{len(r.supplementary) + 1}", **common)
+            any_new = True
+        return any_new
+
+    def clearing_run(self, trigger: str = Trigger.PARAMETER_CHANGE.value, *, at: datetime | None = None, cause: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None, recipients: Iterable[uuid.UUID] | None = None, opened: dict[str, int] | None = None) -> int:
+        """Recompute every recipient with decided expenses (R-CLR-2); idempotent: a second run
+        finds nothing new. Returns how many recipients changed. ``recipients`` limits the run
+        (``ledger clearing run --since``); ``opened`` counts the cases and supplementary payouts
+        the run opened."""
+        changed = 0
+        for rid in list(self.recipient_ids() if recipients is None else recipients):
+            for attempt in range(5):
+                r = self.recipient(rid)
+                before = (len(r.cases), len(r.supplementary))
+                moment = self._now(at) if at is None else self._now(at)
+                if self._reconcile(r, trigger, moment, cause or {"run": "clearing"}):
+                    try:
+                        self.save(r)
+                    except IntegrityError:
+                        continue
+                    changed += 1
+                    if opened is not None:
+                        opened["cases"] = opened.get("cases", 0) + len(r.cases) - before[0]
+                        opened["supplementary"] = opened.get("supplementary", 0) + len(r.supplementary) - before[1]
+                break
+            if progress:
+                progress(1)
+        return changed
+
+
+
+
+
+
+def _amounts(summary: dict[str, Any]) -> tuple:
+    return (
+        summary.get("granted"),
+        summary.get("total"),
+        tuple(sorted((summary.get("by_scheme") or {}).items())),
+        tuple(sorted((summary.get("by_fund") or {}).items())),
+    )
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary.get(k) for k in ("granted", "code", "rule", "category", "self_pay", "total", "by_scheme", "by_fund")}

@@ -1,0 +1,81 @@
+"""Individual clearing 个人清算: clearing runs, supplementary payouts, repayments and write-offs
+(R-CLR-1..3).
+
+Each handler takes the ledger (the unit of work, ``commands.core.LedgerCore``) and one
+command, and returns its ``Result``; ``commands.handlers.HANDLERS`` registers them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from commands import models as m
+from commands.clearing_runs import recipients_since
+from commands.core import LedgerCore, Result
+from ledger import clearing, errors
+from ledger.aggregates import Recipient
+from ledger.money import ZERO, fmt
+from ledger.values import same_identity
+
+
+def run_clearing(app: LedgerCore, cmd: m.ClearingRun) -> Result:
+    """A clearing run (R-CLR-2); with ``since``, only recipients with events recorded after it
+    (every one when the policy changed since: commands.clearing_runs.recipients_since)."""
+    recipients = recipients_since(app, cmd.since) if cmd.since is not None else None
+    opened = {"cases": 0, "supplementary": 0}
+    changed = app.clearing_run(cmd.trigger, at=cmd.at, recipients=recipients, opened=opened)
+    return Result(ids={"recipients_changed": changed, "cases_opened": opened["cases"], "supplementary_opened": opened["supplementary"]})
+
+
+def pay_supplementary(app: LedgerCore, cmd: m.PaySupplementary) -> Result:
+    """Pay every pending supplementary payout of the recipient (R-CLR-2), offsetting open cases."""
+    r = app.recipient(cmd.recipient)
+    pending = [s for s in r.supplementary.values() if s.paid_at is None]
+    if not pending:
+        return Result(ids={"paid": "0.00"})
+    moment = app._now(cmd.at)
+    per_expense: dict[str, dict[str, Any]] = {}
+    ids: dict[str, list[str]] = {}
+    for s in pending:
+        entry = per_expense.setdefault(s.expense_id, {"total": ZERO, "by_scheme": {}, "by_fund": {}})
+        entry["total"] += s.amount
+        entry["by_scheme"] = clearing.add(entry["by_scheme"], s.by_scheme)
+        entry["by_fund"] = clearing.add(entry["by_fund"], s.by_fund)
+        ids.setdefault(s.expense_id, []).append(s.id)
+    items = [
+        (eid, {"total": fmt(v["total"]), "by_scheme": {k: fmt(x) for k, x in v["by_scheme"].items()}, "by_fund": {k: fmt(x) for k, x in v["by_fund"].items()}})
+        for eid, v in per_expense.items()
+    ]
+    total = app._pay(r, None, "supplementary", items, moment, supplementary=ids)
+    return app._commit(cmd, Result(ids={"paid": fmt(total)}), r)
+
+
+def repay(app: LedgerCore, cmd: m.Repay) -> Result:
+    """A repayment toward the recipient's open clearing cases, oldest first (R-CLR-3)."""
+    r = app.recipient(cmd.recipient)
+    owed = r.open_balance()
+    if owed <= 0:
+        raise errors.NothingOwed("the recipient has no open clearing balance", field="recipient")
+    if cmd.amount > owed:
+        raise errors.ExceedsBalance(f"amount: {cmd.amount} exceeds the open clearing balance {owed}; a case never goes below zero (R-CLR-3)", field="amount")
+    allocations = []
+    for case_id, amount in clearing.oldest_first(cmd.amount, [(c.id, c.balance) for c in r.open_cases()]):
+        by_fund = clearing.allocate(amount, r.cases[case_id].balance_by_fund)
+        allocations.append({"case": case_id, "amount": fmt(amount), "by_fund": {k: fmt(v) for k, v in by_fund.items()}})
+    r.trigger_event(Recipient.RepaymentReceived, timestamp=app._now(cmd.at), amount=cmd.amount, allocations=allocations)
+    return app._commit(cmd, Result(), r)
+
+
+def write_off(app: LedgerCore, cmd: m.WriteOff) -> Result:
+    """Write off the open clearing balance; the approver must differ from the clearing officer
+    (R-CLR-3)."""
+    if same_identity(cmd.officer) == same_identity(cmd.approver):
+        raise errors.SameOfficer("a write-off needs an approver distinct from the clearing officer (R-CLR-3)", rule="R-CLR-3", field="approver")
+    r = app.recipient(cmd.recipient)
+    cases = r.open_cases()
+    if not cases:
+        raise errors.NothingOwed("the recipient has no open clearing balance", field="recipient")
+    allocations = [
+        {"case": c.id, "amount": fmt(c.balance), "by_fund": {k: fmt(v) for k, v in c.balance_by_fund.items()}} for c in cases
+    ]
+    r.trigger_event(Recipient.WriteOffApproved, timestamp=app._now(cmd.at), officer=cmd.officer, approver=cmd.approver, reason=cmd.reason, allocations=allocations)
+    return app._commit(cmd, Result(), r)

@@ -1,0 +1,196 @@
+"""Enrolment: a person enters the ledger, holds categories, is insured, joins mutual aid, consents
+to 免申即享 (RULES §2, §3; R-CAT-*, R-INS-1, R-INS-2, R-MA-*, R-PH-3).
+
+Each handler takes the ledger (the unit of work, ``commands.core.LedgerCore``) and one
+command, and returns its ``Result``; ``commands.handlers.HANDLERS`` registers them."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
+
+from commands import models as m
+from commands.core import LedgerCore, Result
+from ledger import errors
+from ledger.aggregates import Recipient
+from ledger.eligibility import categories_on
+from ledger.money import ZERO, fmt, money
+from ledger.values import ERASED, Scheme, Trigger, age_on, same_identity
+
+
+#: [004 四(一)] 低保对象、特困供养人员、孤儿: key sub-types whose contribution is paid in full.
+_LYG_FULL = {"dibao": "dibao", "低保": "dibao", "低保对象": "dibao", "destitute": "destitute", "特困": "destitute",
+             "特困供养": "destitute", "特困供养人员": "destitute", "orphan": "orphan", "孤儿": "orphan"}
+
+
+def enrol(app: LedgerCore, cmd: m.Enrol) -> Result:
+    moment = app._now(cmd.at)
+    rid = app.recipient_id_for(cmd.id_number)
+    try:
+        app.repository.get(rid)
+        raise errors.InvalidInput(
+            "id_number: a recipient with this resident id number is already enrolled", field="id_number"
+        )
+    except AggregateNotFoundError:
+        pass
+    r = Recipient._create(  # noqa: SLF001
+        Recipient.Enrolled, id=rid, timestamp=moment, id_number=cmd.id_number, name=cmd.name, street=cmd.street
+    )
+    return app._commit(cmd, Result(ids={"recipient": str(rid)}), r)
+
+
+def grant_category(app: LedgerCore, cmd: m.GrantCategory) -> Result:
+    """A category held over [from, to] (RULES §2). R-CAT-4: class II needs household medical
+    spending ≥ 40% of annual disposable income [001 四], checked when the figures are given."""
+    r = app.recipient(cmd.recipient)
+    if cmd.category.value == "expenditure_poor_2":
+        spend, income = cmd.household_medical_spending_12m, cmd.household_annual_disposable_income
+        if spend is not None and income is not None and spend < income * Decimal("0.40"):
+            raise errors.NotEligible(
+                f"expenditure-poor class II needs household medical spending ≥ 40% of annual disposable "
+                f"income; {spend} < 40% of {income} [001 四]",
+                rule="R-CAT-4",
+                field="household_medical_spending_12m",
+            )
+    moment = app._now(cmd.at)
+    means = None
+    if cmd.household_medical_spending_12m is not None or cmd.household_annual_disposable_income is not None:
+        means = {
+            "household_medical_spending_12m": fmt(cmd.household_medical_spending_12m),
+            "household_annual_disposable_income": fmt(cmd.household_annual_disposable_income),
+            "rule": "R-CAT-4",
+        }
+    r.trigger_event(
+        Recipient.CategoryGranted,
+        timestamp=moment,
+        category=cmd.category.value,
+        valid_from=cmd.valid_from.isoformat(),
+        valid_to=cmd.valid_to.isoformat() if cmd.valid_to else None,
+        subtype=cmd.subtype,
+        determined_on=cmd.determined_on.isoformat() if cmd.determined_on else None,
+        means_test_expenses_from=cmd.means_test_expenses_from.isoformat() if cmd.means_test_expenses_from else None,
+        means_test=means,
+    )
+    app._reconcile(r, Trigger.CATEGORY_CHANGE.value, moment, {"category": cmd.category.value, "granted_from": cmd.valid_from.isoformat()})
+    return app._commit(cmd, Result(), r)
+
+
+def revoke_category(app: LedgerCore, cmd: m.RevokeCategory) -> Result:
+    """No longer held from a date, possibly in the past (R-TIME-2, R-CLR-1(c))."""
+    r = app.recipient(cmd.recipient)
+    moment = app._now(cmd.at)
+    r.trigger_event(
+        Recipient.CategoryRevoked,
+        timestamp=moment,
+        category=cmd.category.value,
+        valid_from=cmd.valid_from.isoformat(),
+        reason=cmd.reason,
+    )
+    app._reconcile(r, Trigger.CATEGORY_CHANGE.value, moment, {"category": cmd.category.value, "revoked_from": cmd.valid_from.isoformat()})
+    return app._commit(cmd, Result(), r)
+
+
+def insure(app: LedgerCore, cmd: m.Insure) -> Result:
+    """Shanghai basic insurance enrolment (R-INS-1) and its subsidy (R-INS-2 [001 二(二)1])."""
+    r = app.recipient(cmd.recipient)
+    moment = app._now(cmd.at)
+    subsidy = _enrolment_subsidy(app, r, cmd)
+    r.trigger_event(
+        Recipient.InsuranceEnrolmentStarted,
+        timestamp=moment,
+        scheme=cmd.scheme.value,
+        valid_from=cmd.valid_from.isoformat(),
+        valid_to=cmd.valid_to.isoformat() if cmd.valid_to else None,
+        subsidy=subsidy,
+    )
+    app._reconcile(r, Trigger.CATEGORY_CHANGE.value, moment, {"insurance": cmd.scheme.value})
+    return app._commit(cmd, Result(), r)
+
+
+def _enrolment_subsidy(app: LedgerCore, r: Recipient, cmd: m.Insure) -> dict[str, Any] | None:
+    """R-INS-2: who has their resident-insurance contribution paid, and how much. Paid by the
+    city aid fund; held categories are those on the enrolment's start date.
+
+    - Shanghai [001 二(二)1]: dibao, special relief, orphans and children in distress in full;
+      low-income members aged 60+ a fixed subsidy (PARAMETER ``enrolment_subsidy.low_income_60plus``,
+      a local setting). Dibao children, scattered orphans and children in distress also have
+      their contribution to the children's inpatient mutual fund 少儿住院互助基金 paid in full
+      [001 二(四)2] (``children_fund`` in the subsidy).
+    - Lianyungang [004 四(一)]: key recipients who are dibao, destitute (特困供养) or orphans in
+      full; every other recipient the county's setting (PARAMETER
+      ``lianyungang.medical_aid.enrolment_subsidy.other``, a local setting, 0 until set)."""
+    if cmd.scheme.value != "resident":
+        return None
+    held = categories_on(r.knowledge(), cmd.valid_from)
+    if Scheme.SHANGHAI_MEDICAL_AID.value in app.schemes:
+        return _shanghai_subsidy(app, r, cmd, {h.category for h in held})
+    if Scheme.LIANYUNGANG.value in app.schemes:
+        return _lianyungang_subsidy(app, cmd, held)
+    return None
+
+
+def _age(app: LedgerCore, r: Recipient, on: date, rule: str) -> int:
+    if r.id_number == ERASED:
+        raise errors.PersonalDataErased(f"{rule} needs the recipient's age, but their personal data was erased (ADR 0015)", rule=rule, field="recipient")
+    return age_on(r.id_number, on)
+
+
+def _shanghai_subsidy(app: LedgerCore, r: Recipient, cmd: m.Insure, held: set[str]) -> dict[str, Any] | None:
+    full = held & {"dibao", "special_relief", "orphan", "child_in_distress"}
+    if full:
+        subsidy: dict[str, Any] = {"kind": "contribution_paid_in_full", "category": sorted(full)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]"}
+        children = held & {"dibao", "orphan", "child_in_distress"}
+        if children and _age(app, r, cmd.valid_from, "R-INS-2") < 18:
+            # [001 二(四)2] 低保家庭儿童及社会散居孤儿、困境儿童基本生活保障对象参加少儿住院互助基金的个人缴费部分给予全额资助
+            subsidy["children_fund"] = {"kind": "contribution_paid_in_full", "category": sorted(children)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(四)2]"}
+        return subsidy
+    if "low_income" in held and _age(app, r, cmd.valid_from, "R-INS-2") >= 60:
+        v = app.policy().book.lookup(f"{Scheme.SHANGHAI_MEDICAL_AID.value}.enrolment_subsidy.low_income_60plus", cmd.valid_from)
+        amount = money(v.value) if v and v.value is not None else ZERO
+        return {"kind": "fixed_subsidy", "category": "low_income", "amount": fmt(amount), "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]", "local_setting": True}
+    return None
+
+
+def _lianyungang_subsidy(app: LedgerCore, cmd: m.Insure, held: list[Any]) -> dict[str, Any] | None:
+    scheme = Scheme.LIANYUNGANG.value
+    for h in held:
+        kind = _LYG_FULL.get(same_identity(h.subtype)) if h.category == "lyg_key" else None
+        if kind is not None:
+            return {"kind": "contribution_paid_in_full", "category": h.category, "subtype": kind, "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[004 四(一)]"}
+    if not any(h.category in ("lyg_key", "lyg_extended") for h in held):
+        return None
+    v = app.policy().book.lookup(f"{scheme}.enrolment_subsidy.other", cmd.valid_from)
+    amount = money(v.value) if v and v.value is not None else ZERO
+    category = next(h.category for h in held if h.category in ("lyg_key", "lyg_extended"))
+    return {"kind": "fixed_subsidy", "category": category, "amount": fmt(amount), "fund": "city", "rule": "R-INS-2", "clause": "[004 四(一)]", "local_setting": True}
+
+
+def end_insurance(app: LedgerCore, cmd: m.EndInsurance) -> Result:
+    r = app.recipient(cmd.recipient)
+    moment = app._now(cmd.at)
+    r.trigger_event(Recipient.InsuranceEnrolmentEnded, timestamp=moment, scheme=cmd.scheme.value, valid_to=cmd.valid_to.isoformat())
+    app._reconcile(r, Trigger.CATEGORY_CHANGE.value, moment, {"insurance_ended": cmd.scheme.value})
+    return app._commit(cmd, Result(), r)
+
+
+def join_mutual_aid(app: LedgerCore, cmd: m.JoinMutualAid) -> Result:
+    r = app.recipient(cmd.recipient)
+    moment = app._now(cmd.at)
+    r.trigger_event(
+        Recipient.MutualAidContributionPaid,
+        timestamp=moment,
+        year=cmd.year,
+        has_home_insurance=cmd.has_home_insurance,
+        home_insurance_deductible=cmd.home_insurance_deductible,
+    )
+    return app._commit(cmd, Result(), r)
+
+
+def consent_auto_claim(app: LedgerCore, cmd: m.ConsentAutoClaim) -> Result:
+    """R-PH-3 [002 3.3]: 免申即享 consent signed or withdrawn."""
+    r = app.recipient(cmd.recipient)
+    r.trigger_event(Recipient.AutoClaimConsentChanged, timestamp=app._now(cmd.at), signed=cmd.signed)
+    return app._commit(cmd, Result(), r)

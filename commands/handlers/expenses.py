@@ -1,0 +1,95 @@
+"""Expenses: receipts recorded (one receipt in the whole ledger), insurance settled, one-stop
+settlement at the point of care (R-INS-3..6, R-PH-7, R-CLR-1(a)(b)).
+
+Each handler takes the ledger (the unit of work, ``commands.core.LedgerCore``) and one
+command, and returns its ``Result``; ``commands.handlers.HANDLERS`` registers them."""
+
+from __future__ import annotations
+
+
+from commands import models as m
+from commands.core import LedgerCore, Result, expense_ref, recipient_of
+from ledger import errors
+from ledger.aggregates import Receipt, Recipient
+from ledger.money import ZERO, fmt
+from ledger.values import Channel, Trigger, local_date, receipt_identity
+
+
+def record_expense(app: LedgerCore, cmd: m.RecordExpense) -> Result:
+    """A receipt / settlement record. The same receipt recorded again is kept and flagged as a
+    duplicate of the first (SCENARIOS.md); it can never be aided twice (R-PH-7)."""
+    r = app.recipient(cmd.recipient)
+    moment = app._now(cmd.at)
+    eid = expense_ref(r.id, len(r.expenses) + 1)
+    # R-CLR-1(b) [002 4.5; 000 第七条]: the same receipt (facility code and invoice number after
+    # NFKC, case folding and trimming; the invoice number alone without a code) recorded again,
+    # under this or any other recipient, is kept and flagged as a duplicate of the first.
+    key = receipt_identity(cmd.facility.code, cmd.invoice_no)
+    rc = app.receipt(key)
+    if rc is None:
+        rc = Receipt._create(  # noqa: SLF001
+            Receipt.Opened, id=Receipt.id_for(key), timestamp=moment, facility_code=key[0], invoice_no=key[1]
+        )
+    earlier = r.receipts.get(key)  # recorded before the ledger-wide index existed
+    duplicate_of = rc.first_recorded or (earlier[0] if earlier else None)
+    rc.trigger_event(Receipt.ExpenseNoted, timestamp=moment, expense_id=eid, recipient_id=str(r.id))
+    app._also_save(rc)
+    r.trigger_event(
+        Recipient.ExpenseRecorded,
+        timestamp=moment,
+        expense_id=eid,
+        handle=cmd.handle,
+        visit_type=cmd.visit_type.value,
+        facility=cmd.facility.model_dump(mode="json"),
+        service_date=cmd.service_date.isoformat(),
+        invoice_date=cmd.invoice_date.isoformat(),
+        invoice_no=cmd.invoice_no,
+        total=cmd.total,
+        in_scope=cmd.in_scope,
+        basic_insurance_paid=cmd.basic_insurance_paid,
+        referred=cmd.referred,
+        dispensing_only=cmd.dispensing_only,
+        critical_illness_related=cmd.critical_illness_related,
+        critical_illness_evidence=cmd.critical_illness_evidence.value,
+        basic_insurance_settled=cmd.basic_insurance_settled,
+        duplicate_of=duplicate_of,
+        source=cmd.source,
+    )
+    return app._commit(cmd, Result(ids={"expense": eid, "duplicate_of": duplicate_of}), r)
+
+
+def settle_insurance(app: LedgerCore, cmd: m.SettleInsurance) -> Result:
+    """An insurance payment on an expense. After aid it lowers app-pay and makes part of the
+    aid an overpayment: clearing (R-INS-4, R-CLR-1(a) [001 二(二)3; 002 4.4; 000 第七条])."""
+    r = app.recipient(recipient_of(cmd.expense))
+    acc = app._expense(r, cmd.expense)
+    already = acc.facts.basic_insurance_paid + sum((s.amount for s in acc.facts.settlements), ZERO)
+    if already + cmd.amount > acc.facts.in_scope:
+        raise errors.InvalidInput(
+            f"amount: insurance would pay {already + cmd.amount}, more than the in-scope {acc.facts.in_scope} (R-INS-3)",
+            rule="R-INS-3",
+            field="amount",
+        )
+    moment = app._now(cmd.at)
+    r.trigger_event(Recipient.InsuranceSettled, timestamp=moment, expense_id=cmd.expense, scheme=cmd.scheme.value, amount=cmd.amount)
+    app._reconcile(r, Trigger.LATE_INSURANCE.value, moment, {"expense": cmd.expense, "scheme": cmd.scheme.value, "amount": fmt(cmd.amount)})
+    return app._commit(cmd, Result(), r)
+
+
+def one_stop(app: LedgerCore, cmd: m.OneStop) -> Result:
+    """Real-time one-stop settlement at the point of care: assessed and paid to the facility at
+    once. An aided receipt cannot be settled again (R-PH-7)."""
+    r = app.recipient(recipient_of(cmd.expense))
+    app._expense(r, cmd.expense)
+    moment = app._now(cmd.at)
+    channel = Channel.ONE_STOP.value
+    exc, eid, result = app._first_rejection(r, [cmd.expense], channel, local_date(moment), None, moment)
+    if exc is not None:
+        if isinstance(exc, errors.Duplicate):
+            app._note_duplicate(r, cmd.expense, channel, None, exc, moment)
+            app._commit(cmd, Result.rejected(exc), r)
+        return Result.rejected(exc, expense=cmd.expense)
+    assert result is not None
+    [a] = app._record_decision(r, [cmd.expense], channel, None, moment, result)
+    app._pay(r, None, channel, [(cmd.expense, a.summary())], moment, offset=False)
+    return app._commit(cmd, Result(ids={"expense": cmd.expense, "aid": fmt(a.total)}), r)
