@@ -30,11 +30,14 @@ scenarios: venv
 		exit 2; \
 	fi
 
+# Issue 16's figures beside raw eventsourcing baselines from the same run, on a fresh PostgreSQL
+# database (bench/results/latest.json). district: 10,000 recipients, one year; quick: 40, < 2 min.
+# BENCH_ARGS passes options through, e.g. BENCH_ARGS="--skip relay" or "--group-size 200".
 bench: venv
-	$(VENV)/bin/python -m bench.run --scale district
+	$(VENV)/bin/python -m bench.run --scale district $(BENCH_ARGS)
 
 bench-quick: venv
-	$(VENV)/bin/python -m bench.run --scale quick
+	$(VENV)/bin/python -m bench.run --scale quick $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .import_linter_cache

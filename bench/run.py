@@ -1,48 +1,60 @@
-"""The ledger's benchmark: every figure beside a baseline measured in the same run (ADR 0017).
+"""The ledger's benchmark (issue 16, ADR 0017): every figure beside a baseline measured in the same run.
 
     .venv/bin/python -m bench.run --scale quick       # make bench-quick: under two minutes
-    .venv/bin/python -m bench.run --scale district    # make bench: under fifteen minutes
-    .venv/bin/python -m bench.run --scale quick --profile    # + pyinstrument profile of the ingest
+    .venv/bin/python -m bench.run --scale district    # make bench: 10,000 recipients (target: the whole run < 20 min)
+    .venv/bin/python -m bench.run --scale quick --profile    # + pyinstrument profile of the batch ingest
 
 It creates a fresh PostgreSQL database (``infra.pg``; admin URL from ``LEDGER_BENCH_PG_ADMIN_URL``,
 default ``postgresql://postgres@127.0.0.1:5432/postgres``), fills it with a seeded district year
 (``infra.demo``'s planner at the scale's size and visit rate), measures, prints one rich table and
-writes ``bench/results/latest.json`` plus a timestamped copy, then drops the database.
+writes ``bench/results/latest.json`` plus a timestamped copy, then drops the database. Each figure
+is ``{name, value, unit, baseline, ratio, target, met}``; a figure that could not be measured has
+``value`` null and says why in ``details``.
 
-Absolute times on a shared 2-core machine are noise, so each figure has a baseline measured in
-the same run, interleaved with the ledger's own work where the work can be cut into pieces:
+**Baselines that do not inherit the ledger's choices**, measured in the same run, interleaved with
+the ledger's own work: a plain eventsourcing ``Application`` (the library's default mapper and
+JSON transcoder, no compression, cipher, cache or hooks, its own ``baseline_events`` table) saving
+a fixed event of 500 stored bytes, **one per transaction** (transactions/s) and **ten per
+transaction** (events/s), then **selecting and decoding** every one of those events (events/s).
 
-========================  ===============================  =========================================
-figure                    the ledger                       the baseline
-========================  ===============================  =========================================
-ingest                    the district year through the    eventsourcing ``Application.save()`` of
-                          command handlers (every command  the same events' content in the same
-                          of the plan, the integrity chain groups (per save, one aggregate per
-                          caught up after each chunk):     aggregate written, as many events), no
-                          expenses recorded and assessed   reads, no decisions; run after each
-                          per second                       chunk of ledger commands
-projection_rebuild        ``Runner.rebuild()`` of every    reading and decoding the same
-                          read model in pages of 5,000,    notifications, no projection (mean of a
-                          events/s                         read before and one after the rebuild)
-replay_verify             ``commands.replay.audit``: every loading the same recipients' events and
-                          decision and reassessment        rebuilding them, no re-decision
-                          re-made and compared, per second
-explain_p50/explain_p99   ``commands.explain`` of random   loading that expense's recipient
-                          expenses, latency                (``LedgerApp.recipient``), same samples
-snapshot                  ``commands.snapshot`` of the     reading and decoding the whole log
-                          whole district at (V, T)
-relay                     ``infra.relay.Relay`` to         faststream publishing the same messages
-                          RabbitMQ with publisher          (the relay's own ``Sender``) with no
-                          confirms, events/s               store in between
-========================  ===============================  =========================================
+========================  ===============================================  ===========================
+figure                    the ledger                                       compared with
+========================  ===============================================  ===========================
+ingest_batch              the plan's steps (every command: enrolments,     raw save, ten events per
+                          expenses, one-stop, claims, signatures, the      transaction, events/s;
+                          免申即享 batches, clearing) through the handlers  ratio >= 0.5
+                          with group commit (``LedgerApp.group``), import
+                          configuration, events/s
+ingest_online             the plan's last ``online_steps`` steps through   raw save, one event per
+                          a process with the ordinary wiring, one command  transaction, transactions/s;
+                          per transaction, commands/s                      ratio >= 0.5
+stored_bytes_per_event    mean ``octet_length(state)`` of the ledger's     <= 800 bytes
+                          events table
+projection_rebuild        every read model from zero, events/s (and        raw select+decode, events/s;
+(+ _seconds)              seconds)                                         ratio >= 0.5, < 60 s
+replay_verify             ``commands.replay.audit`` of every recipient, s  < 300 s (baseline: loading
+                                                                           the same recipients)
+explain_p50/_p99          ``commands.explain`` of random expenses, ms      p99 < 50 ms
+snapshot (+ _peak_mb)     (V, T) snapshot of the district, JSON+CSV+XLSX   < 5 s, < 1024 MB
+snapshot_4y_vs_1y         the same with four years of history before it    < 1.5
+decision_cost_500_vs_5    one decision, 500 prior expenses over 5          <= 1.5
+http_*                    mixed load, 50 clients, 60 s                     see issue 16
+relay                     ``infra.relay.Relay`` to RabbitMQ, events/s      faststream alone
+========================  ===============================================  ===========================
 
-The ingest runs in the import configuration (``infra.demo.demo_env``: one writer, the aggregate
-cache without deep copies; ``--online`` for the ordinary wiring); every other figure uses a fresh
-application built by ``infra.wiring.build_app`` as any other process would.
+**Figures measured by other modules.** ``bench/decision_cost.py``, ``bench/snapshot_cost.py``,
+``bench/rebuild.py`` and ``bench/http_load.py``, when present, are called with the filled run:
+each defines ``measure(run: bench.run.Run) -> list[dict] | None`` and either returns its figures
+(made with :func:`figure`) or adds them with ``run.add``. ``run`` gives ``url``, ``settings`` (the
+store's data key included), ``app`` (a fresh application with the ordinary wiring on the filled
+store), ``scale``, ``dataset``, ``baselines`` (the raw rates above), ``say`` and ``add``. A module
+that is absent or has no ``measure`` leaves its figures "not measured"; for the rebuild and the
+snapshot this module then measures them itself (``Runner.rebuild_parallel`` or ``rebuild``;
+``commands.snapshot``).
 
-``ratio`` is always the ledger's speed over the baseline's (rate ÷ rate, or baseline time ÷ ledger
+``ratio`` is always the ledger's speed over the baseline's (rate / rate, or baseline time / ledger
 time): 1.0 means as fast as the baseline, 0.5 half as fast. ``target`` says what it is compared
-with (``{"on": "ratio" | "value", "op": ">=" | "<", "value": …}``) and ``met`` whether it held.
+with (``{"on": "ratio" | "value", "op": ">=" | "<" | "<=", "value": ...}``) and ``met`` whether it held.
 """
 
 from __future__ import annotations
@@ -50,6 +62,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -57,7 +71,9 @@ import platform
 import random
 import secrets
 import sys
+import threading
 import time
+import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -75,10 +91,14 @@ UNTIL = date(2026, 10, 31)
 #: The snapshot's (V, T): the state of every account on 30 September as known in mid-October.
 SNAPSHOT_VALID = date(2026, 9, 30)
 SNAPSHOT_KNOWN_AT = datetime(2026, 10, 15, 18, 0, tzinfo=CST)
-#: The target "a snapshot of the whole district in under 5 s for 100k expenses", scaled linearly
-#: to the expenses generated.
-SNAPSHOT_SECONDS_PER_100K = 5.0
+SNAPSHOT_SECONDS = 5.0
+SNAPSHOT_MB = 1024.0
 EXPLAIN_P99_MS = 50.0
+REPLAY_SECONDS = 300.0
+REBUILD_SECONDS = 60.0
+BYTES_PER_EVENT = 800.0
+#: The raw baseline's event: this many bytes in the stored state column.
+RAW_EVENT_BYTES = 500
 
 
 @dataclass(frozen=True)
@@ -91,20 +111,28 @@ class Scale:
     visits: float
     explain_samples: int
     relay_events: int  # the relay figure publishes at most this many events (both sides)
-    chunks: int = 40  # ingest: ledger and baseline alternate this many times
-    #: Notifications per page and per transaction in the rebuild (and in its baseline's reads):
-    #: 5,000 rebuilt ~50% faster than the runner's 1,000 (fewer per-recipient state round trips
-    #: in the caps view), 10,000 no faster (ADR 0017).
+    chunks: int = 40  # batch ingest: ledger and baseline alternate this many times
+    #: The plan's last steps, run through the ordinary wiring one command per transaction.
+    online_steps: int = 300
+    #: Top-level commands per group-commit transaction in the batch ingest (``commands.group``).
+    group_size: int = 100
+    #: Raw saves per chunk (one event each, and ten events each), interleaved with the ledger.
+    raw_one_per_chunk: int = 40
+    raw_ten_per_chunk: int = 10
+    #: Notifications per page in the fallback rebuild.
     rebuild_batch: int = 5_000
     seed: int = 2026
 
 
 SCALES = {
-    "quick": Scale("quick", recipients=40, visits=3.0, explain_samples=300, relay_events=2_000, chunks=10),
-    # A tenth of Changning's ~10,000 recipients (one street office's worth) at full density: what
-    # fits in fifteen minutes on the shared 2-core machine with room for its load (ADR 0017).
-    "district": Scale("district", recipients=1_000, visits=3.0, explain_samples=1_000, relay_events=20_000, chunks=40),
+    "quick": Scale("quick", recipients=40, visits=3.0, explain_samples=300, relay_events=2_000, chunks=10, online_steps=200),
+    # Changning: ~10,000 recipients, ~140,000 receipts in the ten months (issue 16).
+    "district": Scale("district", recipients=10_000, visits=3.0, explain_samples=1_000, relay_events=20_000, chunks=40, online_steps=3_000),
 }
+
+#: The figures other modules measure (issue 16), with their units and targets: "not measured"
+#: while the module is absent.
+OPTIONAL: dict[str, list[tuple[str, str, dict[str, Any] | None]]] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +141,7 @@ SCALES = {
 
 def figure(
     name: str,
-    value: float,
+    value: float | None,
     unit: str,
     *,
     baseline: float | None = None,
@@ -125,13 +153,15 @@ def figure(
 
     ``ratio`` defaults to the ledger's speed over the baseline's: ``value / baseline`` for a rate,
     ``baseline / value`` for a time (``lower_is_better``). ``target`` is ``{"on": "ratio" |
-    "value", "op": ">=" | "<", "value": x}``; ``met`` is None without one."""
-    if ratio is None and baseline:
+    "value", "op": ">=" | "<" | "<=", "value": x}``; ``met`` is None without one (or without a value)."""
+    if ratio is None and baseline and value is not None:
         ratio = (baseline / value if value else 0.0) if lower_is_better else value / baseline
     met = None
     if target is not None:
         observed = ratio if target["on"] == "ratio" else value
-        met = None if observed is None else bool(observed >= target["value"] if target["op"] == ">=" else observed < target["value"])
+        if observed is not None:
+            op, limit = target["op"], target["value"]
+            met = bool(observed >= limit if op == ">=" else observed <= limit if op == "<=" else observed < limit)
     return {
         "name": name,
         "value": _round(value),
@@ -157,6 +187,21 @@ def below(x: float, on: str = "value") -> dict[str, Any]:
     return {"on": on, "op": "<", "value": x}
 
 
+def at_most(x: float, on: str = "value") -> dict[str, Any]:
+    return {"on": on, "op": "<=", "value": x}
+
+
+OPTIONAL.update({
+    "decision_cost": [("decision_cost_500_vs_5", "ratio", at_most(1.5))],
+    "snapshot_cost": [("snapshot", "s", below(SNAPSHOT_SECONDS)), ("snapshot_peak_mb", "MB", below(SNAPSHOT_MB)),
+                      ("snapshot_4y_vs_1y", "ratio", below(1.5))],
+    "rebuild": [("projection_rebuild", "events/s", at_least(0.5)), ("projection_rebuild_seconds", "s", below(REBUILD_SECONDS))],
+    "http_load": [("http_requests_per_s", "requests/s", at_least(100, "value")), ("http_read_p99", "ms", below(500)),
+                  ("http_write_p99", "ms", below(1000)), ("http_errors", "requests", below(1)),
+                  ("http_rss_per_process", "MB", below(400))],
+})
+
+
 # ---------------------------------------------------------------------------------------------
 # the run
 
@@ -167,22 +212,30 @@ class Run:
     url: str
     console: Any
     profile: bool = False
-    online: bool = False
     env: dict[str, str] = field(default_factory=dict)
     figures: list[dict[str, Any]] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
+    #: The raw baselines' rates (``raw_save_one_tx_per_s``, ``raw_save_ten_events_per_s``,
+    #: ``raw_select_decode_events_per_s``), for the modules that compare with them.
+    baselines: dict[str, float] = field(default_factory=dict)
     app: Any = None
     settings: Any = None
     expense_ids: list[str] = field(default_factory=list)
+    raw: Any = None
 
     def say(self, text: str) -> None:
         self.console.print(f"[dim]{datetime.now():%H:%M:%S}[/dim] {text}")
 
     def add(self, fig: dict[str, Any], **detail: Any) -> None:
-        self.figures.append(fig)
+        self.figures = [f for f in self.figures if f["name"] != fig["name"]] + [fig]
         if detail:
             self.details[fig["name"]] = detail
+
+    def not_measured(self, name: str, unit: str, target: dict[str, Any] | None, why: str) -> None:
+        if any(f["name"] == name for f in self.figures):
+            return
+        self.add(figure(name, None, unit, target=target), not_measured=why)
 
 
 def _settings(url: str) -> Any:
@@ -193,158 +246,263 @@ def _settings(url: str) -> Any:
     return Settings(database_url=url, data_key=secrets.token_urlsafe(32), jurisdiction="shanghai.changning")
 
 
+# -- the raw baselines -------------------------------------------------------------------------
+
+
+class Raw:
+    """A plain eventsourcing Application on the same database (its own ``baseline_events``): the
+    library's default mapper and JSON transcoder, none of the ledger's settings (no compression,
+    cipher, cache or hooks), saving a fixed event of ``RAW_EVENT_BYTES`` stored bytes."""
+
+    PERSISTENCE = ("PERSISTENCE_MODULE", "POSTGRES_DBNAME", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER",
+                   "POSTGRES_PASSWORD", "SQLITE_DBNAME")
+
+    def __init__(self, url: str):
+        from eventsourcing.application import Application
+        from eventsourcing.domain import Aggregate, event
+
+        from infra.settings import Settings
+
+        class Blob(Aggregate):
+            def __init__(self, payload: str):
+                self.n = 0
+
+            @event("Noted")
+            def note(self, payload: str) -> None:
+                self.n += 1
+
+        class Baseline(Application):
+            name = "Baseline"
+
+        full = Settings(database_url=url).eventsourcing_env("Baseline")
+        self.app = Baseline({k: v for k, v in full.items() if k in self.PERSISTENCE})
+        self.Blob = Blob
+        # the payloads that make the stored state exactly RAW_EVENT_BYTES (the created event
+        # carries the aggregate's topic as well, so its payload is shorter)
+        self.payload = self.note_payload = "x"
+        for _ in range(3):
+            size = self._state_size(Blob(payload=self.payload))
+            self.payload = "x" * max(1, len(self.payload) + RAW_EVENT_BYTES - size)
+        for _ in range(3):
+            b = Blob(payload=self.payload)
+            b.note(payload=self.note_payload)
+            size = self._state_size(b)
+            self.note_payload = "x" * max(1, len(self.note_payload) + RAW_EVENT_BYTES - size)
+        self.event_bytes = self._state_size(Blob(payload=self.payload))
+        self.saved = 0
+
+    def _state_size(self, blob: Any) -> int:
+        return len(self.app.mapper.to_stored_event(blob.pending_events[-1]).state)
+
+    def save_one(self, transactions: int) -> tuple[int, float]:
+        """``transactions`` saves of one event each; (events, seconds)."""
+        blobs = [self.Blob(payload=self.payload) for _ in range(transactions)]
+        t0 = time.perf_counter()
+        for b in blobs:
+            self.app.save(b)
+        t = time.perf_counter() - t0
+        self.saved += transactions
+        return transactions, t
+
+    def save_ten(self, transactions: int) -> tuple[int, float]:
+        """``transactions`` saves of ten events each (one aggregate, created and noted nine times)."""
+        blobs = []
+        for _ in range(transactions):
+            b = self.Blob(payload=self.payload)
+            for _ in range(9):
+                b.note(payload=self.note_payload)
+            blobs.append(b)
+        t0 = time.perf_counter()
+        for b in blobs:
+            self.app.save(b)
+        t = time.perf_counter() - t0
+        self.saved += 10 * transactions
+        return 10 * transactions, t
+
+    def select_decode(self, page: int = 1000) -> tuple[int, float]:
+        """Every stored baseline event, selected in pages and decoded; (events, seconds)."""
+        recorder, mapper = self.app.recorder, self.app.mapper
+        t0 = time.perf_counter()
+        count, start = 0, 1
+        while True:
+            batch = recorder.select_notifications(start=start, limit=page)
+            if not batch:
+                break
+            for n in batch:
+                mapper.to_domain_event(n)
+            count += len(batch)
+            start = batch[-1].id + 1
+        return count, time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class Tally:
+    """Counts what one application writes: ``insert_events`` calls (transactions) and events."""
+
+    def __init__(self, app: Any):
+        self.app, self.transactions, self.events = app, 0, 0
+        original = app.recorder.insert_events
+
+        def counted(stored: Any, **kwargs: Any) -> Any:
+            self.transactions += 1
+            self.events += len(stored)
+            return original(stored, **kwargs)
+
+        app.recorder.insert_events = counted
+
+    def undo(self) -> None:
+        self.app.recorder.__dict__.pop("insert_events", None)
+
+
+class Commands:
+    """Counts the commands an application runs (nested ones included: each is a command)."""
+
+    def __init__(self, app: Any):
+        self.app, self.count = app, 0
+        original = app.run
+
+        def counted(cmd: Any) -> Any:
+            self.count += 1
+            return original(cmd)
+
+        app.run = counted
+
+    def undo(self) -> None:
+        self.app.__dict__.pop("run", None)
+
+
+class Rate:
+    def __init__(self) -> None:
+        self.n, self.t = 0, 0.0
+
+    def add(self, nt: tuple[int, float]) -> None:
+        self.n, self.t = self.n + nt[0], self.t + nt[1]
+
+    @property
+    def per_s(self) -> float:
+        return self.n / self.t if self.t else 0.0
+
+
 # -- ingest ------------------------------------------------------------------------------------
 
 
-class SaveShapes:
-    """The application's after-save hook: what each save wrote (per aggregate, the events' own
-    attributes), so that the baseline can save the same content in the same groups."""
-
-    SKIP = ("originator_id", "originator_version", "timestamp", "originator_topic")
-
-    def __init__(self) -> None:
-        self.saves: list[list[list[dict[str, Any]]]] = []
-
-    def __call__(self, recordings: list[Any]) -> None:
-        per: dict[Any, list[dict[str, Any]]] = {}
-        for rec in recordings:
-            state = {k: v for k, v in vars(rec.domain_event).items() if k not in self.SKIP}
-            per.setdefault(rec.domain_event.originator_id, []).append(state)
-        self.saves.append(list(per.values()))
-
-    def take(self) -> list[list[list[dict[str, Any]]]]:
-        out, self.saves = self.saves, []
-        return out
-
-
-class _Split:
-    """Where the ledger's ingest time goes: time inside ``save`` and inside ``repository.get``."""
-
-    def __init__(self, app: Any):
-        self.app, self.save, self.get, self.chain, self.gets = app, 0.0, 0.0, 0.0, 0
-        save, get = app.save, app.repository.get
-
-        def timed_save(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return save(*a, **k)
-            finally:
-                self.save += time.perf_counter() - t0
-
-        def timed_get(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            self.gets += 1
-            try:
-                return get(*a, **k)
-            finally:
-                self.get += time.perf_counter() - t0
-
-        app.save, app.repository.get = timed_save, timed_get
-
-    def undo(self) -> None:
-        del self.app.save, self.app.repository.get
-
-
-def baseline_app(url: str) -> Any:
-    """A plain eventsourcing Application on the same database (its own ``baseline_events``):
-    the library's default mapper and JSON transcoder, no personal-data sealing, no hooks."""
-    from eventsourcing.application import Application
-    from eventsourcing.domain import Aggregate, event
-
-    from infra.settings import Settings
-
-    class Blob(Aggregate):
-        def __init__(self, payload: dict[str, Any]):
-            self.n = 0
-
-        @event("Noted")
-        def note(self, payload: dict[str, Any]) -> None:
-            self.n += 1
-
-    class Baseline(Application):
-        name = "Baseline"
-
-    app = Baseline(Settings(database_url=url).eventsourcing_env("Baseline"))
-    app.blob_class = Blob  # type: ignore[attr-defined]
-    return app
-
-
-def save_like(app: Any, saves: list[list[list[dict[str, Any]]]]) -> int:
-    """Raw ``save()`` of the same events' content, grouped as the ledger's saves were: per save,
-    one new aggregate per aggregate the ledger wrote, with as many events, each carrying the
-    ledger event's attributes as its payload. No reads, no decisions."""
-    Blob = app.blob_class
-    events = 0
-    for save in saves:
-        blobs = []
-        for states in save:
-            b = Blob(payload=states[0])
-            for state in states[1:]:
-                b.note(payload=state)
-            blobs.append(b)
-            events += len(states)
-        app.save(*blobs)
-    return events
-
-
 def ingest(run: Run) -> None:
+    """The batch ingest (group commit, import configuration) of the plan but its last
+    ``online_steps``, then those through the ordinary wiring, one command per transaction."""
     from infra import demo, integrity
-    from infra.wiring import APP_NAME, build_app, ensure_policy
+    from infra.wiring import build_app, ensure_policy
 
     s = run.scale
     run.settings = settings = _settings(run.url)
-    # The import configuration (infra.demo.demo_env: one writer, the aggregate cache without deep
-    # copies) unless --online asks for the wiring every other process gets (no cache).
-    env = {**(settings.eventsourcing_env(APP_NAME) if run.online else demo.demo_env(settings)), **run.env}
+    env = {**demo.demo_env(settings), **run.env}
     app = build_app(settings, env=env, publish_policy=False)
-    run.app = app
     plan = demo.plan(recipients=s.recipients, seed=s.seed, years=(YEAR,), until=UNTIL, id_for=app.recipient_id_for, visits=s.visits)
     ensure_policy(app, published_at=plan.published_at)
-    base = baseline_app(run.url)
-    shapes = SaveShapes()
-    app.after_save.append(shapes)
+    run.raw = raw = Raw(run.url)
     chain = integrity.chain_for(app)
-    split = _Split(app)
     replay = demo.Replay(app)
     steps = plan.steps
-    per_chunk = max(1, -(-len(steps) // s.chunks))
-    run.say(f"ingest: {s.recipients} recipients, {len(steps)} planned steps, {len(steps) // per_chunk + 1} chunks")
+    n_online = min(s.online_steps, len(steps) // 5)
+    batch_steps, online_steps = steps[: len(steps) - n_online], steps[len(steps) - n_online :]
+    per_chunk = max(1, -(-len(batch_steps) // s.chunks))
+    run.say(f"batch ingest: {s.recipients} recipients, {len(batch_steps)} of {len(steps)} planned steps, "
+            f"groups of {s.group_size} commands, {len(batch_steps) // per_chunk + 1} chunks")
     profiler = _profiler() if run.profile else None
-    t_ledger = t_base = 0.0
-    base_events = saves = 0
+    raw_one, raw_ten = Rate(), Rate()
+    tally, commands = Tally(app), Commands(app)
+    t_ledger = 0.0
+    chain_s = 0.0
     cpu0 = time.process_time()
     gc.collect()
-    for i in range(0, len(steps), per_chunk):
-        chunk = steps[i : i + per_chunk]
+    for i in range(0, len(batch_steps), per_chunk):
+        chunk = batch_steps[i : i + per_chunk]
         if profiler:
             profiler.start()
         t0 = time.perf_counter()
-        for step in chunk:
-            step.action(replay, step.at)
+        with app.group(s.group_size):
+            for step in chunk:
+                step.action(replay, step.at)
         t1 = time.perf_counter()
         chain.run(checkpoint_at_end=False)
-        split.chain += time.perf_counter() - t1
+        chain_s += time.perf_counter() - t1
         t_ledger += time.perf_counter() - t0
         if profiler:
             profiler.stop()
-        taken = shapes.take()
-        saves += len(taken)
-        t0 = time.perf_counter()
-        base_events += save_like(base, taken)
-        t_base += time.perf_counter() - t0
-        done = min(i + per_chunk, len(steps))
-        if done == len(steps) or (i // per_chunk) % max(1, s.chunks // 5) == 0:
-            run.say(f"  {done}/{len(steps)} steps: ledger {t_ledger:.1f}s, baseline {t_base:.1f}s")
+        raw_ten.add(raw.save_ten(s.raw_ten_per_chunk))
+        raw_one.add(raw.save_one(s.raw_one_per_chunk))
+        done = min(i + per_chunk, len(batch_steps))
+        if done == len(batch_steps) or (i // per_chunk) % max(1, s.chunks // 5) == 0:
+            run.say(f"  {done}/{len(batch_steps)} steps: ledger {t_ledger:.1f}s ({tally.events} events in {tally.transactions} "
+                    f"transactions), raw {raw_ten.t + raw_one.t:.1f}s")
     cpu = time.process_time() - cpu0
-    split.undo()
-    chain.run()  # the closing checkpoint
-    app.after_save.remove(shapes)
-    base.close()
+    tally.undo()
+    commands.undo()
+    chain.run()
+    batch_events, batch_tx, batch_commands = tally.events, tally.transactions, commands.count
+    batch_expenses = replay.outcomes[("record_expense", "accepted")]
+    run.add(
+        figure("ingest_batch", batch_events / t_ledger, "events/s", baseline=raw_ten.per_s, target=at_least(0.5)),
+        ledger_seconds=round(t_ledger, 2),
+        process_cpu_seconds=round(cpu, 2),
+        chain_seconds=round(chain_s, 2),
+        events=batch_events,
+        transactions=batch_tx,
+        events_per_transaction=round(batch_events / max(1, batch_tx), 1),
+        commands=batch_commands,
+        commands_per_s=round(batch_commands / t_ledger, 1),
+        expenses=batch_expenses,
+        expenses_per_s=round(batch_expenses / t_ledger, 1),
+        group_size=s.group_size,
+        baseline=f"raw save() of ten {raw.event_bytes}-byte events per transaction, {raw_ten.n} events interleaved after each chunk",
+        configuration="import: infra.demo.demo_env (aggregate cache, no deep copies, one writer) with LedgerApp.group",
+    )
+
+    # What the batch wrote, read from the aggregates while they are in the cache (the online
+    # phase's other process changes some of them after).
+    summary = demo.summarise(app, replay)
+
+    # The plan's last steps as an online process does them: ordinary wiring, no cache, one
+    # command per transaction (LedgerApp.run), the chain extended in each saving transaction.
+    online = build_app(settings, env={**settings.eventsourcing_env(app.name), **run.env}, publish_policy=False)
+    replay.app = online
+    tally, commands = Tally(online), Commands(online)
+    online_chunks = max(1, min(s.chunks, len(online_steps) // 20 or 1))
+    per = max(1, -(-len(online_steps) // online_chunks))
+    raw_online = Rate()
+    t_online = 0.0
+    run.say(f"online ingest: {len(online_steps)} steps, ordinary wiring, one command per transaction")
+    for i in range(0, len(online_steps), per):
+        raw_online.add(raw.save_one(max(1, s.raw_one_per_chunk // 2)))
+        t0 = time.perf_counter()
+        for step in online_steps[i : i + per]:
+            step.action(replay, step.at)
+        t_online += time.perf_counter() - t0
+        raw_online.add(raw.save_one(max(1, s.raw_one_per_chunk // 2)))
+    tally.undo()
+    commands.undo()
+    integrity.chain_for(online).run()
+    raw_one.add((raw_online.n, raw_online.t))
+    run.add(
+        figure("ingest_online", commands.count / t_online if t_online else 0.0, "commands/s", baseline=raw_online.per_s, target=at_least(0.5)),
+        ledger_seconds=round(t_online, 2),
+        steps=len(online_steps),
+        commands=commands.count,
+        transactions=tally.transactions,
+        events=tally.events,
+        events_per_transaction=round(tally.events / max(1, tally.transactions), 2),
+        baseline=f"raw save() of one {raw.event_bytes}-byte event per transaction, transactions/s, {raw_online.n} interleaved",
+        configuration="ordinary wiring (infra.wiring.build_app, no aggregate cache), LedgerApp.run",
+    )
+    run.baselines.update(raw_save_one_tx_per_s=round(raw_one.per_s, 1), raw_save_ten_events_per_s=round(raw_ten.per_s, 1),
+                         raw_event_bytes=raw.event_bytes)
 
     recorded = replay.outcomes[("record_expense", "accepted")]
-    events = base_events
     run.expense_ids = list(replay.expenses.values())
-    summary = demo.summarise(app, replay)
+    from infra.ops import event_count
+
+    summary.events = event_count(online)
     by_cat: dict[str, list[int]] = {}
     for p in plan.people:
         by_cat.setdefault(p.category, []).append(len(p.expenses))
@@ -354,6 +512,7 @@ def ingest(run: Run) -> None:
         "recipients": len(plan.people),
         "expenses": recorded,
         "events": summary.events,
+        "summary_note": "counts other than expenses and events are the batch phase's (before the online steps)",
         "steps": len(steps),
         "expenses_per_recipient_by_category": {c: round(sum(v) / len(v), 1) for c, v in sorted(by_cat.items())},
         "one_stop": summary.one_stop,
@@ -365,23 +524,9 @@ def ingest(run: Run) -> None:
         "paid_total": str(summary.paid_total),
         "rejections": summary.rejections,
     }
-    run.add(
-        figure("ingest", recorded / t_ledger, "expenses/s", baseline=recorded / t_base, target=at_least(0.5)),
-        ledger_seconds=round(t_ledger, 2),
-        process_cpu_seconds=round(cpu, 2),
-        ledger_split_seconds={"save": round(split.save, 2), "get": round(split.get, 2), "gets": split.gets,
-                              "chain": round(split.chain, 2), "rest (decide, encode, generator)": round(t_ledger - split.save - split.get - split.chain, 2)},
-        baseline_seconds=round(t_base, 2),
-        events=events,
-        saves=saves,
-        ledger_events_per_s=round(events / t_ledger, 1),
-        baseline_events_per_s=round(events / t_base, 1),
-        note="every command of the plan (enrolments, grants, expenses, one-stop, claims and their signatures, "
-        "monthly auto-claim batches, late settlements, amendments, clearing) with the chain caught up after each "
-        "chunk; the baseline saves the same events in the same groups, after each chunk",
-    )
     # The read-side figures use the application every other process builds: no cache, cold.
     app.close()
+    online.close()
     run.app = build_app(settings, publish_policy=False)
     if profiler:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -400,42 +545,93 @@ def _profiler() -> Any:
     return Profiler(interval=0.001)
 
 
+def raw_read(run: Run) -> None:
+    """select+decode of every raw baseline event (the rebuild's baseline)."""
+    n, t = run.raw.select_decode()
+    run.baselines["raw_select_decode_events_per_s"] = round(n / t, 1)
+    run.details["baselines"] = {**run.baselines, "raw_events_read": n, "raw_read_seconds": round(t, 2),
+                                "note": "a plain eventsourcing Application (default mapper, JSON, no compression/cipher/cache) "
+                                        "on the same database, interleaved with the ledger's work"}
+    run.raw.close()
+
+
+# -- stored size -------------------------------------------------------------------------------
+
+
+def stored_bytes(run: Run) -> None:
+    """Mean bytes of the stored state column over the ledger's events (compressed and encrypted
+    as stored), beside the raw baseline's fixed event."""
+    import psycopg
+
+    from infra import pg
+
+    table = getattr(run.app.recorder, "events_table_name", "ledger_events")
+    with psycopg.connect(pg._libpq_url(run.url)) as conn:  # noqa: SLF001 - same URL rules as infra.pg
+        count, mean, total = conn.execute(f"SELECT count(*), avg(octet_length(state)), sum(octet_length(state)) FROM {table}").fetchone()
+        by_topic = conn.execute(
+            f"SELECT topic, count(*), avg(octet_length(state)) FROM {table} GROUP BY topic ORDER BY sum(octet_length(state)) DESC LIMIT 6"
+        ).fetchall()
+        size = conn.execute("SELECT pg_total_relation_size(%s)", (table,)).fetchone()[0]
+    run.add(
+        figure("stored_bytes_per_event", float(mean or 0), "bytes", baseline=float(run.baselines.get("raw_event_bytes", RAW_EVENT_BYTES)),
+               ratio=None, target=at_most(BYTES_PER_EVENT)),
+        events=count,
+        state_bytes=int(total or 0),
+        table_bytes_with_indexes=int(size),
+        table_bytes_per_event=round(size / max(1, count), 1),
+        largest_topics=[{"topic": t.rsplit(":", 1)[-1], "events": c, "mean_bytes": round(float(b), 1)} for t, c, b in by_topic],
+    )
+
+
 # -- projections -------------------------------------------------------------------------------
 
 
 def projection_rebuild(run: Run) -> None:
-    from bench.projections_rebuild import read_and_decode
+    """The fallback while ``bench/rebuild.py`` has no ``measure``: ``Runner.rebuild_parallel``
+    (one process per view, two at a time) when the runner has it, else ``Runner.rebuild``."""
     from projections.common import make_engine, projection_url
     from projections.runner import Runner
 
     app = run.app
-    engine = make_engine(projection_url(run.settings.sqlalchemy_url()))
+    engine_url = projection_url(run.settings.sqlalchemy_url())
+    engine = make_engine(engine_url)
     batch = run.scale.rebuild_batch
     runner = Runner(engine, app.recorder, app.mapper, batch_size=batch)
+    how = "Runner.rebuild (one process)"
     try:
         runner.setup()
-        n1, t1 = read_and_decode(app.recorder, app.mapper, runner.topics, batch)
         t0 = time.perf_counter()
-        n = runner.rebuild()
+        if hasattr(runner, "rebuild_parallel"):
+            from infra.projection_source import store_source
+
+            os.environ["LEDGER_DATA_KEY"] = run.settings.data_key  # the worker processes decode with it
+            n = runner.rebuild_parallel(engine_url, store_source(run.url, "shanghai.changning"), jobs=os.cpu_count() or 2)
+            how = f"Runner.rebuild_parallel (jobs={os.cpu_count() or 2}); events counted once per view that read them"
+        else:
+            n = runner.rebuild()
         t = time.perf_counter() - t0
-        n2, t2 = read_and_decode(app.recorder, app.mapper, runner.topics, batch)
     finally:
         engine.dispose()
-    read_rate = (n1 + n2) / (t1 + t2)
+    base = run.baselines.get("raw_select_decode_events_per_s")
+    events = run.dataset.get("events") or n
     run.add(
-        figure("projection_rebuild", n / t, "events/s", baseline=read_rate, target=at_least(0.25)),
-        events=n,
+        figure("projection_rebuild", events / t, "events/s", baseline=base, target=at_least(0.5)),
+        log_events=events,
+        notifications_read=n,
         seconds=round(t, 2),
+        how=how,
         views=[p.name for p in runner.projections],
         batch=batch,
-        read_seconds=[round(t1, 2), round(t2, 2)],
+        baseline="raw select+decode of the baseline's 500-byte events, events/s",
     )
+    run.add(figure("projection_rebuild_seconds", t, "s", target=below(REBUILD_SECONDS)))
 
 
 # -- replay ------------------------------------------------------------------------------------
 
 
 def replay_verify(run: Run) -> None:
+    """``ledger replay --all --verify``: every decision of every recipient re-made and compared."""
     from commands.replay import audit
     from commands.timeline import project
 
@@ -460,14 +656,14 @@ def replay_verify(run: Run) -> None:
     if not report.ok:
         run.console.print(f"[bold red]replay --verify: {len(report.different)} decisions differ from what was recorded (R-TIME-1)[/bold red]")
     run.add(
-        figure("replay_verify", records / t, "decisions/s", baseline=records / tb),
+        figure("replay_verify", t, "s", baseline=tb, lower_is_better=True, target=below(REPLAY_SECONDS)),
         decisions=report.decisions,
         reassessments=report.reassessments,
+        decisions_per_s=round(records / t, 1),
         expenses_compared=report.expenses,
         differences=len(report.different),
         recipients=report.recipients,
-        seconds=round(t, 2),
-        baseline="loading and rebuilding the same recipients from their events, no re-decision",
+        baseline="loading and rebuilding the same recipients from their events, no re-decision, seconds",
     )
 
 
@@ -508,7 +704,40 @@ def _pct(values: list[float], p: float) -> float:
 # -- snapshot ----------------------------------------------------------------------------------
 
 
+class PeakRss:
+    """The process's resident memory, sampled every 20 ms while the block runs (MB)."""
+
+    def __enter__(self) -> "PeakRss":
+        self.before = self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def snapshot(run: Run) -> None:
+    """The fallback while ``bench/snapshot_cost.py`` has no ``measure``: ``commands.snapshot`` of
+    the whole district at (V, T), exported as JSON, CSV and XLSX, beside a scan of the log."""
     from commands.snapshot import take_snapshot
 
     app = run.app
@@ -527,22 +756,174 @@ def snapshot(run: Run) -> None:
         return count, time.perf_counter() - t0
 
     n1, tb1 = scan()
-    t0 = time.perf_counter()
-    snap = take_snapshot(app, SNAPSHOT_VALID, SNAPSHOT_KNOWN_AT)
-    t = time.perf_counter() - t0
+    gc.collect()
+    with PeakRss() as mem:
+        t0 = time.perf_counter()
+        snap = take_snapshot(app, SNAPSHOT_VALID, SNAPSHOT_KNOWN_AT)
+        files = snap.export(("json", "csv", "xlsx"))
+        t = time.perf_counter() - t0
     _, tb2 = scan()
-    expenses = run.dataset["expenses"]
-    limit = SNAPSHOT_SECONDS_PER_100K * expenses / 100_000
     run.add(
-        figure("snapshot", t, "s", baseline=(tb1 + tb2) / 2, lower_is_better=True, target=below(round(limit, 3))),
+        figure("snapshot", t, "s", baseline=(tb1 + tb2) / 2, lower_is_better=True, target=below(SNAPSHOT_SECONDS)),
         valid=SNAPSHOT_VALID.isoformat(),
         known_at=SNAPSHOT_KNOWN_AT.isoformat(),
         rows=len(snap.rows),
         recipients=snap.recipients,
-        events_scanned=n1,
-        target_basis=f"{SNAPSHOT_SECONDS_PER_100K:g} s per 100,000 expenses, scaled to the {expenses} expenses generated",
+        bytes={k: len(v) for k, v in files.items()},
+        events_in_log=n1,
+        how="commands.snapshot.take_snapshot + Snapshot.export(json, csv, xlsx), in this process",
         baseline="reading and decoding the whole notification log (mean of a scan before and one after)",
     )
+    run.add(figure("snapshot_peak_mb", mem.peak - mem.before, "MB", target=below(SNAPSHOT_MB)),
+            rss_before_mb=round(mem.before, 1), rss_peak_mb=round(mem.peak, 1),
+            how="growth of the process's resident memory during the snapshot, sampled every 20 ms")
+
+
+# -- the other modules' figures ----------------------------------------------------------------
+
+
+def optional(module: str, adapter: Callable[[Run, Any], None] | None = None, fallback: Callable[[Run], None] | None = None) -> Callable[[Run], None]:
+    """A phase for ``bench/<module>.py``: when the module exists, ``adapter(run, module)`` measures
+    with it (or, without an adapter, the module's own ``bench_figures(run)``, which returns its
+    figures or adds them with ``run.add``); when it is absent, ``fallback(run)`` if any. Figures
+    still missing afterwards are recorded as not measured, with the reason."""
+
+    def phase(run: Run) -> None:
+        name = f"bench.{module}"
+        why = None
+        if importlib.util.find_spec(name) is None:
+            why = f"bench/{module}.py is absent"
+            if fallback is not None:
+                run.say(f"  {why}: measured here instead")
+                fallback(run)
+        else:
+            mod = importlib.import_module(name)
+            if adapter is not None:
+                adapter(run, mod)
+            elif hasattr(mod, "bench_figures"):
+                for fig in mod.bench_figures(run) or []:
+                    run.add(fig)
+            elif fallback is not None:
+                fallback(run)
+            else:
+                why = f"bench/{module}.py has no bench_figures(run)"
+        for fname, unit, target in OPTIONAL[module]:
+            run.not_measured(fname, unit, target, why or f"bench/{module}.py did not report it")
+
+    phase.__name__ = module
+    return phase
+
+
+def decision_cost(run: Run, mod: Any) -> None:
+    """``bench/decision_cost.py``: the deciding machinery of one decision, 500 prior expenses
+    over 5 (medians over the trials, an in-memory store)."""
+    if run.scale.name == "quick":  # two sizes, three trials each: the full-pass comparison is the district's
+        trials = 3
+        small, large = mod.measure(5, trials), mod.measure(500, trials)
+        out = {"prior_5": small, "prior_500": large, "decide_ratio_500_vs_5": large["decide_ms"] / small["decide_ms"],
+               "command_ratio_500_vs_5": round(large["command_ms"] / small["command_ms"], 3)}
+    else:
+        trials = 30
+        out = mod.main(trials)
+    run.add(figure("decision_cost_500_vs_5", out["decide_ratio_500_vs_5"], "ratio", target=at_most(1.5)),
+            trials=trials, **{k: v for k, v in out.items() if k != "decide_ratio_500_vs_5"})
+
+
+def snapshot_cost(run: Run, mod: Any) -> None:
+    """The (V, T) snapshot of the district from the persisted cuts (``projections.cuts``,
+    ``commands.snapshot.snapshot_from_cuts``), JSON+CSV+XLSX written, on the filled store; then
+    ``bench/snapshot_cost.py``'s own stores, one year and four years of history, for the ratio."""
+    import tempfile
+
+    from commands.snapshot import FORMATS, snapshot_from_cuts, write_export
+    from projections import cuts
+    from projections.common import make_engine, projection_url
+
+    app = run.app
+    engine = make_engine(projection_url(run.settings.sqlalchemy_url()))
+    try:
+        t0 = time.perf_counter()
+        cuts.catch_up(engine, app.recorder, app.mapper)
+        follow = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory(prefix="bench-snapshot-") as tmp:
+            # once to warm (imports, openpyxl, connections), then the timed run
+            write_export(*snapshot_from_cuts(app, engine, SNAPSHOT_VALID, SNAPSHOT_KNOWN_AT), FORMATS, Path(tmp) / "warm")
+            gc.collect()
+            with PeakRss() as mem:
+                t0 = time.perf_counter()
+                head, rows = snapshot_from_cuts(app, engine, SNAPSHOT_VALID, SNAPSHOT_KNOWN_AT)
+                manifest = write_export(head, rows, FORMATS, Path(tmp))
+                t = time.perf_counter() - t0
+    finally:
+        engine.dispose()
+    run.add(figure("snapshot", t, "s", target=below(SNAPSHOT_SECONDS)),
+            valid=SNAPSHOT_VALID.isoformat(), known_at=SNAPSHOT_KNOWN_AT.isoformat(), rows=manifest.get("rows"),
+            formats=list(FORMATS), cuts_catch_up_seconds=round(follow, 2),
+            how="projections.cuts caught up first (as a running projections process keeps it), then "
+                "commands.snapshot.snapshot_from_cuts + write_export, in this process")
+    run.add(figure("snapshot_peak_mb", mem.peak - mem.before, "MB", target=below(SNAPSHOT_MB)),
+            rss_before_mb=round(mem.before, 1), rss_peak_mb=round(mem.peak, 1),
+            how="growth of the process's resident memory during the snapshot, sampled every 20 ms")
+
+    from infra import pg
+
+    admin = os.environ.get("LEDGER_BENCH_PG_ADMIN_URL", pg.DEFAULT_ADMIN_URL)
+    people = 2 if run.scale.name == "quick" else 20
+    years: dict[int, dict[str, Any]] = {}
+    for n in (1, 4):
+        name = f"ledger_bench_snap{n}_{os.getpid()}_{secrets.token_hex(3)}"
+        url = pg.create_database(admin, name)
+        try:
+            t0 = time.perf_counter()
+            store = mod.build(url, people, n)
+            built = time.perf_counter() - t0
+            with tempfile.TemporaryDirectory(prefix="bench-snapshot-") as tmp:
+                years[n] = {**mod.measure(store, url, Path(tmp)), "build_s": round(built, 1)}
+            store.close()
+        finally:
+            pg.drop_database(admin, name)
+    run.add(figure("snapshot_4y_vs_1y", years[4]["snapshot_s"] / years[1]["snapshot_s"], "ratio", target=below(1.5)),
+            recipients=people, one_year=years[1], four_years=years[4],
+            how="bench/snapshot_cost.py: the same recipients with one receipt a month over one year and over four, "
+                "snapshot of the last year's end from the persisted cuts (best of three)")
+
+
+def http_load(run: Run, mod: Any) -> None:
+    """``bench/http_load.py``: ``ledger serve --workers 2`` on a fresh PostgreSQL database of its
+    own (its recipients enrolled through the API), 70% reads and 30% claim flows."""
+    import contextlib
+    import io
+    import re
+
+    from infra import pg
+
+    quick = run.scale.name == "quick"
+    clients, duration = (10, 5) if quick else (50, 60)
+    admin = os.environ.get("LEDGER_BENCH_PG_ADMIN_URL", pg.DEFAULT_ADMIN_URL)
+    name = f"ledger_bench_http_{os.getpid()}_{secrets.token_hex(3)}"
+    url = pg.create_database(admin, name)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = mod.main(["--database-url", url, "--workers", "2", "--clients", str(clients), "--duration", str(duration),
+                             "--people", "5" if quick else "40", "--snapshots"])
+    finally:
+        pg.drop_database(admin, name)
+    text = out.getvalue()
+    if code:
+        raise RuntimeError(f"bench/http_load.py exited {code}: {text[-500:]}")
+
+    def grab(pattern: str) -> float | None:
+        found = re.search(pattern, text)
+        return float(found.group(1).replace(",", "")) if found else None
+
+    rss = [float(x.replace(",", "")) for x in re.findall(r"pid \d+ (?:\([^)]*\) )?([\d,]+) MB", text)]
+    common = {"clients": clients, "duration_s": duration, "workers": 2, "output": text.strip().splitlines()}
+    run.add(figure("http_requests_per_s", grab(r"requests/s\s*:\s*([\d,.]+)"), "requests/s", target=at_least(100, "value")), **common)
+    run.add(figure("http_read_p99", grab(r"read\s+latency\s*:.*?p99\s+([\d,]+)\s*ms"), "ms", target=below(500)))
+    run.add(figure("http_write_p99", grab(r"write latency\s*:.*?p99\s+([\d,]+)\s*ms"), "ms", target=below(1000)))
+    run.add(figure("http_errors", grab(r"errors\s*:\s*(\d+)"), "requests", target=below(1)))
+    run.add(figure("http_rss_per_process", max(rss) if rss else None, "MB", target=below(400)), processes=rss)
 
 
 # -- relay -------------------------------------------------------------------------------------
@@ -624,7 +1005,7 @@ def render(run: Run, elapsed: float) -> None:
         met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: ""}[f["met"]]
         table.add_row(
             f["name"],
-            _fmt(f["value"]),
+            "not measured" if f["value"] is None else _fmt(f["value"]),
             _fmt(f["baseline"]),
             f["unit"],
             "" if f["ratio"] is None else f"{f['ratio']:.2f}",
@@ -644,7 +1025,6 @@ def write(run: Run, started: datetime, elapsed: float, load: tuple[float, ...]) 
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {
         "scale": asdict(run.scale),
-        "ingest_configuration": "ordinary wiring (--online)" if run.online else "import: infra.demo.demo_env (aggregate cache, no deep copies, one writer)",
         "env": run.env,
         "started_at": started.isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
@@ -657,6 +1037,7 @@ def write(run: Run, started: datetime, elapsed: float, load: tuple[float, ...]) 
             "postgres": run.details.pop("_postgres", None),
         },
         "dataset": run.dataset,
+        "baselines": run.baselines,
         "figures": run.figures,
         "details": run.details,
         "ratio": "the ledger's speed over the baseline's: rate/rate, or baseline time/ledger time",
@@ -670,10 +1051,14 @@ def write(run: Run, started: datetime, elapsed: float, load: tuple[float, ...]) 
 
 PHASES: list[tuple[str, Callable[[Run], None]]] = [
     ("ingest", ingest),
-    ("projection rebuild", projection_rebuild),
-    ("replay --verify", replay_verify),
+    ("raw select+decode", raw_read),
+    ("stored bytes", stored_bytes),
+    ("projection rebuild", optional("rebuild", fallback=projection_rebuild)),
+    ("replay --all --verify", replay_verify),
     ("explain", explain),
-    ("snapshot", snapshot),
+    ("snapshot", optional("snapshot_cost", snapshot_cost, fallback=snapshot)),
+    ("decision cost", optional("decision_cost", decision_cost)),
+    ("HTTP mixed load", optional("http_load", http_load)),
     ("relay", relay),
 ]
 
@@ -682,13 +1067,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=sorted(SCALES), default="quick")
     ap.add_argument("--recipients", type=int, help="override the scale's number of recipients")
+    ap.add_argument("--group-size", type=int, help="override the scale's commands per group-commit transaction")
     ap.add_argument("--profile", action="store_true",
-                    help="profile the ingest with pyinstrument (bench/results/profile-*.txt); slows the ledger's side: its ratio is not comparable")
+                    help="profile the batch ingest with pyinstrument (bench/results/profile-*.txt); slows the ledger's side")
     ap.add_argument("--keep", action="store_true", help="keep the database afterwards (its URL is printed)")
-    ap.add_argument("--online", action="store_true",
-                    help="ingest through the ordinary wiring (no aggregate cache) instead of the import configuration")
+    ap.add_argument("--skip", action="append", default=[], metavar="PHASE",
+                    help="leave a phase out (its figures are 'not measured'), e.g. --skip relay")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra eventsourcing setting for the ledger's application, e.g. AGGREGATE_CACHE_MAXSIZE=2000 (experiments)")
+                    help="extra eventsourcing setting for the ledger's application (experiments)")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -699,27 +1085,46 @@ def main(argv: list[str] | None = None) -> int:
     scale = SCALES[args.scale]
     if args.recipients:
         scale = Scale(**{**asdict(scale), "recipients": args.recipients})
+    if args.group_size:
+        scale = Scale(**{**asdict(scale), "group_size": args.group_size})
     admin = os.environ.get("LEDGER_BENCH_PG_ADMIN_URL", pg.DEFAULT_ADMIN_URL)
     name = f"ledger_bench_{os.getpid()}_{secrets.token_hex(3)}"
     started = datetime.now(timezone.utc)
     load = os.getloadavg()
     began = time.perf_counter()
     url = pg.create_database(admin, name)
-    run = Run(scale, url, console, profile=args.profile, online=args.online, env=dict(kv.split("=", 1) for kv in args.env))
+    run = Run(scale, url, console, profile=args.profile, env=dict(kv.split("=", 1) for kv in args.env))
     console.print(
         f"bench {scale.name}: {scale.recipients} recipients at {scale.visits:g}x the demo's visit rates over {YEAR}-01-01..{UNTIL} "
         f"(Changning has ~10,000); database {name}; load average {load[0]:.1f} on {os.cpu_count()} CPUs"
     )
+    errors: dict[str, str] = {}
     try:
         import psycopg
 
         with psycopg.connect(pg._libpq_url(url)) as conn:  # noqa: SLF001 - same URL rules as infra.pg
             run.details["_postgres"] = conn.execute("SHOW server_version").fetchone()[0]
         for label, phase in PHASES:
+            if label in args.skip or phase.__name__ in args.skip:
+                run.say(f"[bold]{label}[/bold]: skipped")
+                errors[label] = "skipped (--skip)"
+                continue
             run.say(f"[bold]{label}[/bold]")
-            phase(run)
-            f = run.figures[-1]
-            run.say(f"  {f['name']}: {_fmt(f['value'])} {f['unit']} (baseline {_fmt(f['baseline'])}, ratio {f['ratio']})")
+            t0 = time.perf_counter()
+            try:
+                before = len(run.figures)
+                phase(run)
+            except Exception as exc:  # noqa: BLE001 - one phase failing leaves the others' figures
+                if label == "ingest":
+                    raise
+                errors[label] = f"{type(exc).__name__}: {exc}"
+                console.print(f"[bold red]{label} failed[/bold red]: {errors[label]}")
+                traceback.print_exc()
+                continue
+            run.details.setdefault("phase_seconds", {})[label] = round(time.perf_counter() - t0, 1)
+            for f in run.figures[before:]:
+                value = "not measured" if f["value"] is None else f"{_fmt(f['value'])} {f['unit']}"
+                run.say(f"  {f['name']}: {value} (baseline {_fmt(f['baseline'])}, ratio {f['ratio']})")
     finally:
         if run.app is not None:
             run.app.close()
@@ -728,11 +1133,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"database kept: LEDGER_DATABASE_URL={url} LEDGER_DATA_KEY={key}")
         else:
             pg.drop_database(admin, name)
+    for module, figs in OPTIONAL.items():
+        for fname, unit, target in figs:
+            run.not_measured(fname, unit, target, "its phase failed or was skipped")
+    if errors:
+        run.details["phase_errors"] = errors
     elapsed = time.perf_counter() - began
     render(run, elapsed)
     path = write(run, started, elapsed, load)
     unmet = [f["name"] for f in run.figures if f["met"] is False]
-    console.print(f"written {path.relative_to(ROOT)} and bench/results/latest.json" + (f"; targets not met: {', '.join(unmet)}" if unmet else ""))
+    missing = [f["name"] for f in run.figures if f["value"] is None]
+    console.print(f"written {path.relative_to(ROOT)} and bench/results/latest.json"
+                  + (f"; targets not met: {', '.join(unmet)}" if unmet else "")
+                  + (f"; not measured: {', '.join(missing)}" if missing else ""))
     return 0
 
 

@@ -12,6 +12,16 @@ event store is the only source of recorded times, ADR 0002):
 
 Recorded times live inside the stored events, so the scan decodes the events of recipients not
 yet known to be touched; it is one pass over the log.
+
+Without ``--since`` or ``--all`` a run picks its scope and triggers itself (R-CLR-1 [000 第七条;
+002 4.4, 4.5]): it reads the log after the position the last run recorded (``ClearingLog``), and
+each recipient's changed facts name the trigger cited on what the run opens: a late insurance
+payment ``late_insurance`` (R-CLR-1(a)), an attempted duplicate ``duplicate`` (R-CLR-1(b)), a
+category, insurance or mutual-aid change ``category_change`` (R-CLR-1(c)), a new decision
+``cap_overrun`` (R-CLR-1(e)); a policy change after the position is ``parameter_change``
+(R-CLR-1(d)) for everyone (it ranks above a new decision, the weakest sign). The run then records the position it read up to. ``--trigger``
+overrides the trigger cited; ``--since`` and ``--all`` override the scope (and do not move the
+position, except ``--all``, which looks at everyone).
 """
 
 from __future__ import annotations
@@ -21,7 +31,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from ledger.aggregates import PolicyLedger
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from ledger.aggregates import ClearingLog, PolicyLedger, Recipient
 from ledger.values import Trigger
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,16 +64,104 @@ def recipients_since(app: "LedgerApp", since: datetime) -> list[uuid.UUID]:
     return [rid for rid in everyone if rid in touched]
 
 
+#: R-CLR-1: the trigger a changed fact names, in order of precedence when a recipient has several.
+TRIGGER_OF_EVENT: dict[str, str] = {
+    "InsuranceSettled": "late_insurance",  # R-CLR-1(a), R-INS-4
+    "DuplicateAttempted": "duplicate",  # R-CLR-1(b), R-PH-7
+    "CategoryGranted": "category_change",  # R-CLR-1(c), R-CAT-1
+    "CategoryRevoked": "category_change",
+    "InsuranceEnrolmentStarted": "category_change",
+    "InsuranceEnrolmentEnded": "category_change",
+    "MutualAidContributionPaid": "category_change",
+    "AidDecided": "cap_overrun",  # R-CLR-1(e), R-CAP-2
+}
+PRECEDENCE = ("late_insurance", "duplicate", "category_change", "parameter_change", "cap_overrun")
+_RECIPIENT_TOPIC = f"{Recipient.__module__}:{Recipient.__qualname__}."
+_POLICY_TOPIC = f"{PolicyLedger.__module__}:{PolicyLedger.__qualname__}."
+
+
+@dataclass
+class Changes:
+    """What changed after a log position: each recipient's trigger, and the last position read."""
+
+    after: int
+    position: int
+    triggers: dict[uuid.UUID, str]
+    policy_changed: bool
+
+
+def changes_after(app: "LedgerApp", position: int) -> Changes:
+    """R-CLR-1: the recipients whose facts changed after notification ``position`` and the trigger
+    each one's changes name (by event type; nothing is decoded), every recipient with decided
+    expenses getting ``parameter_change`` when the policy changed."""
+    found: dict[uuid.UUID, set[str]] = {}
+    policy_changed = False
+    last = position
+    start = position + 1
+    while True:
+        batch = app.recorder.select_notifications(start=start, limit=PAGE)
+        if not batch:
+            break
+        for n in batch:
+            last = n.id
+            if n.topic.startswith(_POLICY_TOPIC):
+                policy_changed = policy_changed or not n.topic.endswith(".Opened")
+            elif n.topic.startswith(_RECIPIENT_TOPIC):
+                trigger = TRIGGER_OF_EVENT.get(n.topic[len(_RECIPIENT_TOPIC):])
+                if trigger is not None:
+                    found.setdefault(n.originator_id, set()).add(trigger)
+        start = batch[-1].id + 1
+    if policy_changed:
+        for rid in app.recipient_ids():
+            found.setdefault(rid, set()).add("parameter_change")
+    chosen = {rid: next(t for t in PRECEDENCE if t in ts) for rid, ts in found.items()}
+    return Changes(position, last, chosen, policy_changed)
+
+
+def clearing_log(app: "LedgerApp") -> ClearingLog | None:
+    try:
+        return app.repository.get(ClearingLog.ID)
+    except AggregateNotFoundError:
+        return None
+
+
+def last_position(app: "LedgerApp") -> int:
+    """The notification position the last recorded run read up to (0: no run recorded yet)."""
+    log = clearing_log(app)
+    return (log.last_position or 0) if log is not None else 0
+
+
+def _record(app: "LedgerApp", summary: "RunSummary", position: int, triggers: dict[str, int], at: datetime | None) -> None:
+    for _ in range(5):
+        log = clearing_log(app)
+        if log is None:
+            log = ClearingLog._create(ClearingLog.Opened, id=ClearingLog.ID, timestamp=app._now(at))  # noqa: SLF001
+        if log.last_position is not None and log.last_position >= position:
+            return  # a concurrent run already recorded as far
+        log.trigger_event(
+            ClearingLog.RunRecorded, timestamp=app._now(at), position=position, scope=summary.scope, triggers=triggers,
+            recipients_changed=summary.recipients_changed, cases_opened=summary.cases_opened,
+            supplementary_opened=summary.supplementary_opened,
+        )
+        try:
+            app.save(log)
+            return
+        except IntegrityError:
+            continue
+
+
 @dataclass
 class RunSummary:
     """What one clearing run looked at and what it opened."""
 
-    scope: str  # "all" or "since <time>"
+    scope: str  # "all", "since <time>" or "changes after <position>"
     recipients_seen: int
     recipients_changed: int
     cases_opened: int
     supplementary_opened: int
-    trigger: str
+    trigger: str  # the one trigger cited, or "auto"
+    triggers: dict[str, int] | None = None  # auto: recipients looked at per trigger
+    position: int | None = None  # the log position recorded for the next run
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,26 +171,50 @@ def run(
     app: "LedgerApp",
     *,
     since: datetime | None = None,
-    trigger: str = Trigger.PARAMETER_CHANGE.value,
+    trigger: str | None = None,
+    everyone: bool = False,
     at: datetime | None = None,
     on_scope: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RunSummary:
-    """Recompute the recipients in scope (all, or those touched since ``since``). ``on_scope`` is
-    told how many recipients the run will visit; ``progress`` is called once per recipient."""
-    recipients = recipients_since(app, since) if since is not None else list(app.recipient_ids())
+    """A clearing run (R-CLR-2). Scope: ``since`` (recipients touched after it), ``everyone``, or
+    by default the changes after the last recorded run (``changes_after``). Trigger cited: the
+    given ``trigger``; by default each recipient's own (``parameter_change`` with ``since`` or
+    ``everyone``). ``on_scope`` is told how many recipients the run will visit; ``progress`` is
+    called once per recipient."""
+    if since is not None or everyone:
+        recipients = recipients_since(app, since) if since is not None else list(app.recipient_ids())
+        position = (app.recorder.max_notification_id() or 0) if everyone else None
+        groups = {trigger or Trigger.PARAMETER_CHANGE.value: recipients}
+        scope = "all" if since is None else f"since {since.isoformat()}"
+    else:
+        changes = changes_after(app, last_position(app))
+        position = changes.position
+        groups = {}
+        for rid, t in changes.triggers.items():
+            groups.setdefault(trigger or t, []).append(rid)
+        scope = f"changes after log position {changes.after}"
+    seen = sum(len(v) for v in groups.values())
     if on_scope is not None:
-        on_scope(len(recipients))
+        on_scope(seen)
     opened = {"cases": 0, "supplementary": 0}
-    changed = app.clearing_run(
-        trigger, at=at, cause={"run": "clearing", "since": since.isoformat() if since else None},
-        progress=progress, recipients=recipients, opened=opened,
-    )
-    return RunSummary(
-        scope="all" if since is None else f"since {since.isoformat()}",
-        recipients_seen=len(recipients),
+    changed = 0
+    for t in PRECEDENCE:
+        if t in groups:
+            changed += app.clearing_run(
+                t, at=at, cause={"run": "clearing", "since": since.isoformat() if since else None, "scope": scope},
+                progress=progress, recipients=groups[t], opened=opened,
+            )
+    summary = RunSummary(
+        scope=scope,
+        recipients_seen=seen,
         recipients_changed=changed,
         cases_opened=opened["cases"],
         supplementary_opened=opened["supplementary"],
-        trigger=trigger,
+        trigger=trigger or ("auto" if since is None and not everyone else Trigger.PARAMETER_CHANGE.value),
+        triggers={t: len(v) for t, v in groups.items()},
+        position=position,
     )
+    if position is not None:
+        _record(app, summary, position, summary.triggers or {}, at)
+    return summary

@@ -261,6 +261,7 @@ def case_detail(app: "LedgerApp", item_id: str) -> dict[str, Any]:
     detail["side_by_side"] = side_by_side(detail["decisions"]["previous"], detail["decisions"]["current"])
     if is_case:
         recovered, written_off = _recovered(item)
+        repayments = {ev.timestamp.isoformat(): ev for ev in events if isinstance(ev, Recipient.RepaymentReceived)}
         detail.update(
             {
                 "status": item.status,
@@ -269,10 +270,11 @@ def case_detail(app: "LedgerApp", item_id: str) -> dict[str, Any]:
                 "recovered": fmt(recovered),
                 "written_off": fmt(written_off),
                 "history": sorted(
-                    [{"kind": h["kind"], "amount": fmt(h["amount"]), "at": h["at"]} for h in item.history]
+                    [_history_entry(h, repayments) for h in item.history]
                     + _write_off_signatures(events, item.id),
                     key=lambda h: h["at"],
                 ),
+                "write_off_proposals": [proposal_row(r, p) for p in r.write_off_proposals().values() if any(c["case"] == item.id for c in p["cases"])],
             }
         )
     else:
@@ -320,9 +322,113 @@ def _expense_facts(acc: Any, expense_id: str) -> dict[str, Any]:
     }
 
 
+def _history_entry(h: dict[str, Any], repayments: dict[str, Any]) -> dict[str, Any]:
+    """A recovery on the case; a repayment with who took it, when, on which voucher and how
+    (R-CLR-3; none for repayments recorded before RepaymentReceived v2)."""
+    entry = {"kind": h["kind"], "amount": fmt(h["amount"]), "at": h["at"]}
+    ev = repayments.get(h["at"]) if h["kind"] == "repayment" else None
+    if ev is not None:
+        entry.update(officer=ev.officer, received_on=ev.received_on, voucher=ev.voucher, method=ev.method)
+    return entry
+
+
 def _write_off_signatures(events: list[Any], case_id: str) -> list[dict[str, Any]]:
-    out = []
+    """The write-off steps touching a case (R-CLR-3): proposed (officer, reason, amount for the
+    case), refused (officer, reason), signed (officer, approver, reason)."""
+    out: list[dict[str, Any]] = []
     for ev in events:
         if isinstance(ev, Recipient.WriteOffApproved) and any(a["case"] == case_id for a in ev.allocations):
-            out.append({"kind": "write_off_signed", "officer": ev.officer, "approver": ev.approver, "reason": ev.reason, "at": ev.timestamp.isoformat()})
+            out.append({"kind": "write_off_signed", "officer": ev.officer, "approver": ev.approver, "reason": ev.reason,
+                        "proposal": ev.proposal_id, "at": ev.timestamp.isoformat()})
+        elif isinstance(ev, Recipient.WriteOffProposed):
+            mine = [c for c in ev.cases if c["case"] == case_id]
+            if mine:
+                out.append({"kind": "write_off_proposed", "officer": ev.officer, "reason": ev.reason, "amount": mine[0]["amount"],
+                            "proposal": ev.proposal_id, "at": ev.timestamp.isoformat()})
+    proposed = {x["proposal"] for x in out if x["kind"] == "write_off_proposed"}
+    for ev in events:
+        if isinstance(ev, Recipient.WriteOffRefused) and ev.proposal_id in proposed:
+            out.append({"kind": "write_off_refused", "officer": ev.officer, "reason": ev.reason, "proposal": ev.proposal_id,
+                        "at": ev.timestamp.isoformat()})
     return out
+
+
+# ---------------------------------------------------------------------------------------- write-off proposals
+
+
+def mask_id_number(number: str | None) -> str:
+    """An id number as lists show it: region and the last four characters only."""
+    n = number or ""
+    return n if len(n) < 10 else f"{n[:6]}{'*' * (len(n) - 10)}{n[-4:]}"
+
+
+def proposal_row(r: Recipient, p: dict[str, Any]) -> dict[str, Any]:
+    """A write-off proposal as the approver sees it (R-CLR-3): the person by name and masked id
+    number, the amount proposed per case and in all, the reason, and its decision."""
+    def at(x: Any) -> str | None:
+        return x.isoformat() if x is not None else None
+
+    cases = []
+    for c in p["cases"]:
+        case = r.cases.get(c["case"])
+        acc = r.expenses.get(case.expense_id) if case else None
+        cases.append({"case": c["case"], "amount": c["amount"], "balance": fmt(case.balance) if case else None,
+                      "trigger": case.trigger if case else None, "handle": acc.handle if acc else None})
+    return {
+        "id": p["id"],
+        "recipient": str(r.id),
+        "name": r.name,
+        "id_number": mask_id_number(r.id_number),
+        "street": r.street,
+        "officer": p["officer"],
+        "reason": p["reason"],
+        "amount": fmt(p["amount"]),
+        "cases": cases,
+        "proposed_at": at(p["proposed_at"]),
+        "status": p["status"],
+        "decided_by": p["decided_by"],
+        "decided_at": at(p["decided_at"]),
+        "refusal": p["refusal"],
+        "written_off": fmt(p["written_off"]) if p["written_off"] is not None else None,
+    }
+
+
+PROPOSAL_STATUSES = ("pending", "approved", "refused")
+
+
+def write_off_proposals(app: "LedgerApp", status: str | None = None, recipient: str | None = None) -> list[dict[str, Any]]:
+    """Write-off proposals (R-CLR-3), oldest first; ``status`` pending, approved or refused."""
+    if status is not None and status not in PROPOSAL_STATUSES:
+        raise errors.InvalidInput(f"status: one of {', '.join(PROPOSAL_STATUSES)}", field="status")
+    if recipient:
+        people: Any = [recipient_for(app, recipient)]
+    else:  # only the people with a proposal: their proposal events name them
+        people = (app.recipient(rid) for rid in dict.fromkeys(n.originator_id for n in app.notifications([_PROPOSED_TOPIC])))
+    rows = []
+    for r in people:
+        for p in r.write_off_proposals().values():
+            if status is None or p["status"] == status:
+                rows.append(proposal_row(r, p))
+    return sorted(rows, key=lambda x: (x["proposed_at"], x["id"]))
+
+
+_PROPOSED_TOPIC = f"{Recipient.WriteOffProposed.__module__}:{Recipient.WriteOffProposed.__qualname__}"
+
+
+def proposal_owner(app: "LedgerApp", proposal_id: str) -> Recipient:
+    """The recipient holding a write-off proposal (ids are uuids): found among the proposal
+    events of the log, which are few."""
+    try:
+        wanted = str(uuid.UUID(str(proposal_id)))
+    except ValueError:
+        raise errors.UnknownEntity(f"{proposal_id!r} is not a write-off proposal id", field="proposal") from None
+    for n in app.notifications([_PROPOSED_TOPIC]):
+        if app.mapper.to_domain_event(n).proposal_id == wanted:
+            return app.recipient(n.originator_id)
+    raise errors.UnknownEntity(f"unknown write-off proposal {wanted}", field="proposal")
+
+
+def write_off_proposal(app: "LedgerApp", proposal_id: str) -> dict[str, Any]:
+    """One proposal by id."""
+    r = proposal_owner(app, proposal_id)
+    return proposal_row(r, r.write_off_proposals()[str(uuid.UUID(str(proposal_id)))])

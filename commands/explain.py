@@ -19,13 +19,15 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+from eventsourcing.application import AggregateNotFoundError
+
 from commands import queries
 from commands.app import LedgerApp, recipient_of
 from commands.timeline import project
-from ledger import errors
+from ledger import errors, traces
 from ledger.aggregates import Recipient
 from ledger.money import ZERO, fmt
-from ledger.values import CATEGORY_ZH, SCHEME_ZH, VISIT_ZH
+from ledger.values import CATEGORY_ZH, CST, SCHEME_ZH, VISIT_ZH
 
 #: 中文 beside the English terms of an explanation.
 TERMS_ZH = {
@@ -202,11 +204,37 @@ def _schemes(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _decision(summary: dict[str, Any], event: Any) -> dict[str, Any]:
+class _Versions:
+    """Parameter versions by key (``ledger.traces``), from the PolicyLedger at a recorded policy
+    version: immutable history, so what an explanation reads back cannot change."""
+
+    def __init__(self, app: LedgerApp):
+        self.app = app
+        self._by_version: dict[int | None, dict[str, Any]] = {}
+
+    def at(self, knowledge: dict[str, Any]) -> dict[str, Any]:
+        raw = knowledge.get("policy_version")
+        version = int(raw) if isinstance(raw, (int, str)) and str(raw).isdigit() else None
+        if version not in self._by_version:
+            try:
+                book = self.app.policy(version=version).book if version is not None else self.app.policy().book
+            except (errors.LedgerError, AggregateNotFoundError):  # none recorded: references keep what they carry
+                self._by_version[version] = {}
+            else:
+                self._by_version[version] = traces.index(book)
+        return self._by_version[version]
+
+
+def _decision(summary: dict[str, Any], event: Any, versions: dict[str, Any]) -> dict[str, Any]:
     knowledge = dict(getattr(event, "knowledge", {}) or {})
-    parameters = [_parameter(p) for p in knowledge.pop("parameters", [])]
+    summary = traces.inflate(summary, versions)
+    # v1 decisions named every parameter the pass used; v2 name those of the expense's own trace.
+    keys = knowledge.pop("parameters", None)
+    if keys is None:
+        keys = sorted(traces.keys_in((summary.get("trace") or {})))
+    parameters = [_parameter(_by_key(k, versions)) for k in keys]
     return {
-        "recorded_at": event.timestamp.isoformat(),
+        "recorded_at": event.timestamp.astimezone(CST).isoformat(),  # shown in +08:00
         "channel": getattr(event, "channel", None),
         "channel_zh": CHANNEL_ZH.get(getattr(event, "channel", "") or ""),
         "claim": getattr(event, "claim_id", None),
@@ -232,6 +260,18 @@ def _decision(summary: dict[str, Any], event: Any) -> dict[str, Any]:
         "parameters": parameters,
         "local_settings": _local_settings((summary.get("trace") or {}).get("schemes", [])),
     }
+
+
+def _by_key(key: str, versions: dict[str, Any]) -> dict[str, Any]:
+    """The parameter version a key names, in full (or what the key itself says, if unknown); an
+    event read without its upcaster still carries the version itself."""
+    if isinstance(key, dict):
+        return key
+    found = versions.get(key)
+    if found is not None:
+        return found.as_trace()
+    name, effective_from, published_at = (key.split("@", 2) + ["", ""])[:3]
+    return {"name": name, "value": None, "effective_from": effective_from, "published_at": published_at}
 
 
 def _local_settings(value: Any) -> list[str]:
@@ -267,21 +307,22 @@ def explain_expense(app: LedgerApp, expense_id: str, *, handles: dict[str, str] 
     facts = acc.facts
     decision: dict[str, Any] | None = None
     reassessments: list[dict[str, Any]] = []
+    books = _Versions(app)
     for event in events:
         if isinstance(event, Recipient.AidDecided):
             for summary in event.decisions:
                 if summary.get("expense") == expense_id and decision is None:
-                    decision = _decision(summary, event)
+                    decision = _decision(summary, event, books.at(event.knowledge or {}))
         elif isinstance(event, Recipient.AidReassessed):
             for item in event.results:
                 if item.get("expense") != expense_id:
                     continue
-                due = item.get("due") or {}
+                due = traces.inflate(item.get("due") or {}, books.at(event.knowledge or {}))
                 knowledge = dict(event.knowledge or {})
                 knowledge.pop("parameters", None)
                 reassessments.append(
                     {
-                        "recorded_at": event.timestamp.isoformat(),
+                        "recorded_at": event.timestamp.astimezone(CST).isoformat(),  # shown in +08:00
                         "trigger": event.trigger,
                         "trigger_zh": TRIGGER_ZH.get(event.trigger, event.trigger),
                         "cause": event.cause,

@@ -420,8 +420,15 @@ class PaySupplementary(Command):
 
 
 class Repay(Command):
+    """A repayment toward open clearing cases (R-CLR-3): who took it, when, on which receipt or
+    voucher and how (the CLI and HTTP ask for all four; the scenario format may leave them out)."""
+
     recipient: Ref
     amount: Money
+    officer: Ref | None = None
+    received_on: date | None = None
+    voucher: str | None = Field(default=None, min_length=1, max_length=100)
+    method: Literal["cash", "bank_transfer", "offset"] | None = None
 
     @field_validator("amount")
     @classmethod
@@ -435,6 +442,29 @@ class WriteOff(Command):
     recipient: Ref
     officer: Ref
     approver: Ref
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ProposeWriteOff(Command):
+    """A clearing officer proposes writing off the open clearing balance (R-CLR-3)."""
+
+    recipient: Ref
+    officer: Ref
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ApproveWriteOff(Command):
+    """A second officer approves a proposed write-off (R-CLR-3): never the proposer."""
+
+    proposal: Ref
+    approver: Ref
+
+
+class RefuseWriteOff(Command):
+    """A second officer refuses a proposed write-off, with the reason (R-CLR-3)."""
+
+    proposal: Ref
+    officer: Ref
     reason: str | None = Field(default=None, max_length=500)
 
 

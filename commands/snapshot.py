@@ -2,9 +2,9 @@
 
 R-TIME-3 [RULES.md §1]: a point-in-time snapshot is taken at a pair (valid date V, known-at time
 T): the state of every account and cap as effective on V, from the events recorded up to T. The
-snapshot is computed from the event log (:func:`commands.timeline.cut`), never from projections,
-so it is right for any past T. Per recipient, the categories held on V (R-CAT-1), the street and
-the fund, it gives:
+snapshot is computed from the event log, or from cuts of it taken as it was recorded, never from
+the current state of the other read models, so it is right for any past T. Per recipient, the
+categories held on V (R-CAT-1), the street and the fund, it gives:
 
 - ``caps_used_inpatient`` / ``caps_used_outpatient``: aid due that counts against the annual
   limits (R-CAP-1, R-CAP-2) in the cap year of V, from expenses served on or before V whose
@@ -16,6 +16,11 @@ the fund, it gives:
 - ``supplementary_pending``: supplementary payouts due and unpaid as of T on them (R-CLR-2);
 - ``other_paid``: social-organisation help (R-4L-5) and enrolment subsidies (R-INS-2) recorded
   by T and dated on or before V.
+
+Two ways to the same rows: :func:`take_snapshot` replays the log (:func:`commands.timeline.cut`;
+the reference), :func:`snapshot_from_cuts` reads the persisted cuts (``projections.cuts``) and
+rebuilds only the recipients a cut does not cover; :func:`write_export` streams the files row by
+row.
 
 Exports (JSON, CSV, XLSX) carry Chinese labels beside the English keys and contain nothing that
 depends on when they were made, so the same request gives the same bytes; a manifest names the
@@ -29,18 +34,23 @@ import hashlib
 import io
 import json
 import re
+import shutil
+import tempfile
+import uuid
 import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, BinaryIO
 
 from commands.app import LedgerApp
 from commands.timeline import Cut, cut, policy_versions
-from ledger import engine
+from ledger import engine, reconcile
 from ledger.aggregates import Recipient
 from ledger.eligibility import categories_on
-from ledger.money import ZERO, fmt
+from ledger.money import ZERO, fmt, money
 from ledger.policy.params import PolicyBook
 from ledger.values import CATEGORY_PRECEDENCE, CATEGORY_ZH, FUNDS, local_date
 
@@ -63,6 +73,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("clearing_open", "清算未结余额"),
     ("supplementary_pending", "待补发金额"),
     ("other_paid", "其他救助支出"),
+    # aid_paid − aid_due explained per fund (ledger.reconcile, R-CLR-2, R-CLR-3):
+    # aid_paid − aid_due = clearing_owed − supplementary_pending − decided_unpaid + uncleared
+    *reconcile.COLUMNS,
 )
 MONEY_COLUMNS = tuple(k for k, _ in COLUMNS[6:])
 
@@ -132,8 +145,14 @@ class Snapshot:
         files[f"{self.stem}.manifest.json"] = _json_bytes(self.manifest(files))
         return files
 
-    def manifest(self, files: dict[str, bytes]) -> dict[str, Any]:
-        return {
+    def manifest(self, files: dict[str, bytes], chain_head: dict[str, Any] | None = None) -> dict[str, Any]:
+        meta = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in files.items()}
+        return self.manifest_for(meta, len(self.rows), self.totals(), chain_head)
+
+    def manifest_for(self, files: dict[str, dict[str, Any]], rows: int, totals: dict[str, str], chain_head: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The manifest: V, T, the store position, the policy known at T, the row count, totals,
+        each file's SHA-256 and (when given) the integrity-chain head at the store position."""
+        out = {
             "kind": "medical-aid ledger snapshot (R-TIME-3)",
             "valid": self.valid.isoformat(),
             "valid_requested": self.valid_requested.isoformat() if self.valid_requested else None,
@@ -143,11 +162,14 @@ class Snapshot:
             "jurisdiction": self.jurisdiction,
             "policy": self.policy,
             "recipients": self.recipients,
-            "rows": len(self.rows),
+            "rows": rows,
             "columns": [label(k) for k, _ in COLUMNS],
-            "totals": self.totals(),
-            "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in sorted(files.items())},
+            "totals": totals,
+            "files": dict(sorted(files.items())),
         }
+        if chain_head is not None:
+            out["chain_head"] = chain_head
+        return out
 
     def as_report(self) -> dict[str, Any]:
         """For the scenario runner: the JSON document with the policy versions and its SHA-256."""
@@ -212,6 +234,8 @@ def _recipient_rows(r: Recipient, v: date, the_cut: Cut, book: PolicyBook, schem
                     if part.counts_against_cap:
                         _add(per_fund, f"caps_used_{part.kind}", part.by_fund)
         _add(per_fund, "aid_paid", acc.paid_by_fund)
+        for column, by_fund in reconcile.explain(r, eid, a.by_fund if a.granted else {}).items():
+            _add(per_fund, column, by_fund)
     for case in r.cases.values():
         if case.expense_id in effective:
             _add(per_fund, "clearing_open", case.balance_by_fund)
@@ -224,15 +248,20 @@ def _recipient_rows(r: Recipient, v: date, the_cut: Cut, book: PolicyBook, schem
     for s in r.subsidies:
         if local_date(datetime.fromisoformat(s["at"])) <= v and Decimal(s.get("amount") or "0"):
             _add(per_fund, "other_paid", {s.get("fund", "city"): s["amount"]})
+    return _row_dicts(str(r.id), r.street, held, per_fund)
+
+
+def _row_dicts(rid: str, street: str, held: list[str], per_fund: dict[str, dict[str, Decimal]]) -> list[dict[str, Any]]:
+    """One row per fund with money, funds in their fixed order."""
     rows = []
     for f in sorted(per_fund, key=lambda f: (FUNDS.index(f) if f in FUNDS else len(FUNDS), f)):
-        money = per_fund[f]
+        money = {k: per_fund[f].get(k, ZERO) for k in MONEY_COLUMNS}
         if not any(money.values()):
             continue
         rows.append(
             {
-                "recipient": str(r.id),
-                "street": r.street,
+                "recipient": rid,
+                "street": street,
                 "category": "+".join(held),
                 "category_zh": "+".join(CATEGORY_ZH.get(c, c) for c in held),
                 "fund": f,
@@ -265,57 +294,272 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def _xlsx_bytes(s: Snapshot) -> bytes:
-    from openpyxl import Workbook
-    from openpyxl.styles import Font
-
-    wb = Workbook()
-    ws = wb.active
-    ws.title = "snapshot 快照"
-    ws.append([label(k) for k, _ in COLUMNS])
-    for cell in ws[1]:
-        cell.font = Font(bold=True)
-    for row in s.rows:
-        ws.append([row[k] for k, _ in COLUMNS])
-    for line in ws.iter_rows(min_row=2, min_col=7, max_col=len(COLUMNS)):
-        for cell in line:
-            cell.number_format = "0.00"
-    ws.freeze_panes = "A2"
-    about = wb.create_sheet("about 说明")
-    for key, zh, value in (
-        ("valid", "有效日期 V", s.valid.isoformat()),
-        ("known_at", "知悉时间 T", s.resolved_known_at.isoformat() if s.resolved_known_at else ""),
-        ("store_position", "事件日志位置", s.position),
-        ("jurisdiction", "辖区", s.jurisdiction),
-        ("policy_hash", "政策版本", s.policy.get("book_hash") or ""),
-        ("rows", "行数", len(s.rows)),
-    ):
-        about.append([f"{key} {zh}", value])
-    for key, total in s.totals().items():
-        about.append([f"total.{label(key)}", Decimal(total)])
-    # Document properties: a fixed creation time (the snapshot's T) instead of the clock's.
-    fixed = (s.resolved_known_at or datetime(2000, 1, 1, tzinfo=timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None, microsecond=0)
-    wb.properties.creator = "medical-aid ledger"
-    wb.properties.created = fixed
     buf = io.BytesIO()
-    wb.save(buf)
-    return _normalise_zip(buf.getvalue(), fixed)
+    xlsx = XlsxWriter(s, buf)
+    for row in s.rows:
+        xlsx.add(row)
+    xlsx.close()
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _nest(obj: Any, level: int) -> bytes:
+    """``obj`` as it appears ``level`` deep in an ``indent=2`` sorted JSON document."""
+    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True).replace("\n", "\n" + "  " * level).encode("utf-8")
+
+
+def _flat(obj: dict[str, Any], level: int) -> bytes:
+    """A flat dict of scalars as ``_nest`` gives it, without the pure-Python indenting encoder
+    (json builds it anew on every call with ``indent``: most of the export's time)."""
+    if not obj:
+        return b"{}"
+    pad = "\n" + "  " * (level + 1)
+    body = ",".join(f"{pad}{json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in sorted(obj.items()))
+    return (f"{{{body}\n" + "  " * level + "}").encode("utf-8")
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (fmt(v) if k in MONEY_COLUMNS else v) for k, v in row.items()}
+
+
+class _Hashing:
+    """A binary sink that hashes and counts what passes through it."""
+
+    def __init__(self, sink: BinaryIO):
+        self.sink, self.sha, self.size = sink, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.sink.write(data)
+
+
+class JsonWriter:
+    """The JSON export, row by row: the same bytes as ``_json_bytes(snapshot.document())``."""
+
+    def __init__(self, head: Snapshot, out: Any):
+        self.head, self.out, self.first = head, out, True
+        self.totals = {k: ZERO for k in MONEY_COLUMNS}
+        out.write(b'{\n  "columns": ' + _nest([{"key": k, "zh": zh, "label": label(k)} for k, zh in COLUMNS], 1) + b',\n  "rows": [')
+
+    def add(self, row: dict[str, Any]) -> None:
+        for k in MONEY_COLUMNS:
+            self.totals[k] += row[k]
+        self.out.write((b"\n    " if self.first else b",\n    ") + _flat(_plain(row), 2))
+        self.first = False
+
+    def close(self) -> None:
+        totals = {k: fmt(v) for k, v in self.totals.items()}
+        self.out.write((b"]" if self.first else b"\n  ]") + b',\n  "snapshot": ' + _nest(self.head.header(), 1) + b',\n  "totals": ' + _nest(totals, 1) + b"\n}\n")
+
+
+class CsvWriter:
+    """The CSV export, row by row (BOM, CRLF): the same bytes as ``_csv_bytes``."""
+
+    def __init__(self, head: Snapshot, out: Any):
+        self.out = out
+        self.out.write(b"\xef\xbb\xbf")
+        self._line([label(k) for k, _ in COLUMNS])
+
+    def _line(self, values: list[Any]) -> None:
+        buf = io.StringIO(newline="")
+        csv.writer(buf, lineterminator="\r\n").writerow(values)
+        self.out.write(buf.getvalue().encode("utf-8"))
+
+    def add(self, row: dict[str, Any]) -> None:
+        plain = _plain(row)
+        self._line([plain[k] for k, _ in COLUMNS])
+
+    def close(self) -> None:
+        pass
+
+
+#: Column widths (characters) of the snapshot sheet, by key.
+_WIDTHS = {"recipient": 38, "street": 14, "category": 24, "category_zh": 20, "fund": 12, "fund_zh": 14}
+
+
+class XlsxWriter:
+    """The XLSX export in openpyxl's write-only mode (rows go to a temporary file as they come):
+    amounts as numbers with two decimals, a 合计 totals row, column widths and an autofilter on
+    each sheet; entry and document times fixed (T), so the bytes repeat."""
+
+    def __init__(self, head: Snapshot, out: Any):
+        from openpyxl import Workbook
+        from openpyxl.utils import get_column_letter
+
+        self.head, self.out, self.count = head, out, 0
+        self.totals = {k: ZERO for k in MONEY_COLUMNS}
+        self.wb = Workbook(write_only=True)
+        self.ws = self.wb.create_sheet("snapshot 快照")
+        self.last_col = get_column_letter(len(COLUMNS))
+        for i, (k, _) in enumerate(COLUMNS, start=1):
+            self.ws.column_dimensions[get_column_letter(i)].width = _WIDTHS.get(k, 18)
+        self.ws.freeze_panes = "A2"
+        self.ws.append([self._cell(label(k), bold=True) for k, _ in COLUMNS])
+
+    def _cell(self, value: Any, *, bold: bool = False, money: bool = False) -> Any:
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.styles import Font
+
+        cell = WriteOnlyCell(self.ws, value=value)
+        if bold:
+            cell.font = Font(bold=True)
+        if money:
+            cell.number_format = "0.00"
+        return cell
+
+    def add(self, row: dict[str, Any]) -> None:
+        for k in MONEY_COLUMNS:
+            self.totals[k] += row[k]
+        self.count += 1
+        self.ws.append([self._cell(row[k], money=True) if k in MONEY_COLUMNS else row[k] for k, _ in COLUMNS])
+
+    def close(self) -> None:
+        s = self.head
+        first_money = len(COLUMNS) - len(MONEY_COLUMNS)
+        self.ws.append(
+            [self._cell("合计 total", bold=True)] + [None] * (first_money - 1)
+            + [self._cell(money(self.totals[k]), bold=True, money=True) for k in MONEY_COLUMNS]
+        )
+        self.ws.auto_filter.ref = f"A1:{self.last_col}{self.count + 1}"
+        about = self.wb.create_sheet("about 说明")
+        about.column_dimensions["A"].width = 48
+        about.column_dimensions["B"].width = 30
+        lines: list[list[Any]] = [[self._cell("key 项目", bold=True), self._cell("value 值", bold=True)]]
+        for key, zh, value in (
+            ("valid", "有效日期 V", s.valid.isoformat()),
+            ("known_at", "知悉时间 T", s.resolved_known_at.isoformat() if s.resolved_known_at else ""),
+            ("store_position", "事件日志位置", s.position),
+            ("jurisdiction", "辖区", s.jurisdiction),
+            ("policy_hash", "政策版本", s.policy.get("book_hash") or ""),
+            ("rows", "行数", self.count),
+        ):
+            lines.append([f"{key} {zh}", value])
+        for key in MONEY_COLUMNS:
+            lines.append([f"total.{label(key)}", self._cell(money(self.totals[key]), money=True)])
+        for line in lines:
+            about.append(line)
+        about.auto_filter.ref = f"A1:B{len(lines)}"
+        # Document properties: a fixed creation time (the snapshot's T) instead of the clock's.
+        fixed = (s.resolved_known_at or datetime(2000, 1, 1, tzinfo=timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None, microsecond=0)
+        self.wb.properties.creator = "medical-aid ledger"
+        self.wb.properties.created = fixed
+        with tempfile.TemporaryFile() as tmp:
+            self.wb.save(tmp)
+            tmp.seek(0)
+            _normalise_zip(tmp, self.out, fixed)
 
 
 _MODIFIED = re.compile(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)")
 
 
-def _normalise_zip(data: bytes, fixed: datetime) -> bytes:
-    """Rewrite the XLSX zip with fixed entry times and a fixed modified time (openpyxl stamps the
-    clock's time into both), keeping the entries' order and contents."""
+def _normalise_zip(src_file: Any, out: Any, fixed: datetime) -> None:
+    """Copy the XLSX zip with fixed entry times and a fixed modified time (openpyxl stamps the
+    clock's time into both), keeping the entries' order and contents; entry by entry."""
     stamp = fixed.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+    target = io.BytesIO() if not hasattr(out, "seek") else out
+    with zipfile.ZipFile(src_file) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
-            content = src.read(info.filename)
-            if info.filename == "docProps/core.xml":
-                content = _MODIFIED.sub(rb"\g<1>" + stamp + rb"\g<2>", content)
             entry = zipfile.ZipInfo(info.filename, date_time=_ZIP_TIME)
             entry.compress_type = zipfile.ZIP_DEFLATED
             entry.external_attr = 0o600 << 16
-            dst.writestr(entry, content)
-    return out.getvalue()
+            if info.filename == "docProps/core.xml":
+                dst.writestr(entry, _MODIFIED.sub(rb"\g<1>" + stamp + rb"\g<2>", src.read(info.filename)))
+                continue
+            with src.open(info) as a, dst.open(entry, "w") as b:
+                shutil.copyfileobj(a, b, 1 << 20)
+    if target is not out:
+        out.write(target.getvalue())
+
+
+WRITERS = {"json": JsonWriter, "csv": CsvWriter, "xlsx": XlsxWriter}
+
+
+def write_export(
+    head: Snapshot, rows: Iterable[dict[str, Any]], formats: Iterable[str], out: Path, chain_head: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write the exports of a snapshot whose rows come one at a time (``rows``; ``head.rows`` is
+    not used) into ``out``, then the manifest; returns the manifest. Memory stays bounded: each
+    row goes to every file as it comes (the XLSX through openpyxl's write-only mode)."""
+    chosen = sorted(set(formats), key=FORMATS.index)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {f: open(out / f"{head.stem}.{f}", "wb") for f in chosen}  # noqa: SIM115 - closed below
+    try:
+        sinks = {f: _Hashing(files[f]) for f in chosen}
+        writers = {f: WRITERS[f](head, sinks[f]) for f in chosen}
+        count = 0
+        totals = {k: ZERO for k in MONEY_COLUMNS}
+        for row in rows:
+            count += 1
+            for k in MONEY_COLUMNS:
+                totals[k] += row[k]
+            for w in writers.values():
+                w.add(row)
+        for w in writers.values():
+            w.close()
+    finally:
+        for f in files.values():
+            f.close()
+    meta = {f"{head.stem}.{f}": {"sha256": sinks[f].sha.hexdigest(), "bytes": sinks[f].size} for f in chosen}
+    manifest = head.manifest_for(meta, count, {k: fmt(v) for k, v in totals.items()}, chain_head)
+    (out / f"{head.stem}.manifest.json").write_bytes(_json_bytes(manifest))
+    return manifest
+
+
+# --------------------------------------------------------------------------- from persisted cuts
+
+
+def snapshot_from_cuts(app: LedgerApp, engine: Any, valid: date | None = None, known_at: datetime | None = None) -> tuple[Snapshot, Iterator[dict[str, Any]]]:
+    """R-TIME-3 from the persisted cuts (``projections.cuts``, ADR 0010): the same rows as
+    :func:`take_snapshot`, recipient by recipient. The cuts view is first brought to the log's
+    head; "known at T" is then range reads on the recorded-time table; each recipient's latest cut
+    at or before T is used when it was taken at the recipient and policy versions T knew, and a
+    recipient touched since (or under other policy) is rebuilt from its own stream up to T.
+    Returns the header (``rows`` left empty) and the rows in the export's order."""
+    from ledger.policy import packs as policy_packs
+    from projections import cuts
+
+    cuts.catch_up(engine, app.recorder, app.mapper)
+    with engine.connect().execution_options(sqlite_deferred=True) as conn:
+        k = cuts.known_at(conn, known_at)
+    policy = app.policy(version=k.policy_version) if k.policy_version else None
+    book = policy.book if policy is not None else PolicyBook()
+    v = valid or today()
+    reuse = policy is None or tuple(policy_packs.JURISDICTIONS.get(policy.jurisdiction, ())) == tuple(app.schemes)
+    the_cut = Cut(known_at=known_at, position=k.position, last_recorded_at=k.last_recorded_at)
+    order: list[tuple[str, str, str | None]] = []
+    rebuilt: dict[str, list[dict[str, Any]]] = {}
+    for rid, (version, c) in k.recipients.items():
+        if reuse and c is not None and c["recipient_version"] == version and c["policy_version"] == k.policy_version:
+            order.append((c["street"], rid, c["month"]))
+        else:
+            r = app.repository.get(uuid.UUID(rid), version=version)
+            rebuilt[rid] = _recipient_rows(r, v, the_cut, book, app.schemes)
+            order.append((r.street, rid, None))
+    order.sort(key=lambda o: (o[0], o[1]))
+    head = Snapshot(
+        valid=v,
+        known_at=known_at,
+        resolved_known_at=k.resolved_known_at,
+        position=k.position,
+        jurisdiction=app.jurisdiction,
+        policy=policy_versions(policy),
+        rows=[],
+        recipients=len(k.recipients),
+        valid_requested=valid,
+    )
+
+    def rows() -> Iterator[dict[str, Any]]:
+        with engine.connect().execution_options(sqlite_deferred=True) as conn:
+            for part in cuts.iter_chunks(order, 500):
+                states = cuts.states(conn, [(rid, month) for _, rid, month in part if month is not None])
+                for street, rid, month in part:
+                    if month is None:
+                        yield from rebuilt.pop(rid)
+                    else:
+                        st = states[rid]
+                        yield from _row_dicts(rid, street, cuts.held_on(st, v), cuts.money_on(st, v))
+
+    return head, rows()

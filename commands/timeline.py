@@ -4,6 +4,10 @@ Recorded (transaction) time lives inside each event's stored state, not in a col
 "as known at T" is one scan of the notification log: every event recorded at or before T is kept,
 per aggregate, up to its last version recorded by T. The aggregates are rebuilt from exactly those
 events, so what the cut shows never depends on the current projections (ADR 0010).
+
+This full scan is the reference. ``ledger snapshot`` reads the recorded time from the ``cuts``
+read model's side table instead (``projections.cuts``: a range read) and is tested to give the
+same position, recorded time and recipient versions.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 from eventsourcing.persistence import OperationalError as StoreOperationalError
@@ -56,6 +56,8 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteFactory
 from eventsourcing.utils import get_topic, resolve_topic
 from psycopg.sql import SQL
+
+from ledger.values import CST
 
 log = logging.getLogger("ledger.integrity")
 
@@ -271,7 +273,7 @@ class Sealer:
         return row._replace(seal=self.seal(link_seal_text(row.position, row.hash, row.seq, checkpoint)), checkpoint=checkpoint)
 
     def checkpoint(self, number: int, position: int, hash_hex: str, kind: str, previous: str) -> Checkpoint:
-        at = datetime.now(timezone.utc).isoformat()
+        at = datetime.now(CST).isoformat()  # people's clock, +08:00
         return Checkpoint(position, hash_hex, at, self.seal(checkpoint_seal_text(number, position, hash_hex, at, kind, previous)), number, kind, previous)
 
     @staticmethod

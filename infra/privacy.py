@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -43,7 +44,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 
 from ledger import errors
 from ledger.aggregates import Claim, Recipient
-from ledger.values import ERASED
+from ledger.values import CST, ERASED
 
 log = logging.getLogger("ledger.privacy")
 
@@ -57,6 +58,15 @@ KEY_CACHE_SECONDS = 5.0
 #: it) before it reports the purge as unconfirmed.
 PURGE_WAIT_SECONDS = 5.0
 _warned = False
+#: Set to the announcing process's id once the development key was announced: the worker
+#: processes it starts (a parallel rebuild) inherit it and stay quiet, so one command invocation
+#: warns once.
+ANNOUNCED_ENV = "LEDGER_DEV_KEY_ANNOUNCED"
+
+
+def _announced_by_parent() -> bool:
+    owner = os.environ.get(ANNOUNCED_ENV, "")
+    return bool(owner) and owner != str(os.getpid())
 
 
 class PersonalDataError(RuntimeError):
@@ -138,8 +148,9 @@ class MasterKey:
         global _warned
         if data_key:
             return cls(data_key.encode("utf-8"))
-        if not _warned:
+        if not _warned and not _announced_by_parent():
             _warned = True
+            os.environ[ANNOUNCED_ENV] = str(os.getpid())
             log.warning(
                 "LEDGER_DATA_KEY is not set: personal data is encrypted with the fixed DEVELOPMENT key, "
                 "which protects nothing. Set LEDGER_DATA_KEY outside development."
@@ -152,6 +163,7 @@ class MasterKey:
         warning for every development setting): do not warn again."""
         global _warned
         _warned = True
+        os.environ[ANNOUNCED_ENV] = str(os.getpid())
 
     @classmethod
     def ephemeral(cls) -> "MasterKey":
@@ -339,6 +351,19 @@ class SqlKeyStore:
         self._create_table()
 
     def _create_table(self) -> None:
+        """Create the key tables if missing. On SQLite a writer busy elsewhere makes the upgrade from
+        the read of the schema to the write fail at once ("database is locked") rather than wait,
+        so the attempt is repeated with a short jittered pause, for up to 30 s."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                return self._create_table_once()
+            except Exception as exc:  # noqa: BLE001 - only SQLite's lock is retried
+                if self.postgres or "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.01, 0.2))
+
+    def _create_table_once(self) -> None:
         blob = "bytea" if self.postgres else "BLOB"
         with self.datastore.transaction(commit=True) as c:
             if self.postgres:
@@ -501,7 +526,7 @@ class SqlKeyStore:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(CST).isoformat()  # people's clock, +08:00
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable
 
 import sqlalchemy as sa
@@ -53,6 +53,7 @@ from infra import integrity
 from infra.contract import mapping
 from infra.contract import messages as pm
 from infra.settings import Settings, get_settings
+from ledger.values import CST
 
 log = logging.getLogger("ledger.relay")
 
@@ -405,7 +406,7 @@ class Tracking:
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
     def save(self, name: str, position: int, published: int) -> None:
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(CST).isoformat()  # people's clock, +08:00
         with self.engine.begin() as conn:
             done = conn.execute(
                 relay_tracking.update()

@@ -26,6 +26,7 @@ import asyncio
 import csv
 import logging
 import threading
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -212,6 +213,44 @@ class ReportStore:
                 handler(conn, message)
             conn.execute(mine.values(last_position=max(last, message.position), applied=tracking.c.applied + 1))
             return "applied"
+
+    def catch_up(self, app: Any, *, page: int = 2000, progress: Any = None) -> int:
+        """Apply, straight from the ledger's store, every public message after the last position
+        applied, a page per transaction: the report then needs no relay or broker (``ledger
+        report monthly`` does this by default). The messages are the relay's own (infra.relay
+        StoreReader: the same mapping), so a subscriber fed by a broker and this catch-up agree,
+        and the inbox keeps each message applied once whichever came first. Returns how many
+        messages were applied; ``progress(done, head)`` is called after each page."""
+        from infra.relay import StoreReader
+
+        reader = StoreReader(app)
+        head = reader.head()
+        applied = 0
+        while True:
+            after = self.last_position()
+            if after >= head:
+                break
+            batch = reader.read(after, page, stop=head)
+            with self.engine.begin() as conn:
+                mine = tracking.update().where(tracking.c.name == self.name)
+                seen = {r[0] for r in conn.execute(sa.select(inbox.c.event_id).where(inbox.c.event_id.in_([str(m.event_id) for m in batch.messages])))} if batch.messages else set()
+                rows = []
+                for message in batch.messages:
+                    if isinstance(message, (pm.ChainCheckpointSealed, pm.ReplayCompleted)) or str(message.event_id) in seen:
+                        continue
+                    handler = _HANDLERS.get(message.type)
+                    if handler is not None:
+                        handler(conn, message)
+                    rows.append({"event_id": str(message.event_id), "position": message.position, "type": message.type, "applied_at": datetime.now(timezone.utc).isoformat()})
+                if rows:
+                    conn.execute(inbox.insert(), rows)
+                conn.execute(mine.values(last_position=max(after, batch.last), applied=tracking.c.applied + len(rows)))
+            applied += len(rows)
+            if progress is not None:
+                progress(batch.last, head)
+            if batch.last <= after:
+                break
+        return applied
 
     # -- the report ---------------------------------------------------------------------------
     def monthly(self, month: str) -> "MonthlyReport":
@@ -446,8 +485,14 @@ def _schemes(report: MonthlyReport) -> list[str]:
     return sorted({k for s in report.summaries for k in s.by_scheme})
 
 
-def summary_table(report: MonthlyReport) -> tuple[list[str], list[list[Any]]]:
-    """汇总表: header and rows (money as two-decimal strings)."""
+#: ``people(recipient_key) -> (name, masked id number)``: who a payout line is for. The subscriber
+#: holds no personal data (ADR 0011); the CLI passes one read from the ledger (``ledger_people``).
+People = Any
+
+
+def summary_table(report: MonthlyReport, *, numbers: bool = False) -> tuple[list[str], list[list[Any]]]:
+    """汇总表: header and rows (money as two-decimal strings, or as Decimals with ``numbers``)."""
+    money = (lambda v: v) if numbers else fmt  # noqa: E731
     schemes = _schemes(report)
     s = report.schedule
     header = (
@@ -458,30 +503,53 @@ def summary_table(report: MonthlyReport) -> tuple[list[str], list[list[Any]]]:
     )
     basis = "国务院节假日安排" if report.warning is None else "仅按双休日（无节假日数据）"
     rows = [
-        [x.street, x.month, x.claims, x.expenses, fmt(x.aid_total)]
-        + [fmt(x.by_scheme.get(k, ZERO)) for k in schemes]
-        + [fmt(x.by_fund.get(f, ZERO)) for f in FUNDS]
-        + [x.paid_claims, fmt(x.offsets), fmt(x.to_person), s.submission.due.isoformat(), s.payment.due.isoformat(), basis]
+        [x.street, x.month, x.claims, x.expenses, money(x.aid_total)]
+        + [money(x.by_scheme.get(k, ZERO)) for k in schemes]
+        + [money(x.by_fund.get(f, ZERO)) for f in FUNDS]
+        + [x.paid_claims, money(x.offsets), money(x.to_person), s.submission.due.isoformat(), s.payment.due.isoformat(), basis]
         for x in report.summaries
     ]
     return header, rows
 
 
-def payout_table(report: MonthlyReport) -> tuple[list[str], list[list[Any]]]:
-    """发放清单: header and rows."""
-    header = ["街镇", "救助对象标识", "申请编号", "申请渠道", "审批日期", "费用笔数", "救助金额", "清算抵扣", "实发金额", "发放日期"]
-    rows = [
-        [p.street, p.recipient_key, p.claim_id, CHANNEL_ZH.get(p.channel, p.channel), p.approved_on, p.expenses, fmt(p.amount), fmt(p.offsets) or "", fmt(p.to_person) or "", p.paid_on or ""]
-        for p in report.payouts
-    ]
+def payout_table(report: MonthlyReport, *, numbers: bool = False, people: People = None) -> tuple[list[str], list[list[Any]]]:
+    """发放清单: header and rows. With ``people`` each line names the person by name and masked id
+    number (姓名, 证件号码) instead of the recipient key."""
+    money = (lambda v: v) if numbers else fmt  # noqa: E731
+    who = ["姓名", "证件号码"] if people is not None else ["救助对象标识"]
+    header = ["街镇", *who, "申请编号", "申请渠道", "审批日期", "费用笔数", "救助金额", "清算抵扣", "实发金额", "发放日期"]
+    rows = []
+    for p in report.payouts:
+        person = list(people(p.recipient_key)) if people is not None else [p.recipient_key]
+        paid = [money(p.offsets), money(p.to_person)] if p.paid_on else ["", ""]
+        rows.append([p.street, *person, p.claim_id, CHANNEL_ZH.get(p.channel, p.channel), p.approved_on, p.expenses, money(p.amount), *paid, p.paid_on or ""])
     return header, rows
 
 
-def write_csv(report: MonthlyReport, folder: Path) -> list[Path]:
+def ledger_people(app: Any) -> People:
+    """``people`` for the exports, read from the ledger: each person's enrolment (the first event
+    of their stream, decrypted by the ledger's own mapper, ADR 0015), cached per key."""
+    from commands.clearing_views import mask_id_number
+
+    cache: dict[str, tuple[str, str]] = {}
+
+    def people(key: str) -> tuple[str, str]:
+        if key not in cache:
+            try:
+                r = app.repository.get(uuid.UUID(key), version=1)
+                cache[key] = (r.name, mask_id_number(r.id_number))
+            except Exception:  # noqa: BLE001 - an unknown or erased person still gets a line
+                cache[key] = ("（未知）", "")
+        return cache[key]
+
+    return people
+
+
+def write_csv(report: MonthlyReport, folder: Path, *, people: People = None) -> list[Path]:
     """Two UTF-8 (with BOM, for Excel) CSV files: ``<month>-汇总表.csv`` and ``<month>-发放清单.csv``."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for title, (header, rows) in (("汇总表", summary_table(report)), ("发放清单", payout_table(report))):
+    for title, (header, rows) in (("汇总表", summary_table(report)), ("发放清单", payout_table(report, people=people))):
         path = folder / f"{report.month}-{title}.csv"
         with path.open("w", encoding="utf-8-sig", newline="") as fh:
             w = csv.writer(fh)
@@ -494,19 +562,67 @@ def write_csv(report: MonthlyReport, folder: Path) -> list[Path]:
     return out
 
 
-def write_xlsx(report: MonthlyReport, path: Path) -> Path:
-    """One workbook, two sheets: 汇总表 and 发放清单."""
+#: Columns summed on the 合计 row (counts and money); the others are labels or dates.
+_TOTALLED = {"申请件数", "费用笔数", "已发放件数", "救助金额合计", "清算抵扣", "实发金额", "救助金额", *FUND_ZH.values(), *SCHEME_ZH.values()}
+_COUNTS = {"申请件数", "费用笔数", "已发放件数"}
+
+
+def format_sheet(ws: Any, header: list[str], rows: list[list[Any]], *, money: set[str], totals: set[str], label: str = "合计") -> None:
+    """Write a table on a worksheet as an officer wants it in Excel: numbers as numbers (money
+    with two decimals), a bold header frozen above an autofilter, a 合计 row summing ``totals``
+    (as values, so that the sheet reads the same without recalculation), column widths fitting
+    the longest cell (CJK characters counted double)."""
+    from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
+
+    ws.append(header)
+    for row in rows:
+        ws.append(row)
+    last = ws.max_row
+    total_row = [label] + [None] * (len(header) - 1)
+    for i, name in enumerate(header):
+        if name in totals and i > 0:
+            total_row[i] = sum((Decimal(str(r[i])) for r in rows if r[i] not in (None, "")), ZERO)
+            if name in _COUNTS:
+                total_row[i] = int(total_row[i])
+    ws.append(total_row)
+    bold = Font(bold=True)
+    for cell in ws[1]:
+        cell.font = bold
+    for cell in ws[ws.max_row]:
+        cell.font = bold
+    for i, name in enumerate(header, start=1):
+        if name in money:
+            for (cell,) in ws.iter_rows(min_row=2, max_row=ws.max_row, min_col=i, max_col=i):
+                cell.number_format = "#,##0.00"
+        width = max(_width(v) for v in [name, *(r[i - 1] for r in rows), total_row[i - 1]])
+        ws.column_dimensions[get_column_letter(i)].width = min(max(width + 2, 8), 60)
+    ws.freeze_panes = "A2"
+    ws.auto_filter.ref = f"A1:{get_column_letter(len(header))}{last}"
+
+
+def _width(value: Any) -> int:
+    if value is None:
+        return 0
+    text = f"{value:,.2f}" if isinstance(value, Decimal) else str(value)
+    return sum(2 if ord(ch) > 0x2E7F else 1 for ch in text)
+
+
+def write_xlsx(report: MonthlyReport, path: Path, *, people: People = None) -> Path:
+    """One workbook, two sheets: 汇总表 and 发放清单, amounts as numbers, each with a 合计 row,
+    column widths and an autofilter; people by name and masked id number when ``people`` is
+    given."""
     from openpyxl import Workbook
 
     wb = Workbook()
     first = True
-    for title, (header, rows) in (("汇总表", summary_table(report)), ("发放清单", payout_table(report))):
+    tables = (("汇总表", summary_table(report, numbers=True)), ("发放清单", payout_table(report, numbers=True, people=people)))
+    for title, (header, rows) in tables:
         ws = wb.active if first else wb.create_sheet()
         first = False
         ws.title = title
-        ws.append(header)
-        for row in rows:
-            ws.append(row)
+        money = {h for h in header if h in _TOTALLED and h not in _COUNTS}
+        format_sheet(ws, header, rows, money=money, totals=_TOTALLED)
         if report.warning:
             ws.append([])
             ws.append(["注意", report.warning])

@@ -22,9 +22,40 @@ DEV_TOKEN_SECRET = "dev-only-token-secret-change-me"
 MIN_TOKEN_SECRET_BYTES = 32
 #: The largest request body the HTTP service reads (``LEDGER_MAX_BODY_BYTES``, ADR 0013).
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: The largest settlement file an upload may carry (``LEDGER_MAX_UPLOAD_BYTES``, docs/import.md):
+#: only the upload routes take it, every other route keeps ``LEDGER_MAX_BODY_BYTES``.
+DEFAULT_MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
+
+
+class StoreUnavailable(RuntimeError):
+    """The configured store cannot be opened as asked: the message names the problem and the fix
+    (the CLI prints it on one line and exits 5)."""
+
+
+#: Set (by the CLI, for reading commands) while only an existing store may be opened: a SQLite
+#: path with no file then raises StoreUnavailable instead of creating an empty store.
+_existing_only = False
+
+
+def require_existing_store(flag: bool = True) -> None:
+    """Reading commands open only a store that exists (``sqlite:///relative`` is relative to the
+    working directory, ``sqlite:////absolute`` absolute): a missing file is named, not created."""
+    global _existing_only
+    _existing_only = flag
+
+
+def missing_sqlite_store(url: str) -> str:
+    path = Path(_sqlite_path(url)).expanduser()
+    hint = (
+        "sqlite:///PATH is relative to the current directory (" + str(Path.cwd()) + "), sqlite:////PATH is absolute"
+    )
+    return (
+        f"no ledger store at {path.resolve() if not path.is_absolute() else path} (LEDGER_DATABASE_URL={url}): "
+        f"set LEDGER_DATABASE_URL to the store's file ({hint}), or create one with `ledger demo` or a recording command"
+    )
 
 
 @dataclass(frozen=True)
@@ -70,6 +101,7 @@ class Settings(BaseSettings):
     token_secret: str = DEV_TOKEN_SECRET
     data_key: str | None = None
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)  # larger request bodies get 413 unread
+    max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0)  # the same, for the settlement-file upload routes
     jurisdiction: Literal["shanghai.changning", "shanghai", "lianyungang"] = "shanghai.changning"
 
     @field_validator("database_url")
@@ -132,6 +164,8 @@ class Settings(BaseSettings):
                 slug = "".join(c if c.isalnum() else "_" for c in app_name) or "app"
                 dbname = f"file:{slug}_{uuid.uuid4().hex}?mode=memory&cache=shared"
             else:
+                if _existing_only and not Path(path).expanduser().exists():
+                    raise StoreUnavailable(missing_sqlite_store(self.database_url))
                 Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
                 dbname = str(Path(path).expanduser())
             return {

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from commands.app import LedgerApp
 from infra import integrity, privacy
 from infra.policy_files import load_packs
 from infra.schema_lock import schema_lock
-from infra.settings import Settings, get_settings
+from infra.settings import Settings, StoreUnavailable, get_settings
 from ledger.aggregates import PolicyLedger
+from ledger.values import CST
 
 APP_NAME = "ledger"
 
@@ -17,10 +18,13 @@ APP_NAME = "ledger"
 def build_app(settings: Settings | None = None, *, jurisdiction: str | None = None, env: dict[str, str] | None = None, publish_policy: bool = True) -> LedgerApp:
     """The application on the configured store; publishes the policy packs on first use."""
     settings = settings or get_settings()
+    if settings.is_postgres and env is None:
+        check_postgres(settings)  # one line naming the problem, at once, rather than a retrying pool
+    env = env if env is not None else settings.eventsourcing_env(APP_NAME)  # a reading command's missing store stops here
     # Processes starting together on a new store take turns creating its tables and publishing
     # the policy: the first does it, the others find it done (infra.schema_lock).
     with schema_lock(settings):
-        app = LedgerApp(_protected(env if env is not None else settings.eventsourcing_env(APP_NAME)), jurisdiction=jurisdiction or settings.jurisdiction)
+        app = LedgerApp(_protected(env), jurisdiction=jurisdiction or settings.jurisdiction)
         try:
             master = privacy.MasterKey.from_setting(settings.data_key)
             privacy.install(app, master)  # personal fields encrypted at rest (ADR 0015)
@@ -31,6 +35,52 @@ def build_app(settings: Settings | None = None, *, jurisdiction: str | None = No
             app.close()  # a store that could not be set up leaves no connection behind
             raise
     return app
+
+
+def check_postgres(settings: Settings, timeout: int = 5) -> None:
+    """Open and close one connection to the configured PostgreSQL database; raise
+    StoreUnavailable naming the problem and its fix when that fails."""
+    import psycopg
+
+    try:
+        psycopg.connect(settings.psycopg_conninfo(), connect_timeout=timeout).close()
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(describe_store_error(exc, settings) or str(exc)) from None
+
+
+def describe_store_error(exc: BaseException, settings: Settings | None = None) -> str | None:
+    """One line for a store that cannot be reached (PostgreSQL database missing, server down,
+    login refused), found anywhere in ``exc``'s chain; None when it is no such error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    text = ""
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StoreUnavailable):
+            return str(current)
+        if type(current).__module__.startswith(("psycopg", "sqlalchemy", "eventsourcing")) and "OperationalError" in type(current).__name__:
+            text = str(current)
+            if "connection" in text or "does not exist" in text:
+                break
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+    if not text:
+        return None
+    settings = settings or get_settings()
+    if settings.is_sqlite:
+        return f"cannot open the SQLite store {settings.database_url}: {text.splitlines()[0]}"
+    pg = settings.postgres_target()
+    where = f"{pg.host}:{pg.port}"
+    if "does not exist" in text and "database" in text:
+        return (
+            f"PostgreSQL database {pg.dbname!r} does not exist on {where}: create it "
+            f"(createdb -h {pg.host} -p {pg.port} -U {pg.user} {pg.dbname}) or fix LEDGER_DATABASE_URL"
+        )
+    if "password authentication failed" in text or "no password supplied" in text or "role" in text and "does not exist" in text:
+        return f"PostgreSQL at {where} refused user {pg.user!r}: fix the user or password in LEDGER_DATABASE_URL"
+    if "refused" in text or "timeout" in text.lower() or "could not translate host name" in text or "No route" in text:
+        return f"cannot reach PostgreSQL at {where}: start the server or fix the host and port in LEDGER_DATABASE_URL"
+    first = " ".join(text.split())[:200]
+    return f"cannot open the PostgreSQL store at {where}/{pg.dbname} ({first}): check LEDGER_DATABASE_URL and the server"
 
 
 def memory_app(jurisdiction: str, published_at: datetime | None = None) -> LedgerApp:
@@ -52,7 +102,7 @@ def _protected(env: dict[str, str]) -> dict[str, str]:
 def ensure_policy(app: LedgerApp, published_at: datetime | None = None) -> None:
     if PolicyLedger.ID in app.repository:
         return
-    moment = published_at or datetime.now(timezone.utc)
+    moment = published_at or datetime.now(CST)  # people's clock, +08:00
     result = app.publish_packs(load_packs(app.jurisdiction, moment), at=moment)
     if result.status != "accepted":
         raise RuntimeError(f"the shipped policy packs were refused: {result.code} {result.message}")

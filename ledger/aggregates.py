@@ -31,7 +31,9 @@ from ledger.facts import (
     MutualAidYear,
     Settlement,
 )
+from ledger import traces
 from ledger.money import ZERO
+from ledger.snapshots import StateSnapshot
 from ledger.policy.params import ParameterVersion, PolicyBook
 from ledger.values import Facility, VisitType
 
@@ -106,6 +108,10 @@ class ExpenseAccount:
 class Recipient(Aggregate):
     """A person in the programme and their aid account."""
 
+    #: Snapshots that carry the dataclasses, enums, dates, tuples and tuple-keyed maps of this
+    #: state exactly (ledger.snapshots; ADR 0017).
+    Snapshot = StateSnapshot
+
     @staticmethod
     def id_for(id_number: str) -> uuid.UUID:
         """One recipient per resident id number."""
@@ -167,6 +173,11 @@ class Recipient(Aggregate):
 
     def open_balance(self) -> Decimal:
         return sum((c.balance for c in self.open_cases()), ZERO)
+
+    def write_off_proposals(self) -> dict[str, dict[str, Any]]:
+        """Write-off proposals by id (R-CLR-3), pending, approved or refused; a state restored
+        from a snapshot taken before proposals were events has none."""
+        return self.__dict__.setdefault("_write_off_proposals", {})
 
     def active_suspension(self, scheme: str) -> dict[str, Any] | None:
         for s in reversed(self.suspensions):
@@ -306,6 +317,8 @@ class Recipient(Aggregate):
                 basic_insurance_settled=self.basic_insurance_settled,
                 duplicate_of=self.duplicate_of,
             )
+            if self.expense_id in r.expenses:
+                _facts_changed(r)
             r.expenses[self.expense_id] = ExpenseAccount(facts, handle=self.handle)
             if facts.receipt_key:
                 r.receipts.setdefault(facts.receipt_key, []).append(self.expense_id)
@@ -319,6 +332,7 @@ class Recipient(Aggregate):
             acc = r.expenses[self.expense_id]
             from dataclasses import replace
 
+            _facts_changed(r)
             acc.facts = replace(
                 acc.facts, settlements=acc.facts.settlements + (Settlement(self.scheme, self.amount, self.timestamp),)
             )
@@ -360,12 +374,22 @@ class Recipient(Aggregate):
 
     class AidDecided(Aggregate.Event):
         """Aid assessed for the expenses of one claim or one-stop settlement, with the full
-        explanation, the policy version and the knowledge it was computed from (R-TIME-1)."""
+        explanation, the policy version and the knowledge it was computed from (R-TIME-1).
 
+        v2 (ADR 0017): the traces name each parameter version by its key with the value applied
+        (``ledger.traces``), and the knowledge block no longer copies every parameter version the
+        pass used; v1 events are read in that shape (their ``knowledge.parameters`` become keys)."""
+
+        class_version = 2
         claim_id: str | None
         channel: str
         decisions: list[dict[str, Any]]
         knowledge: dict[str, Any]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["decisions"] = traces.slim(state.get("decisions") or [])
+            _upcast_knowledge(state)
 
         def apply(self, r: "Recipient") -> None:
             r.decision_seq += 1
@@ -379,16 +403,26 @@ class Recipient(Aggregate):
                 acc.claim_id = self.claim_id
 
     class AidReassessed(Aggregate.Event):
-        """R-TIME-2, R-CLR-2: the same expenses recomputed with today's knowledge; both decisions kept."""
+        """R-TIME-2, R-CLR-2: the same expenses recomputed with today's knowledge; both decisions kept.
+        v2: traces with parameter keys, as ``AidDecided`` v2."""
 
+        class_version = 2
         trigger: str
         cause: dict[str, Any]
         results: list[dict[str, Any]]
         knowledge: dict[str, Any]
 
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["results"] = traces.slim(state.get("results") or [])
+            _upcast_knowledge(state)
+
         def apply(self, r: "Recipient") -> None:
             for item in self.results:
                 r.expenses[item["expense"]].due = item["due"]
+            # How many reassessments changed ``due``: with decisions, cases and supplementary
+            # payouts, what tells a pass kept in memory that ``due`` is as it left it (ADR 0017).
+            r.reassessments = getattr(r, "reassessments", 0) + 1
 
     class SuspensionStarted(Aggregate.Event):
         """R-4L-4 [000 第四条(三)]: 四医联动 suspended from an expense on."""
@@ -533,22 +567,92 @@ class Recipient(Aggregate):
             )
 
     class RepaymentReceived(Aggregate.Event):
+        """R-CLR-3: money received toward open cases. v2 records who took it and how: the officer,
+        the date received, the receipt or voucher number and the method (cash, bank_transfer,
+        offset); repayments recorded before have none."""
+
+        class_version = 2
         amount: Decimal
         allocations: list[dict[str, Any]]
+        officer: str | None
+        received_on: str | None
+        voucher: str | None
+        method: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            for name in ("officer", "received_on", "voucher", "method"):
+                state.setdefault(name, None)
 
         def apply(self, r: "Recipient") -> None:
             _apply_recoveries(r, self.allocations, "repayment", self.timestamp)
 
+    class WriteOffProposed(Aggregate.Event):
+        """R-CLR-3: a clearing officer proposes writing off open cases, the amount per case as it
+        stood; another officer approves (``WriteOffApproved``) or refuses (``WriteOffRefused``)."""
+
+        proposal_id: str
+        officer: str
+        reason: str | None
+        amount: Decimal
+        cases: list[dict[str, Any]]  # [{"case": id, "amount": "12.30"}]
+
+        def apply(self, r: "Recipient") -> None:
+            r.write_off_proposals()[self.proposal_id] = {
+                "id": self.proposal_id, "officer": self.officer, "reason": self.reason, "amount": self.amount,
+                "cases": [dict(c) for c in self.cases], "proposed_at": self.timestamp, "status": "pending",
+                "decided_by": None, "decided_at": None, "refusal": None, "written_off": None,
+            }
+
+    class WriteOffRefused(Aggregate.Event):
+        """R-CLR-3: a second officer refuses a proposed write-off, with the reason."""
+
+        proposal_id: str
+        officer: str
+        reason: str | None
+
+        def apply(self, r: "Recipient") -> None:
+            p = r.write_off_proposals()[self.proposal_id]
+            p.update(status="refused", decided_by=self.officer, decided_at=self.timestamp, refusal=self.reason)
+
     class WriteOffApproved(Aggregate.Event):
+        """R-CLR-3: a write-off signed by two distinct officers. v2 names the proposal approved
+        (``proposal_id``; None for a write-off signed by both at once, and before v2)."""
+
+        class_version = 2
         officer: str
         approver: str
         reason: str | None
         allocations: list[dict[str, Any]]
+        proposal_id: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("proposal_id", None)
 
         def apply(self, r: "Recipient") -> None:
             _apply_recoveries(r, self.allocations, "write_off", self.timestamp)
             for a in self.allocations:
                 r.cases[a["case"]].written_off = True
+            if self.proposal_id is not None:
+                p = r.write_off_proposals()[self.proposal_id]
+                written = sum((Decimal(a["amount"]) for a in self.allocations), ZERO)
+                p.update(status="approved", decided_by=self.approver, decided_at=self.timestamp, written_off=written)
+
+
+def _facts_changed(r: Recipient) -> None:
+    """Count changes to the facts of an expense already recorded: with the decisions, what tells a
+    pass kept in memory that the expenses it assessed are as it saw them (ADR 0017)."""
+    r.facts_changes = getattr(r, "facts_changes", 0) + 1
+
+
+def _upcast_knowledge(state: dict[str, Any]) -> None:
+    """A v1 decision's knowledge block copied every parameter version the pass used: keep keys."""
+    knowledge = state.get("knowledge")
+    if isinstance(knowledge, dict) and isinstance(knowledge.get("parameters"), list):
+        knowledge["parameters"] = sorted(
+            traces.key_of(p) if isinstance(p, dict) else str(p) for p in knowledge["parameters"]
+        )
 
 
 def _add(a: dict[str, Decimal], b: dict[str, Decimal], sign: int = 1) -> dict[str, Decimal]:
@@ -814,3 +918,35 @@ class CommandRecord(Aggregate):
         self.command_id = command_id
         self.command = command
         self.result = result
+
+
+class ClearingLog(Aggregate):
+    """Population clearing runs (R-CLR-2 [000 第七条; 002 4.4]): each run's notification-log
+    position, so that the next run looks only at what changed after it."""
+
+    ID = uuid.uuid5(NAMESPACE, "clearing-log")
+
+    class Opened(Aggregate.Created):
+        pass
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, Any]] = []
+
+    class RunRecorded(Aggregate.Event):
+        position: int  # the last notification the run had seen
+        scope: str
+        triggers: dict[str, int]  # trigger -> recipients looked at for it
+        recipients_changed: int
+        cases_opened: int
+        supplementary_opened: int
+
+        def apply(self, log: "ClearingLog") -> None:
+            log.runs.append({
+                "position": self.position, "scope": self.scope, "triggers": dict(self.triggers), "at": self.timestamp,
+                "recipients_changed": self.recipients_changed, "cases_opened": self.cases_opened,
+                "supplementary_opened": self.supplementary_opened,
+            })
+
+    @property
+    def last_position(self) -> int | None:
+        return self.runs[-1]["position"] if self.runs else None

@@ -16,14 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
-from ledger import errors
+from ledger import errors, traces
 from ledger.eligibility import Holding, categories_on, insured_on, mutual_aid_year
 from ledger.facts import DecisionRef, ExpenseFacts, Knowledge
 from ledger.money import ZERO, clamp0, fmt, money, split_city_district
 from ledger.policy.params import ParameterVersion, PolicyBook
-from ledger.values import CATEGORY_PRECEDENCE, FacilityKind, Fund, Scheme, VisitType
+from ledger.values import CATEGORY_PRECEDENCE, FacilityKind, Fund, Scheme, VisitType, receipt_identity
 
 MONEY_SCHEMES = (
     Scheme.SHANGHAI_MEDICAL_AID.value,
@@ -164,12 +165,12 @@ class Policy:
 
     def __init__(self, book: PolicyBook):
         self.book = book
-        self.used: dict[str, ParameterVersion] = {}
+        self.used: dict[int, ParameterVersion] = {}  # by identity: the versions the pass looked up
 
     def get(self, scheme: str, name: str, on: date) -> ParameterVersion | None:
         version = self.book.lookup(f"{scheme}.{name}", on)
         if version is not None:
-            self.used[f"{version.name}@{version.effective_from.isoformat()}"] = version
+            self.used[id(version)] = version
         return version
 
     def value(self, scheme: str, name: str, on: date, default: Any = None) -> Any:
@@ -190,7 +191,9 @@ class Policy:
 
 
 def _pv(version: ParameterVersion | None) -> dict[str, Any] | None:
-    return None if version is None else version.as_trace()
+    """A parameter version as a decision's trace stores it: its key and the value applied
+    (ledger.traces; the PolicyLedger at the decision's policy version holds the rest)."""
+    return None if version is None else traces.ref(version)
 
 
 # --------------------------------------------------------------------------- the schemes
@@ -627,11 +630,62 @@ def _assess_one(
 class PassResult:
     assessments: dict[str, Assessment]
     caps: dict[tuple[str, int, str], tuple[Decimal, Decimal | None]]  # bucket -> (used, cap)
-    policy_used: list[dict[str, Any]]
+    policy_used: list[str]  # keys of the parameter versions this pass looked up (ledger.traces)
     policy_version: str
     #: R-4L-4: the expense whose crossing suspends 四医联动 at the end of the pass (no district
     #: review recorded since), or None.
     suspended_by: str | None = None
+    #: The expenses this pass assessed itself; the others' assessments were carried over from the
+    #: ``memo`` it was given, their inputs and everything before them in the canonical order being
+    #: unchanged (None: every expense was assessed).
+    recomputed: set[str] | None = None
+    #: What a later pass over the same recipient can resume from (``assess(memo=...)``).
+    memo: "PassMemo | None" = None
+
+
+#: A checkpoint of the pass state is kept at the start of every invoice (cap) year and at least
+#: every this many expenses, so that a pass resumes close to the first expense that changed.
+CHECKPOINT_EVERY = 32
+
+
+@dataclass
+class PassMemo:
+    """One pass over a recipient, kept so that the next pass resumes where something changed.
+
+    The pass is a fold over the decided expenses in canonical order (invoice date, service date,
+    decision order, listed order) whose state is :class:`PassState`: the annual caps, the
+    mutual-aid and Lianyungang years per invoice year (R-CAP-2, R-MA-1, R-MA-2, R-LYG-3), the
+    四医联动 months by service month and the suspension, which carries across years until a lift
+    (R-4L-4). The state before an expense depends only on the expenses before it, so a later pass
+    with the same knowledge, policy and schemes whose canonical order starts with the same expenses
+    (same decision, same facts, same first decision on their receipt: R-PH-7) can start from a
+    checkpoint at or before the first expense that differs and carry the earlier assessments over.
+    That is exactly the full pass (``tests/unit/test_incremental_assessment.py``)."""
+
+    knowledge: Knowledge
+    policy_hash: str
+    schemes: tuple[str, ...]
+    entries: list[tuple[DecisionRef, ExpenseFacts, str]]  # canonical order: ref, facts, first on receipt
+    assessments: list[Assessment]  # aligned with entries
+    checkpoints: list[tuple[int, PassState]]  # (index, state before entries[index]), ascending
+    final: PassState
+    first_on_receipt: dict[tuple[str, str], str] = field(default_factory=dict)  # R-PH-7
+    by_id: dict[str, Assessment] = field(default_factory=dict)  # the assessments, canonical order
+
+    @property
+    def last_key(self) -> tuple | None:
+        if not self.entries:
+            return None
+        d, f, _ = self.entries[-1]
+        return (f.invoice_date, f.service_date, d.seq, d.position)
+
+
+#: ``ExpenseFacts.receipt_key`` (R-CLR-1(b), R-PH-7), remembered: a pass asks it of every expense.
+_receipt_identity = lru_cache(maxsize=1 << 16)(receipt_identity)
+
+
+def _receipt_key(f: ExpenseFacts) -> tuple[str, str]:
+    return _receipt_identity(f.facility.code, f.invoice_no)
 
 
 def _receipt_text(key: tuple[str, str]) -> str:
@@ -645,6 +699,26 @@ def canonical_order(decided: list[DecisionRef], expenses: dict[str, ExpenseFacts
     )
 
 
+def _resume_point(memo: PassMemo, entries: list[tuple[DecisionRef, ExpenseFacts, str]]) -> tuple[int, PassState]:
+    """The latest checkpoint at or before the first entry that differs from the memo's pass."""
+    same = 0
+    old = memo.entries
+    limit = min(len(old), len(entries))
+    while same < limit:
+        a, b = old[same], entries[same]
+        if not (a[2] == b[2] and (a[1] is b[1] or a[1] == b[1]) and a[0] == b[0]):
+            break
+        same += 1
+    if same == len(old):
+        return same, memo.final.copy()
+    index, state = 0, PassState()
+    for at, saved in memo.checkpoints:
+        if at > same:
+            break
+        index, state = at, saved
+    return index, state.copy()
+
+
 def assess(
     knowledge: Knowledge,
     expenses: dict[str, ExpenseFacts],
@@ -653,48 +727,143 @@ def assess(
     schemes: tuple[str, ...],
     *,
     known_at: datetime | None = None,
+    memo: PassMemo | None = None,
 ) -> PassResult:
     """Assess every decided expense of one recipient in canonical order.
 
     ``known_at`` cuts facts and policy to what was recorded by then (None: everything known).
+    ``memo`` (an earlier pass's ``PassResult.memo``, knowledge as known now) lets the pass resume
+    from a checkpoint before the first expense that changed; the result is the same.
     """
     k = knowledge.known_at(known_at)
     book = book.known_at(known_at)
     pol = Policy(book)
-    st = PassState()
     out: dict[str, Assessment] = {}
     # R-CLR-1(b), R-PH-7: the first decision on a receipt keeps it; any other is a duplicate.
+    receipt_of = {d.expense_id: _receipt_key(expenses[d.expense_id]) for d in decided}
     first_on_receipt: dict[tuple[str, str], str] = {}
     for d in sorted(decided, key=lambda d: (d.seq, d.position)):
-        first_on_receipt.setdefault(expenses[d.expense_id].receipt_key, d.expense_id)
-    for d in canonical_order(decided, expenses):
-        e = expenses[d.expense_id].known_at(known_at)
-        key = e.receipt_key
-        if first_on_receipt[key] != e.id:
-            out[e.id] = Assessment(
-                e.id,
-                False,
-                e.self_pay(known_at),
-                code="DUPLICATE",
-                rule="R-PH-7",
-                message=f"receipt {_receipt_text(key)} already aided as {first_on_receipt[key]} (R-CLR-1(b), [002 4.5])",
-            )
-            continue
-        if st.suspension is not None:
-            start_at = st.suspension[1]
-            if any(start_at < lift.recorded_at <= d.decided_at for lift in k.lifts):
-                # R-4L-4 [000 第四条(三) 经区医疗保障局合理性审定后，再行开通]: the district's review
-                # reopens 四医联动 and the month's ceiling and visit count start again from it
-                # (ADR 0007), so a reopened expense is not suspended again at once.
-                st.suspension = None
-                st.month.clear()
-        a, st = _assess_one(pol, k, e, st, schemes, known_at)
-        if a.suspension_started is not None:
-            st.suspension = (e.id, d.decided_at)
+        first_on_receipt.setdefault(receipt_of[d.expense_id], d.expense_id)
+    order = canonical_order(decided, expenses)
+    entries = [
+        (d, expenses[d.expense_id].known_at(known_at), first_on_receipt[receipt_of[d.expense_id]]) for d in order
+    ]
+    policy_hash = book.content_hash()
+    start, st = 0, PassState()
+    if memo is not None and known_at is None and memo.policy_hash == policy_hash and memo.schemes == tuple(schemes) and memo.knowledge == k:
+        start, st = _resume_point(memo, entries)
+        for i in range(start):
+            out[entries[i][0].expense_id] = memo.assessments[i]
+    assessments: list[Assessment] = [memo.assessments[i] for i in range(start)] if start else []
+    checkpoints: list[tuple[int, PassState]] = [c for c in (memo.checkpoints if start else []) if c[0] <= start]
+    recomputed: set[str] = set()
+    last_cp, last_year = (checkpoints[-1][0] if checkpoints else -CHECKPOINT_EVERY), None
+    if start:
+        last_year = entries[start - 1][1].invoice_date.year
+    for i in range(start, len(entries)):
+        d, e, first = entries[i]
+        year = e.invoice_date.year
+        if (year != last_year or i - last_cp >= CHECKPOINT_EVERY) and (not checkpoints or checkpoints[-1][0] != i):
+            checkpoints.append((i, st.copy()))
+            last_cp = i
+        last_year = year
+        recomputed.add(e.id)
+        a, st = _step(pol, k, d, e, first, st, schemes, known_at)
         out[e.id] = a
+        assessments.append(a)
+    new_memo = None
+    if known_at is None:
+        new_memo = PassMemo(k, policy_hash, tuple(schemes), entries, assessments, checkpoints, st.copy(), first_on_receipt, out)
+    return _result(out, st, k, pol, policy_hash, recomputed if start else None, new_memo)
+
+
+def _step(
+    pol: Policy, k: Knowledge, d: DecisionRef, e: ExpenseFacts, first: str, st: PassState, schemes: tuple[str, ...], known_at: datetime | None
+) -> tuple[Assessment, PassState]:
+    """One expense of the pass, in canonical order, from the state before it."""
+    if first != e.id:
+        a = Assessment(
+            e.id,
+            False,
+            e.self_pay(known_at),
+            code="DUPLICATE",
+            rule="R-PH-7",
+            message=f"receipt {_receipt_text(_receipt_key(e))} already aided as {first} (R-CLR-1(b), [002 4.5])",
+        )
+        return a, st
+    if st.suspension is not None:
+        start_at = st.suspension[1]
+        if any(start_at < lift.recorded_at <= d.decided_at for lift in k.lifts):
+            # R-4L-4 [000 第四条(三) 经区医疗保障局合理性审定后，再行开通]: the district's review
+            # reopens 四医联动 and the month's ceiling and visit count start again from it
+            # (ADR 0007), so a reopened expense is not suspended again at once.
+            st.suspension = None
+            st.month.clear()
+    a, st = _assess_one(pol, k, e, st, schemes, known_at)
+    if a.suspension_started is not None:
+        st.suspension = (e.id, d.decided_at)
+    return a, st
+
+
+def _result(
+    out: dict[str, Assessment], st: PassState, k: Knowledge, pol: Policy, policy_hash: str, recomputed: set[str] | None, memo: PassMemo | None
+) -> PassResult:
     caps = {b: (used, st.caps_value.get(b)) for b, used in st.caps_used.items()}
-    used = [v.as_trace() for _, v in sorted(pol.used.items())]
+    used = sorted(traces.version_key(v) for v in pol.used.values())
     suspended_by = None
     if st.suspension is not None and not any(st.suspension[1] < lift.recorded_at for lift in k.lifts):
         suspended_by = st.suspension[0]
-    return PassResult(out, caps, used, book.content_hash(), suspended_by)
+    return PassResult(out, caps, used, policy_hash, suspended_by, recomputed, memo)
+
+
+def assess_appended(
+    memo: PassMemo,
+    knowledge: Knowledge,
+    new: list[tuple[DecisionRef, ExpenseFacts]],
+    book: PolicyBook,
+    schemes: tuple[str, ...],
+) -> PassResult | None:
+    """The pass of ``memo`` with the decisions ``new`` added, when they all come after the memo's
+    last expense in the canonical order: it resumes from the memo's final state and assesses only
+    them. The caller vouches that nothing else the memo's pass read has changed (the decided
+    expenses, their facts); the knowledge, the policy and the schemes are compared here. None when
+    this does not apply (then ``assess(memo=...)`` finds where to resume).
+
+    Exactly ``assess`` over the memo's decided expenses plus ``new``: the state before the first of
+    them is the memo's final state, and no earlier expense's first decision on its receipt changes
+    (R-PH-7: a later decision never comes first)."""
+    if not new or memo.policy_hash != book.content_hash() or memo.schemes != tuple(schemes) or memo.knowledge != knowledge:
+        return None
+    ordered = sorted(new, key=lambda p: (p[1].invoice_date, p[1].service_date, p[0].seq, p[0].position))
+    last = memo.last_key
+    d0, f0 = ordered[0]
+    if last is not None and not last < (f0.invoice_date, f0.service_date, d0.seq, d0.position):
+        return None
+    first_on_receipt = dict(memo.first_on_receipt)
+    for d, f in sorted(new, key=lambda p: (p[0].seq, p[0].position)):
+        first_on_receipt.setdefault(_receipt_key(f), d.expense_id)
+    pol = Policy(book)
+    k = knowledge
+    st = memo.final.copy()
+    out = dict(memo.by_id)
+    entries = list(memo.entries)
+    assessments = list(memo.assessments)
+    checkpoints = list(memo.checkpoints)
+    last_cp = checkpoints[-1][0] if checkpoints else -CHECKPOINT_EVERY
+    last_year = entries[-1][1].invoice_date.year if entries else None
+    recomputed: set[str] = set()
+    for d, e in ordered:
+        i = len(entries)
+        year = e.invoice_date.year
+        if year != last_year or i - last_cp >= CHECKPOINT_EVERY:
+            checkpoints.append((i, st.copy()))
+            last_cp = i
+        last_year = year
+        first = first_on_receipt[_receipt_key(e)]
+        a, st = _step(pol, k, d, e, first, st, schemes, None)
+        entries.append((d, e, first))
+        assessments.append(a)
+        out[e.id] = a
+        recomputed.add(e.id)
+    new_memo = PassMemo(k, memo.policy_hash, memo.schemes, entries, assessments, checkpoints, st.copy(), first_on_receipt, out)
+    return _result(dict(out), st, k, pol, memo.policy_hash, recomputed, new_memo)

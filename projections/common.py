@@ -227,6 +227,24 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     conn.execute(table.insert(), [{n: r.get(n) for n in names} for r in rows])
 
 
+def add_sums(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], sums: Sequence[str]) -> None:
+    """Set-based: add each row's ``sums`` columns to the stored row with the same primary key, or
+    insert it (``INSERT … ON CONFLICT (pk) DO UPDATE SET c = c + excluded.c``, one statement for
+    the batch on both backends); a view that is a sum never reads its rows back."""
+    if not rows:
+        return
+    if is_postgres(conn):
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    stmt = upsert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[c.name for c in table.primary_key.columns],
+        set_={c: table.c[c] + stmt.excluded[c] for c in sums},
+    )
+    conn.execute(stmt, list(rows))
+
+
 # --------------------------------------------------------------------------- the batch store
 
 

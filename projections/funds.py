@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection
 
 from ledger.aggregates import Recipient
 from ledger.values import FUNDS
-from projections.common import Item, Projection, Store, insert_rows, fen, metadata, utc, yuan_str
+from projections.common import Item, Projection, Store, add_sums, insert_rows, fen, metadata, utc, yuan_str
 
 fund_line = Table(
     "proj_fund_line",
@@ -108,8 +108,6 @@ class FundBooks(Projection):
     )
 
     def apply(self, conn: Connection, items: Sequence[Item]) -> None:
-        accounts = Store(conn, fund_account)
-        accounts.fetch("party", {""} | {str(e.originator_id) for _, e in items})
         cases = Store(conn, fund_case)
         case_ids: set[str] = set()
         for _, e in items:
@@ -160,14 +158,14 @@ class FundBooks(Projection):
                 amount = Decimal(s.get("amount") or "0")
                 if amount:
                     book.post("subsidy", s.get("kind"), [("subsidy", "cash", s.get("fund", "city"), amount)])
+        # An account's totals are a sum of its lines: added set-based, never read back (ADR 0008).
+        totals: dict[tuple[str, str, str], list[int]] = {}
         for line in lines:
-            key = (line["account"], line["fund"], line["party"])
-            row = accounts.get(*key) or accounts.put(
-                {"account": key[0], "fund": key[1], "party": key[2], "debit_fen": 0, "credit_fen": 0}
-            )
-            row["debit_fen"] += line["debit_fen"]
-            row["credit_fen"] += line["credit_fen"]
-        accounts.flush()
+            t = totals.setdefault((line["account"], line["fund"], line["party"]), [0, 0])
+            t[0] += line["debit_fen"]
+            t[1] += line["credit_fen"]
+        add_sums(conn, fund_account, [{"account": a, "fund": f, "party": p, "debit_fen": d, "credit_fen": c}
+                                      for (a, f, p), (d, c) in sorted(totals.items())], ("debit_fen", "credit_fen"))
         cases.flush()
         insert_rows(conn, fund_line, lines)
 

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from eventsourcing.persistence import OperationalError as StoreOperationalError
@@ -44,22 +44,28 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from ledger.values import CST
 from projections.common import Projection, failures, is_postgres, metadata, tracking
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1000
+#: Notifications per page when rebuilding from zero (bench/rebuild.py: larger pages load and
+#: rewrite each recipient's working state fewer times; gains flatten out past a few thousand).
+REBUILD_BATCH = 5000
 
 
 def all_projections() -> list[Projection]:
     """Every read model, in the order the runner applies a batch."""
     from projections.caps import Caps
+    from projections.clearing import ClearingCases
     from projections.community import CommunityMonths
     from projections.duplicates import Duplicates
     from projections.funds import FundBooks
+    from projections.cuts import Cuts
     from projections.statement import Statement
 
-    return [Caps(), CommunityMonths(), Duplicates(), FundBooks(), Statement()]
+    return [Caps(), CommunityMonths(), Duplicates(), FundBooks(), Statement(), ClearingCases(), Cuts()]
 
 
 def select_projections(names: Sequence[str] | None) -> list[Projection]:
@@ -208,6 +214,9 @@ class Runner:
         self.recorder = recorder
         self.mapper = mapper
         self.projections = list(projections) if projections is not None else all_projections()
+        for p in self.projections:  # a view that reads aggregates from the store (projections.cuts)
+            if hasattr(p, "bind"):
+                p.bind(recorder, mapper)
         self.batch_size = batch_size
         # Test hook (LEDGER_PROJECTIONS_PAUSE_IN_BATCH): sleep after applying a batch, before the
         # commit, so that a kill can be made to land inside a transaction.
@@ -425,6 +434,11 @@ class Runner:
         """One transaction: apply the page's notifications after the view's position and move it
         to ``upto``. False when another runner got there first (or a reset happened under us)."""
         with self.engine.begin() as conn:
+            if is_postgres(conn):
+                # Derived data: an asynchronous commit may lose the last pages after a crash, rows
+                # and tracking position together (one transaction), and the runner applies them
+                # again; never a half. Like synchronous=NORMAL on SQLite (common.make_engine).
+                conn.execute(text("SET LOCAL synchronous_commit = off"))
             position = self._lock(conn, p.name)
             if position >= upto or position < low:
                 # Done by another runner, or reset under us: nothing safe to apply from this page.
@@ -481,6 +495,52 @@ class Runner:
             self.reset(p)
         return self.catch_up(progress)
 
+    def rebuild_parallel(
+        self,
+        engine_url: str,
+        source: Callable[[], Any],
+        *,
+        jobs: int = 2,
+        progress: Callable[[str, int, float], None] | None = None,
+    ) -> int:
+        """Every view of this runner from zero, in ``jobs`` processes (ADR 0008): the views are
+        reset here, then split into ``jobs`` groups of about equal cost (``_COST``, measured), and
+        each group catches up in a process of its own: its views share each page (read and
+        decoded once for the group, only the group's topics), each view with exactly the
+        transactions of :meth:`catch_up` (rows and tracking position commit together; failures
+        recorded and skips honoured as ever). On SQLite the processes take turns at the write
+        lock (``BEGIN IMMEDIATE``, busy timeout) and decode in parallel.
+
+        ``source`` is a picklable zero-argument callable that opens the application (its
+        ``recorder`` and ``mapper``; ``close()`` when it has one) in the worker process;
+        ``engine_url`` is the read models' SQLAlchemy URL. ``progress`` gets (views, notifications
+        read, seconds) as each group finishes. Returns notifications read, summed over groups."""
+        self.setup()
+        for p in self.projections:
+            self.reset(p)
+        names = sorted((p.name for p in self.projections), key=lambda n: _COST.get(n, max(_COST.values()) + 1), reverse=True)
+        if jobs <= 1:  # one process: the views share each page (read and decoded once)
+            started = time.perf_counter()
+            total = self.catch_up()
+            if progress:
+                progress(", ".join(names), total, time.perf_counter() - started)
+            return total
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: a worker opens its own connections (nothing inherited from this process's pools)
+        ctx = multiprocessing.get_context("spawn")
+        total = 0
+        groups = _groups(names, jobs)
+        with ProcessPoolExecutor(max_workers=len(groups), mp_context=ctx) as pool:
+            futures = [pool.submit(_rebuild_views, engine_url, source, group, self.batch_size) for group in groups]
+            for f in as_completed(futures):
+                done, read, seconds = f.result()
+                total += read
+                if progress:
+                    progress(done, read, seconds)
+        return total
+
     def run(
         self,
         stop: threading.Event,
@@ -508,5 +568,46 @@ class Runner:
                 backoff = min(backoff * 2, 30.0)
 
 
+#: Rough relative cost of rebuilding each view (measured with bench/rebuild.py): the dearest
+#: start first so that the last process to finish is not left with the largest view.
+#: A view not listed counts as the dearest.
+_COST = {"cuts": 6, "statement": 5, "caps": 4, "duplicates": 3, "community": 2, "clearing_cases": 1, "funds": 1}
+
+
+def _groups(names: Sequence[str], jobs: int) -> list[list[str]]:
+    """``names`` (dearest first) in at most ``jobs`` groups of about equal cost (greedy)."""
+    bins: list[tuple[int, list[str]]] = [(0, []) for _ in range(max(1, min(jobs, len(names))))]
+    for name in names:
+        i = min(range(len(bins)), key=lambda k: bins[k][0])
+        cost, members = bins[i]
+        bins[i] = (cost + _COST.get(name, max(_COST.values()) + 1), members + [name])
+    return [members for _, members in bins if members]
+
+
+def _rebuild_views(engine_url: str, source: Callable[[], Any], names: list[str], batch_size: int) -> tuple[str, int, float]:
+    """Views caught up from their tracking positions, sharing each page (a worker of
+    :meth:`Runner.rebuild_parallel`)."""
+    from projections.common import make_engine
+
+    started = time.perf_counter()
+    key = (repr(source), engine_url)
+    if key not in _WORKER:  # a worker process opens the store and the engine once, for every view it is given
+        for app, engine in _WORKER.values():
+            engine.dispose()
+            if hasattr(app, "close"):
+                app.close()
+        _WORKER.clear()
+        _WORKER[key] = (source(), make_engine(engine_url))
+    app, engine = _WORKER[key]
+    runner = Runner(engine, app.recorder, app.mapper, select_projections(names), batch_size=batch_size,
+                    on_failure=lambda f: sys.stderr.write(f"projections: {f.message()}\n"))
+    read = runner.catch_up()
+    return ", ".join(names), read, time.perf_counter() - started
+
+
+#: In a worker process of :meth:`Runner.rebuild_parallel`: the store and engine it opened (one).
+_WORKER: dict[tuple[str, str], tuple[Any, Engine]] = {}
+
+
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(CST).isoformat(timespec="seconds")  # people's clock, +08:00

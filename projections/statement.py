@@ -179,3 +179,47 @@ def for_recipient(conn: Connection, recipient: str) -> list[dict[str, Any]]:
         }
         for r in conn.execute(q)
     ]
+
+
+# ---------------------------------------------------------------------------------- export
+#: What each kind of line is called on an exported statement.
+KIND_ZH = {
+    "enrolled": "登记", "subsidy": "参保资助", "expense_recorded": "医疗费用", "insurance_settled": "保险结算",
+    "duplicate_attempted": "重复申请", "claim_lodged": "提出申请", "claim_rejected": "申请驳回", "aid_decided": "救助核定",
+    "aid_reassessed": "重新核定", "suspension_started": "暂停", "suspension_lifted": "恢复", "suspension_ended": "暂停结束",
+    "social_help": "社会组织帮扶", "aid_paid": "救助发放", "offset": "清算抵扣", "case_opened": "清算应退",
+    "supplementary_due": "补发应付", "repayment": "退款", "write_off": "核销",
+}
+EXPORT_HEADER = ["记录时间", "类型", "费用编号", "申请编号", "金额", "说明"]
+
+
+def local_time(recorded_at: str) -> str:
+    """A stored (UTC) recorded time as people read it: +08:00 (Asia/Shanghai), to the second."""
+    from datetime import datetime
+
+    from ledger.values import CST
+
+    return datetime.fromisoformat(recorded_at.replace("Z", "+00:00")).astimezone(CST).isoformat(timespec="seconds")
+
+
+def _note(row: dict[str, Any]) -> str:
+    keys = ("channel", "scheme", "trigger", "case", "code", "rule", "officer", "approver", "reason", "organisation")
+    return "; ".join(f"{k}={row[k]}" for k in keys if row.get(k) not in (None, "", False))
+
+
+def export_table(rows: list[dict[str, Any]], handles: dict[str, str] | None = None) -> tuple[list[str], list[list[Any]], list[tuple[str, Decimal, int]]]:
+    """A statement (``for_recipient`` rows) as a table for CSV or XLSX: +08:00 times, the whole
+    expense handle (``handles``: expense id → handle, else the expense id), amounts as Decimals;
+    and the totals per kind of line (label, amount, lines), in first-seen order."""
+    handles = handles or {}
+    table: list[list[Any]] = []
+    totals: dict[str, list[Any]] = {}
+    for r in rows:
+        amount = Decimal(r["amount"]) if r.get("amount") is not None else None
+        label = KIND_ZH.get(r["kind"], r["kind"])
+        table.append([local_time(r["recorded_at"]), label, handles.get(r["expense"] or "", r["expense"] or ""), r.get("claim") or "", amount, _note(r)])
+        if amount is not None:
+            t = totals.setdefault(label, [Decimal("0.00"), 0])
+            t[0] += amount
+            t[1] += 1
+    return EXPORT_HEADER, table, [(k, v[0], v[1]) for k, v in totals.items()]

@@ -42,4 +42,7 @@ HANDLERS: dict[type[m.Command], Callable[[Any, Any], Any]] = {
     m.PaySupplementary: clearing.pay_supplementary,
     m.Repay: clearing.repay,
     m.WriteOff: clearing.write_off,
+    m.ProposeWriteOff: clearing.propose_write_off,
+    m.ApproveWriteOff: clearing.approve_write_off,
+    m.RefuseWriteOff: clearing.refuse_write_off,
 }

@@ -7,14 +7,14 @@ command, and returns its ``Result``; ``commands.handlers.HANDLERS`` registers th
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 from commands import models as m
 from commands.core import LedgerCore, DEFAULT_PAYER, Result
 from ledger import errors, procedure
 from ledger.aggregates import Claim, ClaimBatch, Recipient
 from ledger.money import ZERO, fmt
-from ledger.values import Channel, local_date
+from ledger.values import CST, Channel, local_date
 
 
 def lodge_claim(app: LedgerCore, cmd: m.LodgeClaim) -> Result:
@@ -114,6 +114,7 @@ def auto_claims(app: LedgerCore, cmd: m.AutoClaims) -> Result:
     month_end = (date(year + month // 12, month % 12 + 1, 1)) - timedelta(days=1)
     at = cmd.at
     claims = []
+    lodges: list[m.LodgeClaim] = []
     # Only a recipient with a consent event can have consented: load just those (ADR 0017).
     consent_topic = f"{Recipient.AutoClaimConsentChanged.__module__}:{Recipient.AutoClaimConsentChanged.__qualname__}"
     asked = set(app._originators([consent_topic]))
@@ -121,7 +122,7 @@ def auto_claims(app: LedgerCore, cmd: m.AutoClaims) -> Result:
         r = app.recipient(rid)
         if not r.consent:
             continue
-        moment = at or datetime.now(timezone.utc)
+        moment = at or datetime.now(CST)  # people's clock, +08:00
         lodged_on = local_date(moment)
         pending = [
             eid
@@ -141,16 +142,23 @@ def auto_claims(app: LedgerCore, cmd: m.AutoClaims) -> Result:
                 receipts.add(key)
         if not keep:
             continue
-        lodged = app.run(m.LodgeClaim(recipient=str(rid), expenses=keep, handler=cmd.handler, channel=Channel.AUTO, at=at))
-        if lodged.status == "accepted":
+        lodges.append(m.LodgeClaim(recipient=str(rid), expenses=keep, handler=cmd.handler, channel=Channel.AUTO, at=at))
+    # Group commit (commands.group): the claims are saved many to a transaction, each with its
+    # own savepoint, so one that fails (an exception, not a rule's answer) is left out and the
+    # others kept; its expenses stay unclaimed for the next batch.
+    failed = []
+    for lodge, lodged in zip(lodges, app.run_many(lodges)):
+        if isinstance(lodged, Exception):
+            failed.append(lodge.recipient)
+        elif lodged.status == "accepted":
             claims.append(lodged.ids["claim"])
     if not claims:
-        return Result(ids={"claims": [], "month": cmd.month, "batch": None})
+        return Result(ids={"claims": [], "month": cmd.month, "batch": None, **({"failed": failed} if failed else {})})
     batch = ClaimBatch._create(  # noqa: SLF001
         ClaimBatch.Opened, id=uuid.uuid4(), timestamp=app._now(at), month=cmd.month, handler=cmd.handler, claim_ids=claims
     )
     app.save(batch)
-    return Result(ids={"claims": claims, "month": cmd.month, "batch": str(batch.id)})
+    return Result(ids={"claims": claims, "month": cmd.month, "batch": str(batch.id), **({"failed": failed} if failed else {})})
 
 
 def sign_batch(app: LedgerCore, cmd: m.SignBatch) -> Result:

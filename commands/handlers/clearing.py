@@ -6,13 +6,16 @@ command, and returns its ``Result``; ``commands.handlers.HANDLERS`` registers th
 
 from __future__ import annotations
 
+import uuid
+from decimal import Decimal
 from typing import Any
 
 from commands import models as m
 from commands.clearing_runs import recipients_since
+from commands.clearing_views import proposal_owner
 from commands.core import LedgerCore, Result
 from ledger import clearing, errors
-from ledger.aggregates import Recipient
+from ledger.aggregates import NAMESPACE, Recipient
 from ledger.money import ZERO, fmt
 from ledger.values import same_identity
 
@@ -61,7 +64,14 @@ def repay(app: LedgerCore, cmd: m.Repay) -> Result:
     for case_id, amount in clearing.oldest_first(cmd.amount, [(c.id, c.balance) for c in r.open_cases()]):
         by_fund = clearing.allocate(amount, r.cases[case_id].balance_by_fund)
         allocations.append({"case": case_id, "amount": fmt(amount), "by_fund": {k: fmt(v) for k, v in by_fund.items()}})
-    r.trigger_event(Recipient.RepaymentReceived, timestamp=app._now(cmd.at), amount=cmd.amount, allocations=allocations)
+    moment = app._now(cmd.at)
+    # R-CLR-3 [000 第七条]: who received the money, on which day, against which receipt or voucher
+    # and how (cash, bank_transfer, offset); the date defaults to the recorded day (+08:00).
+    received_on = cmd.received_on or m.recorded_day(moment)
+    r.trigger_event(
+        Recipient.RepaymentReceived, timestamp=moment, amount=cmd.amount, allocations=allocations,
+        officer=cmd.officer, received_on=received_on.isoformat(), voucher=cmd.voucher, method=cmd.method,
+    )
     return app._commit(cmd, Result(), r)
 
 
@@ -77,5 +87,80 @@ def write_off(app: LedgerCore, cmd: m.WriteOff) -> Result:
     allocations = [
         {"case": c.id, "amount": fmt(c.balance), "by_fund": {k: fmt(v) for k, v in c.balance_by_fund.items()}} for c in cases
     ]
-    r.trigger_event(Recipient.WriteOffApproved, timestamp=app._now(cmd.at), officer=cmd.officer, approver=cmd.approver, reason=cmd.reason, allocations=allocations)
+    r.trigger_event(Recipient.WriteOffApproved, timestamp=app._now(cmd.at), officer=cmd.officer, approver=cmd.approver, reason=cmd.reason, allocations=allocations, proposal_id=None)
     return app._commit(cmd, Result(), r)
+
+
+# ------------------------------------------------------------------ write-off in two steps (R-CLR-3)
+
+
+def _proposal_owner(app: LedgerCore, proposal_id: str) -> tuple[Recipient, dict[str, Any]]:
+    r = proposal_owner(app, proposal_id)
+    return r, r.write_off_proposals()[str(uuid.UUID(proposal_id))]
+
+
+def _pending(proposal: dict[str, Any]) -> None:
+    if proposal["status"] != "pending":
+        raise errors.Conflict(
+            f"the write-off proposal is already {proposal['status']} (R-CLR-3 [000 第七条])",
+            code="PROPOSAL_CLOSED", rule="R-CLR-3", field="proposal",
+        )
+
+
+def propose_write_off(app: LedgerCore, cmd: m.ProposeWriteOff) -> Result:
+    """A clearing officer proposes writing off every open case at its balance (R-CLR-3
+    [000 第七条]); nothing is written off until a distinct officer approves."""
+    r = app.recipient(cmd.recipient)
+    cases = r.open_cases()
+    if not cases:
+        raise errors.NothingOwed("the recipient has no open clearing balance (R-CLR-3)", field="recipient")
+    proposal_id = str(uuid.uuid5(NAMESPACE, f"{r.id}:write-off:{len(r.write_off_proposals()) + 1}"))
+    amount = sum((c.balance for c in cases), ZERO)
+    r.trigger_event(
+        Recipient.WriteOffProposed, timestamp=app._now(cmd.at), proposal_id=proposal_id, officer=cmd.officer,
+        reason=cmd.reason, amount=amount, cases=[{"case": c.id, "amount": fmt(c.balance)} for c in cases],
+    )
+    return app._commit(cmd, Result(ids={"proposal": proposal_id, "amount": fmt(amount)}), r)
+
+
+def approve_write_off(app: LedgerCore, cmd: m.ApproveWriteOff) -> Result:
+    """A second officer approves a proposal (R-CLR-3 [000 第七条]: an approver distinct from the
+    clearing officer, compared as identities). Each case is written off at what was proposed for
+    it, never past its balance now (a repayment or offset since lowers it)."""
+    r, proposal = _proposal_owner(app, cmd.proposal)
+    _pending(proposal)
+    if same_identity(proposal["officer"]) == same_identity(cmd.approver):
+        raise errors.SameOfficer(
+            "a write-off needs an approver distinct from the clearing officer who proposed it (R-CLR-3 [000 第七条])",
+            rule="R-CLR-3", field="approver",
+        )
+    allocations = []
+    for entry in proposal["cases"]:
+        case = r.cases.get(entry["case"])
+        if case is None or case.balance <= 0:
+            continue
+        amount = min(Decimal(entry["amount"]), case.balance)
+        by_fund = clearing.allocate(amount, case.balance_by_fund)
+        allocations.append({"case": case.id, "amount": fmt(amount), "by_fund": {k: fmt(v) for k, v in by_fund.items()}})
+    if not allocations:
+        raise errors.NothingOwed("the cases of this proposal have no open balance left (R-CLR-3)", field="proposal")
+    r.trigger_event(
+        Recipient.WriteOffApproved, timestamp=app._now(cmd.at), officer=proposal["officer"], approver=cmd.approver,
+        reason=proposal["reason"], allocations=allocations, proposal_id=proposal["id"],
+    )
+    written = sum((Decimal(a["amount"]) for a in allocations), ZERO)
+    return app._commit(cmd, Result(ids={"proposal": proposal["id"], "written_off": fmt(written)}), r)
+
+
+def refuse_write_off(app: LedgerCore, cmd: m.RefuseWriteOff) -> Result:
+    """A second officer refuses a proposal, with the reason (R-CLR-3 [000 第七条]); the proposer
+    cannot decide their own proposal either way."""
+    r, proposal = _proposal_owner(app, cmd.proposal)
+    _pending(proposal)
+    if same_identity(proposal["officer"]) == same_identity(cmd.officer):
+        raise errors.SameOfficer(
+            "a write-off proposal is decided by an officer distinct from the one who proposed it (R-CLR-3 [000 第七条])",
+            rule="R-CLR-3", field="officer",
+        )
+    r.trigger_event(Recipient.WriteOffRefused, timestamp=app._now(cmd.at), proposal_id=proposal["id"], officer=cmd.officer, reason=cmd.reason)
+    return app._commit(cmd, Result(ids={"proposal": proposal["id"]}), r)

@@ -32,7 +32,8 @@ def enrol(app: LedgerCore, cmd: m.Enrol) -> Result:
     try:
         app.repository.get(rid)
         raise errors.InvalidInput(
-            "id_number: a recipient with this resident id number is already enrolled", field="id_number"
+            "id_number: a recipient with this resident id number is already enrolled",
+            code="ALREADY_ENROLLED", field="id_number",  # HTTP answers 409 (ADR 0019); the CLI exits 2 as before
         )
     except AggregateNotFoundError:
         pass

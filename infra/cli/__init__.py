@@ -8,9 +8,42 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Medical-aid ledger (医疗救助台账).", no_args_is_help=True, add_completion=False)
+from infra.cli.operator_errors import LedgerGroup  # noqa: E402  one line and an exit code per operator mistake
+
+
+class _LedgerGroup(LedgerGroup):
+    """Keeps the arguments as given, so that ``--district X`` can tell a reading command (ADR 0020)."""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        ctx.meta["ledger.args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(help="Medical-aid ledger (医疗救助台账).", no_args_is_help=True, add_completion=False, cls=_LedgerGroup)
 scenario_app = typer.Typer(help="Scenario files: the acceptance contract.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
+
+
+@app.callback()
+def _district_option(
+    ctx: typer.Context,
+    district: str | None = typer.Option(None, "--district", help="work on this district's ledger (LEDGER_DISTRICTS; ADR 0020)"),
+) -> None:
+    """Medical-aid ledger (医疗救助台账)."""
+    if district is None:
+        return  # the single-district ledger, unchanged
+    from infra.cli.operator_errors import is_reading
+    from infra.districts import DistrictError, use_district
+    from infra.settings import require_existing_store
+
+    try:
+        use_district(district)
+    except DistrictError as exc:
+        typer.echo(f"ledger: {exc}", err=True)
+        raise typer.Exit(2) from None
+    given = ctx.meta.get("ledger.args", [])
+    rest = [a for i, a in enumerate(given) if a != "--district" and not a.startswith("--district=") and (i == 0 or given[i - 1] != "--district")]
+    require_existing_store(is_reading(rest))  # the district's code is not the command word
 
 
 @scenario_app.command("run")
@@ -62,6 +95,9 @@ def _register() -> None:
         "infra.cli.serve",
         "infra.cli.integrity",
         "infra.cli.explain",
+        "infra.cli.find",
+        "infra.cli.imports",
+        "infra.cli.city",
     ):
         try:
             import_module(name)

@@ -65,8 +65,8 @@ def _since(text: Optional[str]) -> Optional[datetime]:
 def _report_error(exc: Exception) -> None:
     from ledger import errors
 
-    if isinstance(exc, errors.LedgerError):
-        _fail(f"{exc.code}{' (' + exc.rule + ')' if exc.rule else ''}: {exc.message}")
+    if isinstance(exc, errors.LedgerError):  # 4: not found (README "Operating it")
+        _fail(f"{exc.code}{' (' + exc.rule + ')' if exc.rule else ''}: {exc.message}", 4 if isinstance(exc, errors.UnknownEntity) else 2)
     raise exc
 
 
@@ -76,15 +76,19 @@ def _report_error(exc: Exception) -> None:
 @clearing_app.command("run")
 def clearing_run(
     since: Optional[str] = typer.Option(None, "--since", help="only recipients with events recorded after this time (ISO 8601)"),
-    trigger: str = typer.Option("parameter_change", "--trigger", help=f"the trigger cited on what the run opens: {', '.join(TRIGGERS)}"),
+    trigger: Optional[str] = typer.Option(None, "--trigger", help=f"the trigger cited on what the run opens: {', '.join(TRIGGERS)} (default: each recipient's own, from what changed)"),
+    everyone: bool = typer.Option(False, "--all", help="look at every recipient, not only what changed since the last run"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Recompute decided expenses with today's knowledge and open cases / supplementary payouts
-    for the differences (R-CLR-2). Idempotent."""
+    for the differences (R-CLR-2). By default only what changed since the last run, each
+    recipient's trigger named by what changed (R-CLR-1); idempotent."""
     from commands import clearing_runs
 
-    if trigger not in TRIGGERS:
+    if trigger is not None and trigger not in TRIGGERS:
         _fail(f"--trigger: one of {', '.join(TRIGGERS)}")
+    if everyone and since is not None:
+        _fail("--all and --since: choose one scope")
     moment = _since(since)
     ledger = _ledger()
     progress = Progress(
@@ -96,16 +100,19 @@ def clearing_run(
             ledger,
             since=moment,
             trigger=trigger,
+            everyone=everyone,
             on_scope=lambda n: progress.update(task, total=n),
             progress=lambda n: progress.advance(task, n),
         )
     if as_json:
         _dump(summary.as_dict())
         return
+    by_trigger = ", ".join(f"{t} {n}" for t, n in (summary.triggers or {}).items()) or "none"
     out.print(
-        f"clearing run ({summary.scope}, trigger {summary.trigger}): {summary.recipients_seen} recipients looked at, "
+        f"clearing run ({summary.scope}, trigger {summary.trigger}: {by_trigger}): {summary.recipients_seen} recipients looked at, "
         f"{summary.recipients_changed} changed; {summary.cases_opened} clearing cases and "
         f"{summary.supplementary_opened} supplementary payouts opened"
+        + (f"; next run starts after log position {summary.position}" if summary.position is not None else "")
     )
 
 
@@ -155,15 +162,17 @@ def clearing_list(
 
 @clearing_app.command("show")
 def clearing_show(
-    case: str = typer.Argument(..., help="a clearing case id (or a supplementary payout id)"),
+    case: str = typer.Argument(..., help="a clearing case id (or a supplementary payout id), or an expense handle/id or a recipient with one case"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """One case: the trigger and its cause, and the decision before and now, side by side."""
     from commands import clearing_views as views
 
+    from commands.lookup import resolve_case
+
     ledger = _ledger()
-    try:
-        d = views.case_detail(ledger, case)
+    try:  # the case id, or an expense (handle or id) or a recipient with one case (ADR 0019)
+        d = views.case_detail(ledger, resolve_case(ledger, case))
     except Exception as exc:  # noqa: BLE001
         _report_error(exc)
     if as_json:
@@ -188,24 +197,41 @@ def clearing_show(
     if d["kind"] == "clearing_case":
         out.print(f"{amount_line}; recovered {d['recovered']}, written off {d['written_off']}, balance {d['balance']} {d['balance_by_fund']}")
         for h in d["history"]:
-            extra = f" officer {h['officer']}, approver {h['approver']}" if h["kind"] == "write_off_signed" else f" {h['amount']}"
-            out.print(f"  {h['at'][:19]}  {h['kind']}{extra}")
+            out.print(f"  {h['at'][:19]}  {h['kind']}{_history_text(h)}")
     else:
         out.print(f"{amount_line}; paid {d.get('paid_at') or 'not yet'}")
+
+
+def _history_text(h: dict[str, Any]) -> str:
+    kind = h["kind"]
+    reason = f", reason: {h['reason']}" if h.get("reason") else ""
+    if kind == "write_off_signed":
+        return f" officer {h['officer']}, approver {h['approver']}{reason}"
+    if kind == "write_off_proposed":
+        return f" {h['amount']} by {h['officer']}{reason} ({h['proposal']})"
+    if kind == "write_off_refused":
+        return f" by {h['officer']}{reason} ({h['proposal']})"
+    if kind == "repayment" and h.get("officer"):
+        return f" {h['amount']} received {h['received_on']} by {h['officer']}, {h['method']}, voucher {h['voucher']}"
+    return f" {h['amount']}"
 
 
 # --------------------------------------------------------------------------- recoveries
 
 
-def _command(cmd_cls, **fields: Any) -> None:
+def _command(cmd_cls, **fields: Any) -> Any:
     from pydantic import ValidationError
 
     from commands import clearing_views as views
 
     ledger = _ledger()
     try:
-        r = views.recipient_for(ledger, fields.pop("recipient"))
-        cmd = cmd_cls(recipient=str(r.id), **fields)
+        if "recipient" in fields:
+            r = views.recipient_for(ledger, fields.pop("recipient"))
+            cmd = cmd_cls(recipient=str(r.id), **fields)
+        else:
+            r = views.proposal_owner(ledger, fields["proposal"])
+            cmd = cmd_cls(**fields)
         result = ledger.run(cmd)
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()))
@@ -214,22 +240,41 @@ def _command(cmd_cls, **fields: Any) -> None:
     if result.status != "accepted":
         _fail(f"rejected {result.code} ({result.rule}): {result.message}", 1)
     r = ledger.recipient(r.id)
+    if result.ids.get("proposal"):
+        out.print(f"write-off proposal {result.ids['proposal']}")
     out.print(f"accepted; open clearing balance of {r.name} now {r.open_balance():.2f}")
+    return result
 
 
 @clearing_app.command("repay")
 def clearing_repay(
     recipient: str = typer.Argument(..., help="ledger id or resident id number"),
     amount: str = typer.Argument(..., help="yuan, at most two decimals"),
+    officer: str = typer.Option(..., "--officer", help="the officer who received the money"),
+    voucher: str = typer.Option(..., "--voucher", help="the receipt or voucher number"),
+    method: str = typer.Option(..., "--method", help="cash, bank_transfer or offset"),
+    received_on: Optional[str] = typer.Option(None, "--date", help="the day received, YYYY-MM-DD (default: today, +08:00)"),
 ) -> None:
-    """A repayment toward the recipient's open cases, oldest first (R-CLR-3); never more than owed."""
+    """A repayment toward the recipient's open cases, oldest first (R-CLR-3); never more than owed.
+    Records who received it, when, on which voucher and how."""
+    from datetime import date as _date
+
     from commands.models import Repay
 
     try:
         Decimal(amount)
     except Exception:  # noqa: BLE001
         _fail(f"amount: {amount!r} is not an amount in yuan")
-    _command(Repay, recipient=recipient, amount=amount)
+    method = method.replace("-", "_")
+    if method not in ("cash", "bank_transfer", "offset"):
+        _fail("--method: one of cash, bank_transfer, offset")
+    day = None
+    if received_on is not None:
+        try:
+            day = _date.fromisoformat(received_on)
+        except ValueError:
+            _fail(f"--date: {received_on!r} is not a date (YYYY-MM-DD)")
+    _command(Repay, recipient=recipient, amount=amount, officer=officer, voucher=voucher, method=method, received_on=day)
 
 
 @clearing_app.command("write-off")
@@ -243,3 +288,67 @@ def clearing_write_off(
     from commands.models import WriteOff
 
     _command(WriteOff, recipient=recipient, officer=officer, approver=approver, reason=reason)
+
+
+@clearing_app.command("propose-write-off")
+def clearing_propose_write_off(
+    recipient: str = typer.Argument(..., help="ledger id or resident id number"),
+    officer: str = typer.Option(..., "--officer", help="the clearing officer proposing it"),
+    reason: Optional[str] = typer.Option(None, "--reason", help="why the balance should be written off"),
+) -> None:
+    """Propose writing off the recipient's open clearing balance (R-CLR-3); another officer
+    approves (`approve-write-off`) or refuses (`refuse-write-off`)."""
+    from commands.models import ProposeWriteOff
+
+    _command(ProposeWriteOff, recipient=recipient, officer=officer, reason=reason)
+
+
+@clearing_app.command("approve-write-off")
+def clearing_approve_write_off(
+    proposal: str = typer.Argument(..., help="the proposal id (from `clearing write-offs`)"),
+    approver: str = typer.Option(..., "--approver", help="the approver: not the proposing officer (R-CLR-3)"),
+) -> None:
+    """Approve a proposed write-off (R-CLR-3)."""
+    from commands.models import ApproveWriteOff
+
+    _command(ApproveWriteOff, proposal=proposal, approver=approver)
+
+
+@clearing_app.command("refuse-write-off")
+def clearing_refuse_write_off(
+    proposal: str = typer.Argument(..., help="the proposal id (from `clearing write-offs`)"),
+    officer: str = typer.Option(..., "--officer", help="the deciding officer: not the proposing one (R-CLR-3)"),
+    reason: Optional[str] = typer.Option(None, "--reason", help="why it is refused"),
+) -> None:
+    """Refuse a proposed write-off, with the reason (R-CLR-3); the cases stay open."""
+    from commands.models import RefuseWriteOff
+
+    _command(RefuseWriteOff, proposal=proposal, officer=officer, reason=reason)
+
+
+@clearing_app.command("write-offs")
+def clearing_write_offs(
+    status: Optional[str] = typer.Option(None, "--status", help="pending, approved or refused"),
+    recipient: Optional[str] = typer.Option(None, "--recipient", help="one recipient (ledger id or resident id number)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Write-off proposals with the person's name, masked id number and the amount (R-CLR-3)."""
+    from commands import clearing_views as views
+
+    ledger = _ledger()
+    try:
+        rows = views.write_off_proposals(ledger, status=status, recipient=recipient)
+    except Exception as exc:  # noqa: BLE001
+        _report_error(exc)
+    if as_json:
+        _dump(rows)
+        return
+    if not rows:
+        out.print("nothing to list")
+        return
+    for p in rows:
+        out.print(f"[bold]{p['id']}[/bold]  {p['status']}")
+        out.print(f"    {p['name']} ({p['id_number']}) · amount {p['amount']} over {len(p['cases'])} case(s) · proposed by "
+                  f"{p['officer']} {p['proposed_at'][:10]}" + (f" · reason: {p['reason']}" if p["reason"] else "")
+                  + (f" · {p['status']} by {p['decided_by']}" if p["decided_by"] else "")
+                  + (f": {p['refusal']}" if p["refusal"] else ""))

@@ -27,7 +27,7 @@ def _fail(message: str, code: int) -> None:
 
 @app.command("explain")
 def explain(
-    expense: Optional[str] = typer.Argument(None, help="expense id (<recipient uuid>:<n>), or a handle with --scenario"),
+    expense: Optional[str] = typer.Argument(None, help="the expense: its handle as shown (E004997) or its id (<recipient uuid>:<n>); a handle in the file with --scenario"),
     as_json: bool = typer.Option(False, "--json", help="print the explanation as JSON"),
     scenario: Optional[Path] = typer.Option(None, "--scenario", help="replay this scenario file first (in memory)"),
     handle: Optional[str] = typer.Option(None, "--expense", help="with --scenario: the expense's handle in the file"),
@@ -59,11 +59,17 @@ def explain(
         from infra.settings import get_settings
         from infra.wiring import build_app
 
-        ledger, expense_id = build_app(get_settings()), expense
+        from commands.lookup import resolve_expense
+
+        ledger = build_app(get_settings())
+        try:  # the expense id, or its handle as the ledger shows it (E004997), ADR 0019
+            expense_id = resolve_expense(ledger, expense)
+        except errors.LedgerError as exc:
+            _fail(f"cannot explain {expense!r}: {exc.message}", 4 if isinstance(exc, errors.UnknownEntity) else 1)  # 4: not found
     try:
         data = explain_expense(ledger, expense_id, handles=handles)
     except errors.LedgerError as exc:
-        _fail(f"cannot explain {expense_id!r}: {exc.message}", 1)
+        _fail(f"cannot explain {expense_id!r}: {exc.message}", 4 if isinstance(exc, errors.UnknownEntity) else 1)  # 4: not found
     if as_json:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
     else:

@@ -113,6 +113,10 @@ def execute(ledger: LedgerApp, name: str, payload: dict[str, Any]) -> tuple[int,
         return _invalid([{"field": "command", "message": f"unknown command {name!r} (known: {', '.join(COMMANDS)})",
                           "rule": "SCENARIOS.md: the commands"}])
     try:
+        from commands.lookup import resolve_fields
+
+        # recipient / expense(s) / claim as the ledger shows them: handle, id number, name (ADR 0019)
+        payload = resolve_fields(ledger, payload)
         if name == "aid":
             cmd = m.LodgeClaim.model_validate({"handler": DEFAULT_OFFICERS[0], **payload})
             result = ledger.aid(cmd.recipient, list(cmd.expenses), cmd.at, cmd.command_id)

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -28,12 +29,16 @@ from rich.text import Text
 
 from infra.cli import app
 from projections.common import make_engine, projection_url
-from projections.runner import DEFAULT_BATCH, Failure, NoSuchFailure, Runner, select_projections
+from projections.runner import DEFAULT_BATCH, REBUILD_BATCH, Failure, NoSuchFailure, Runner, select_projections
 
 projections_app = typer.Typer(help="Read models over the event log: caps, 四医联动 months, duplicates, fund books, statements.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 
 err = Console(stderr=True)
+
+#: From this many notifications `rebuild` uses one process per core by default (bench/rebuild.py:
+#: on a 19k-notification log the start-up of the worker processes outweighs what they share out).
+PARALLEL_FROM = 50_000
 
 
 def _alert(failure: Failure) -> None:
@@ -82,10 +87,18 @@ class _Rate(ProgressColumn):
 @projections_app.command("rebuild")
 def rebuild(
     names: Optional[list[str]] = typer.Argument(None, help="projections to rebuild (default: all)", metavar="[NAME]..."),
-    batch: int = typer.Option(DEFAULT_BATCH, "--batch", min=1, help="notifications per transaction"),
+    batch: int = typer.Option(REBUILD_BATCH, "--batch", min=1, help="notifications per transaction"),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="processes, each a group of views (0: one per core for a log of "
+                             f"{PARALLEL_FROM:,} notifications or more, else 1; 1: one process, the views share each page)"),
 ) -> None:
-    """Empty the read models and rebuild them from the first event, in batches."""
+    """Empty the read models and rebuild them from the first event, in batches; the views are
+    rebuilt in parallel processes, each tracking its own position (ADR 0008)."""
     runner = _runner(names, batch)
+    if not jobs:  # a process costs ~1.5 s of start-up (imports, connections): worth it on a long log only
+        jobs = min(os.cpu_count() or 1, len(runner.projections)) if runner.head() >= PARALLEL_FROM else 1
+    if jobs > 1:
+        _rebuild_parallel(runner, jobs)
+        return
     runner.setup()
     for p in runner.projections:
         runner.reset(p)
@@ -104,6 +117,24 @@ def rebuild(
     elapsed = time.perf_counter() - counter["start"]
     rate = counter["events"] / elapsed if elapsed > 0 else 0.0
     typer.echo(f"rebuilt {', '.join(p.name for p in runner.projections)}: {int(counter['events'])} events up to position {head} in {elapsed:.2f}s ({rate:,.0f} events/s)")
+    _exit_if_stopped(runner)
+
+
+def _rebuild_parallel(runner: Runner, jobs: int) -> None:
+    from infra.projection_source import store_source
+    from infra.settings import get_settings
+
+    head = runner.head()
+    started = time.perf_counter()
+
+    def done(name: str, read: int, seconds: float) -> None:
+        err.print(f"projections: {name} rebuilt: {read} events in {seconds:.2f}s")
+
+    total = runner.rebuild_parallel(projection_url(get_settings().sqlalchemy_url()), store_source(), jobs=jobs, progress=done)
+    elapsed = time.perf_counter() - started
+    rate = total / elapsed if elapsed > 0 else 0.0
+    typer.echo(f"rebuilt {', '.join(p.name for p in runner.projections)} in {jobs} processes: {total} events (summed over views) "
+               f"up to position {head} in {elapsed:.2f}s ({rate:,.0f} events/s)")
     _exit_if_stopped(runner)
 
 
@@ -230,15 +261,49 @@ def check(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> N
         raise typer.Exit(1)
 
 
+def _resolve_recipient(text: str) -> str:
+    """The recipient as the ledger shows them (id, resident id number, a name matching one
+    person; ADR 0019); nobody matching is an error (exit 1), never an empty statement."""
+    from commands.lookup import resolve_recipient
+    from infra.settings import get_settings
+    from infra.wiring import build_app
+    from ledger import errors
+
+    ledger = build_app(get_settings(), publish_policy=False)
+    try:
+        return resolve_recipient(ledger, text)
+    except errors.LedgerError as exc:
+        err.print(f"{exc.code}: {exc.message}", markup=False)
+        raise typer.Exit(4 if isinstance(exc, errors.UnknownEntity) else 1) from None  # 4: not found
+    finally:
+        close = getattr(ledger, "close", None)
+        if close:
+            close()
+
+
 @projections_app.command("statement")
-def statement(recipient: str = typer.Argument(..., help="the recipient's ledger id (uuid)"), as_json: bool = typer.Option(False, "--json")) -> None:
+def statement(
+    recipient: str = typer.Argument(..., help="the recipient: ledger id (uuid), resident id number or name"),
+    as_json: bool = typer.Option(False, "--json"),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="also write the statement as CSV (+08:00 times, expense handles, totals per kind)"),
+    xlsx_path: Optional[Path] = typer.Option(None, "--xlsx", help="also write the statement as an XLSX workbook (sheets 对账单 and 合计)"),
+) -> None:
     """A recipient's statement from the read model: every expense, decision, payout, recovery."""
     from projections import statement as st
 
     runner = _runner(["statement"], DEFAULT_BATCH)
     _need_tables(runner)
+    recipient = _resolve_recipient(recipient)
     with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
         rows = st.for_recipient(conn, recipient)
+    from infra import statement_export
+    from infra.settings import get_settings
+    from infra.wiring import build_app
+
+    handles = statement_export.handles_of(build_app(get_settings(), publish_policy=False), recipient)
+    for path, write in ((csv_path, statement_export.write_csv), (xlsx_path, statement_export.write_xlsx)):
+        if path:
+            err.print(f"wrote {write(rows, path, handles)}", markup=False)
     if as_json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
         return
@@ -246,5 +311,5 @@ def statement(recipient: str = typer.Argument(..., help="the recipient's ledger 
     for col in ("position", "recorded", "kind", "expense", "amount"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["position"]), r["recorded_at"][:19], r["kind"], (r["expense"] or "")[-6:], r["amount"] or "")
+        table.add_row(str(r["position"]), st.local_time(r["recorded_at"]), r["kind"], handles.get(r["expense"] or "", r["expense"] or ""), r["amount"] or "")
     Console().print(table)

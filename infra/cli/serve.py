@@ -25,11 +25,16 @@ def _loopback(host: str) -> bool:
 def serve(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, max=64, help="worker processes behind the one port (each its own pool and memory)"),
 ) -> None:
     """Serve the HTTP API on the configured store (LEDGER_DATABASE_URL; embedded SQLite by default).
 
     Beyond loopback it refuses to start without LEDGER_DATA_KEY, with the development token
-    secret, or with a token secret shorter than 32 bytes (ADR 0013); on loopback it warns once."""
+    secret, or with a token secret shorter than 32 bytes (ADR 0013); on loopback it warns once.
+
+    ``--workers N`` runs N processes behind the one port (uvicorn's process manager; each worker
+    builds the app from the factory ``infra.http:create_app`` with the same settings, from the
+    environment). An in-memory store cannot be shared, so it is served by one process."""
     from infra.settings import get_settings
 
     settings = get_settings()
@@ -44,9 +49,25 @@ def serve(
         MasterKey.announced()  # said once here, not again by the key loader
     import uvicorn
 
+    if workers > 1 and not settings.is_memory:
+        # Each worker imports the factory and reads the same environment (LEDGER_*): the store,
+        # the keys and the token secret are the parent's.
+        uvicorn.run(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info")
+        return
+    if workers > 1:
+        typer.echo("warning: an in-memory store cannot be shared between processes: serving with one worker", err=True)
     from infra.http import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    from infra.http.operations import log_format, uvicorn_log_config
+
+    # LEDGER_LOG_FORMAT=json: one JSON object a line, one line per request (infra.http.operations)
+    service = create_app(settings)
+    service.state.warm_console = True  # the console's district figures are built in the background at start
+    uvicorn.run(service, host=host, port=port, log_level="info", log_config=uvicorn_log_config(), access_log=log_format() != "json")
+
+
+#: The application factory, importable by string in every worker process (``uvicorn --factory``).
+FACTORY = "infra.http:create_app"
 
 
 @token_app.command("issue")

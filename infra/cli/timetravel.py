@@ -40,6 +40,26 @@ def _ledger():
     return ledger if jurisdiction == ledger.jurisdiction else LedgerApp(env, jurisdiction=jurisdiction)
 
 
+def _chained_ledger():
+    """The application as ``build_app`` wires it (personal fields readable, the integrity chain
+    installed: the snapshot's manifest names its head), publishing nothing, in the store's own
+    jurisdiction."""
+    from infra.settings import get_settings
+    from infra.wiring import build_app
+    from ledger import errors
+
+    settings = get_settings()
+    ledger = build_app(settings, publish_policy=False)
+    try:
+        jurisdiction = ledger.policy().jurisdiction
+    except errors.LedgerError:
+        return ledger
+    if jurisdiction == ledger.jurisdiction:
+        return ledger
+    ledger.close()
+    return build_app(settings, jurisdiction=jurisdiction, publish_policy=False)
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(message, err=True)
     raise typer.Exit(code)
@@ -239,9 +259,13 @@ def snapshot(
     format_: Optional[list[str]] = typer.Option(None, "--format", help="json | csv | xlsx (repeatable; default all three)"),
     out: Path = typer.Option(Path("."), "--out", help="directory for the files and the manifest"),
 ) -> None:
-    """The books as effective on V, as known at T, from the event log (R-TIME-3)."""
-    from commands.snapshot import FORMATS, take_snapshot
+    """The books as effective on V, as known at T (R-TIME-3): from the persisted cuts (brought to
+    the log's head first), streamed to the files recipient by recipient (ADR 0010)."""
+    from commands.snapshot import FORMATS, snapshot_from_cuts, write_export
     from commands.timeline import parse_valid
+    from infra.integrity import chain_head
+    from infra.settings import get_settings
+    from projections.common import make_engine, projection_url
 
     formats = format_ or list(FORMATS)
     unknown = [f for f in formats if f not in FORMATS]
@@ -252,20 +276,25 @@ def snapshot(
     except ValueError:
         _fail(f"--valid: {valid!r} is not a date (YYYY-MM-DD)")
     t = _known_at(known_at)
-    ledger = _ledger()
+    ledger = _chained_ledger()
     started = time.perf_counter()
-    snap = take_snapshot(ledger, v, t)
-    files = snap.export(formats)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (out / name).write_bytes(data)
+    engine = make_engine(projection_url(get_settings().sqlalchemy_url()))
+    try:
+        head, rows = snapshot_from_cuts(ledger, engine, v, t)
+        try:
+            link = chain_head(head.position, ledger)
+        except Exception as exc:  # noqa: BLE001 - a store without the chain still gets its snapshot
+            err.print(f"no integrity-chain head for the manifest: {exc}")
+            link = None
+        manifest = write_export(head, rows, formats, out, {"position": link.position, "hash": link.hash} if link else None)
+    finally:
+        engine.dispose()
     elapsed = time.perf_counter() - started
-    manifest = json.loads(files[f"{snap.stem}.manifest.json"])
     typer.echo(
-        f"snapshot V={manifest['valid']} T={manifest['known_at']} store position {snap.position}: "
-        f"{len(snap.rows)} row(s), {snap.recipients} recipient(s)"
+        f"snapshot V={manifest['valid']} T={manifest['known_at']} store position {head.position}: "
+        f"{manifest['rows']} row(s), {head.recipients} recipient(s)"
     )
     for name, meta in manifest["files"].items():
         typer.echo(f"  {out / name}  sha256 {meta['sha256']}")
-    typer.echo(f"  {out / (snap.stem + '.manifest.json')}")
+    typer.echo(f"  {out / (head.stem + '.manifest.json')}")
     typer.echo(f"elapsed {elapsed:.2f} s")

@@ -20,7 +20,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.utils import get_topic
 
 from infra.contract import messages as pm
-from ledger.aggregates import Claim, ClaimBatch, CommandRecord, PolicyLedger, Receipt, Recipient
+from ledger.aggregates import Claim, ClaimBatch, ClearingLog, CommandRecord, PolicyLedger, Receipt, Recipient
 from ledger.money import fmt
 
 #: Namespace of public event ids: ``uuid5(EVENT_NAMESPACE, "<originator id>:<version>")``.
@@ -318,6 +318,10 @@ SKIPPED: dict[type, str] = {
     Receipt.Opened: "the ledger-wide receipt index (R-CLR-1(b)); expense.recorded carries duplicate_of publicly",
     Receipt.ExpenseNoted: "the ledger-wide receipt index (R-CLR-1(b)); expense.recorded carries duplicate_of publicly",
     Receipt.Aided: "the ledger-wide receipt index (R-PH-7); aid.decided says the same publicly",
+    Recipient.WriteOffProposed: "a write-off awaiting a second officer (R-CLR-3); nothing moves until clearing.written_off",
+    Recipient.WriteOffRefused: "a refused write-off proposal (R-CLR-3); no money moves, the case stays open",
+    ClearingLog.Opened: "bookkeeping of the clearing runs' positions; internal",
+    ClearingLog.RunRecorded: "where the last clearing run stopped in the log; the cases it opened are published",
 }
 
 #: Topics the relay decodes; everything else is skipped without decoding.

@@ -19,7 +19,7 @@ from datetime import date, datetime
 from types import ModuleType
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -29,8 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from commands import models as m
 from commands.app import LedgerApp, Result, WriteConflict, recipient_of
-from commands.queries import case_view
 from infra.http import schemas as s
+from infra.http import list_schemas as ls
 from infra.http import views
 from infra.http.auth import Principal, Role, TokenError, verify
 from infra.http.guard import RequestGuard
@@ -41,6 +41,8 @@ from ledger import errors
 from ledger.aggregates import Claim, PolicyLedger, Recipient
 
 R = Role
+#: Routes that take a settlement file: their bodies may reach LEDGER_MAX_UPLOAD_BYTES (docs/import.md).
+UPLOAD_PATHS = frozenset({"/imports", "/console/import"})
 _READERS = frozenset({R.STREET_HANDLER, R.REVIEWER, R.APPROVER, R.DISTRICT_OFFICER, R.CLEARING_OFFICER, R.AUDITOR})
 _DISTRICT_READERS = frozenset({R.REVIEWER, R.APPROVER, R.DISTRICT_OFFICER, R.CLEARING_OFFICER, R.AUDITOR})
 
@@ -76,6 +78,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "approve_write_off": frozenset({R.APPROVER, R.DISTRICT_OFFICER}),
     "refuse_write_off": frozenset({R.APPROVER, R.DISTRICT_OFFICER}),
     "run_clearing": frozenset({R.CLEARING_OFFICER, R.DISTRICT_OFFICER}),
+    # a month's settlement file (R-PH-2 [002 3.2]; a street handler's rows: their own street only)
+    "import_expenses": frozenset({R.STREET_HANDLER, R.SYSTEM, R.DISTRICT_OFFICER}),
     # reads of one person's data (each one recorded in the access log)
     "recipient_statement": _READERS,
     "recipient_caps": _READERS,
@@ -92,6 +96,11 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "projections_status": frozenset({R.DISTRICT_OFFICER, R.CLEARING_OFFICER, R.AUDITOR, R.SYSTEM}),
     "access_log": frozenset({R.AUDITOR}),
     "whoami": frozenset(Role),
+    # finding (ADR 0019): paginated lists; a street handler sees their own street only (R-PH-1)
+    "list_recipients": _READERS,
+    "list_expenses": _READERS,
+    "list_claims": _READERS,
+    "list_payments": _READERS,
 }
 
 RecipientId = Annotated[uuid.UUID, Path(description="the recipient's id (returned by enrol)")]
@@ -103,6 +112,26 @@ ExpenseId = Annotated[
         pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}:[1-9][0-9]{0,8}$",
     ),
 ]
+#: An expense as the ledger shows it: its id or its handle (``E004997``), ADR 0019.
+ExpenseRef = Annotated[
+    str,
+    Path(description="the expense: its id `<recipient uuid>:<n>` or its handle as recorded (e.g. `E004997`)", min_length=1, max_length=200),
+]
+
+
+# the finding lists' query parameters (ADR 0019)
+Cursor = Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")]
+Limit = Annotated[int, Query(ge=1, le=500, description="rows per page")]
+Street = Annotated[str | None, Query(max_length=100, description="one street office (a street handler's own by default)")]
+Month = Annotated[str | None, Query(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, China Standard Time")]
+
+
+def _expense_ref(svc: "Service", text: str) -> str:
+    from commands.lookup import resolve_expense
+
+    return resolve_expense(svc.ledger, text)
+
+
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -134,6 +163,8 @@ def _problem(status: int, code: str, message: str, *, rule: str | None = "", fie
 def _ledger_error_response(exc: errors.LedgerError) -> JSONResponse:
     if isinstance(exc, WriteConflict):  # retryable: nothing was recorded
         return _problem(409, exc.code, exc.message, headers={"Retry-After": "1"})
+    if exc.code == "ALREADY_ENROLLED":  # a duplicate enrolment conflicts with the one recorded (ADR 0019)
+        return _problem(409, exc.code, exc.message, rule=exc.rule, field=exc.field)
     if isinstance(exc, errors.UnknownEntity):
         return _problem(404, exc.code, exc.message, rule=exc.rule, field=exc.field)
     if isinstance(exc, errors.InvalidInput):
@@ -162,6 +193,13 @@ class Service:
     def __init__(self, settings: Settings, ledger: LedgerApp, store: HttpStore, *, owns: bool):
         self.settings, self.ledger, self.store, self.owns = settings, ledger, store, owns
         self._projection_engine: Any = None
+        self._read_models_ready: set[str] = set()  # views set up by this process (bounded by the views)
+
+    def read_model(self, name: str) -> tuple[Any, Any]:
+        """The read-model engine and the status of view ``name``, caught up to the log's head
+        (``views.caught_up``, ADR 0008)."""
+        self.projections()
+        return self._projection_engine, views.caught_up(self._projection_engine, self.ledger, name, self._read_models_ready)
 
     def projections(self) -> Any:
         """A runner over the read models (for their status and the duplicate index), or None
@@ -305,7 +343,7 @@ def _write(request: Request, p: Principal, key: str | None, body: BaseModel | No
         if stored is not None:
             if stored.request_hash != digest:
                 return key_reused
-            return JSONResponse(stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
+            return JSONResponse(stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true", **_location(stored.status_code, stored.body)})
     try:
         status, out = run(f"http:{scoped}" if scoped else None)
     except ValidationError as exc:
@@ -326,7 +364,24 @@ def _write(request: Request, p: Principal, key: str | None, body: BaseModel | No
         if stored.request_hash != digest:  # a concurrent request with the same key and another body won
             return key_reused
         status, out = stored.status_code, stored.body
-    return JSONResponse(out, status_code=status)
+    return JSONResponse(out, status_code=status, headers=_location(status, out))
+
+
+def _location(status: int, body: Any) -> dict[str, str]:
+    """A 201 names what it created (RFC 9110 10.2.2): the claim, the expense's explanation, the
+    recipient, or the write-off proposals."""
+    if status != 201 or not isinstance(body, dict):
+        return {}
+    ids = body.get("ids") if isinstance(body.get("ids"), dict) else {}
+    if ids.get("claim"):
+        return {"Location": f"/claims/{ids['claim']}"}
+    if ids.get("expense"):
+        return {"Location": f"/expenses/{ids['expense']}/explain"}
+    if ids.get("recipient"):
+        return {"Location": f"/recipients/{ids['recipient']}"}
+    if body.get("id") and body.get("status"):
+        return {"Location": f"/write-offs?status={body['status']}"}
+    return {}
 
 
 def _command(request: Request, p: Principal, key: str | None, body: BaseModel | None, command: type[m.Command], fields: dict[str, Any], *, created: bool = False) -> JSONResponse:
@@ -368,6 +423,8 @@ def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = N
             "default; the token is checked before any body is read). Every write takes an `Idempotency-Key`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served by infra.http.operations, assets included (no CDN)
+        redoc_url=None,
     )
     app.state.service = service
     app.state.public_paths = {p for p in (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url) if p}
@@ -392,7 +449,11 @@ def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = N
         token_secret=lambda: service.settings.token_secret,
         is_public=is_public,
         problem=lambda status, code, message, field, headers: _problem(status, code, message, field=field, headers=headers),
+        route_limit=lambda path: service.settings.max_upload_bytes if path in UPLOAD_PATHS else None,
     )
+    from infra.http import operations
+
+    operations.install(app, service)  # /metrics, request logs (LEDGER_LOG_FORMAT), offline /docs and /redoc; outermost
     return app
 
 
@@ -461,6 +522,12 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
             checks["http_store"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["http_store"] = f"unavailable: {type(exc).__name__}"
+        try:  # a read model stopped at an event it could not apply is not ready (ADR 0008)
+            runner = svc.projections()
+            stalled = [f"{st.name} at {st.failed.position}" for st in (runner.status() if runner is not None else []) if st.failed is not None]
+            checks["projections"] = "ok" if not stalled else "stalled: " + ", ".join(stalled) + " (ledger projections status)"
+        except Exception as exc:  # noqa: BLE001
+            checks["projections"] = f"unavailable: {type(exc).__name__}"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
 
@@ -585,9 +652,19 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         return _command(request, p, key, None, m.PaySupplementary, {"recipient": str(recipient_id)})
 
     # ------------------------------------------------------------------ clearing
-    @op("POST", "/recipients/{recipient_id}/repayments", "repay", response_model=s.Accepted, summary="A repayment toward open clearing cases (R-CLR-3)")
+    @op("POST", "/recipients/{recipient_id}/repayments", "repay", response_model=s.Accepted, summary="A repayment toward open clearing cases (R-CLR-3)",
+        description="Records the receiving officer (the caller), the day, the receipt or voucher number and the method.")
     def repay(request: Request, p: Caller, recipient_id: RecipientId, body: s.RepayBody, key: IdempotencyKey = None) -> JSONResponse:
-        return _command(request, p, key, body, m.Repay, {"recipient": str(recipient_id)})
+        return _command(request, p, key, body, m.Repay, {"recipient": str(recipient_id), "officer": p.officer})
+
+    # Write-off proposals and their decisions are ledger events (WriteOffProposed, WriteOffApproved,
+    # WriteOffRefused, R-CLR-3); the http_write_off_proposals table of earlier versions is no longer
+    # read or written (docs/clearing.md says what to do with pending rows left in it).
+    def _proposal_response(svc: Service, result: Result, created: bool) -> tuple[int, dict[str, Any]]:
+        if result.status != "accepted":
+            return _result_response(result, created)
+        cv = importlib.import_module("commands.clearing_views")
+        return (201 if created else 200), jsonable_encoder(cv.write_off_proposal(svc.ledger, result.ids["proposal"]))
 
     @op("POST", "/recipients/{recipient_id}/write-offs", "propose_write_off", status_code=201, response_model=s.WriteOffProposal,
         summary="A clearing officer proposes a write-off (R-CLR-3)",
@@ -595,11 +672,9 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
     def propose_write_off(request: Request, p: Caller, recipient_id: RecipientId, body: s.WriteOffProposalBody, key: IdempotencyKey = None) -> JSONResponse:
         svc = _service(request)
 
-        def run(_: str | None) -> tuple[int, dict[str, Any]]:
-            r = svc.ledger.recipient(recipient_id)
-            if r.open_balance() <= 0:
-                raise errors.NothingOwed("the recipient has no open clearing balance", field="recipient")
-            return 201, jsonable_encoder(svc.store.propose_write_off(str(r.id), p.officer, body.reason))
+        def run(command_id: str | None) -> tuple[int, dict[str, Any]]:
+            cmd = m.ProposeWriteOff(recipient=str(recipient_id), officer=p.officer, reason=body.reason, command_id=command_id)
+            return _proposal_response(svc, svc.ledger.run(cmd), True)
 
         return _write(request, p, key, body, run)
 
@@ -608,42 +683,28 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
     def approve_write_off(request: Request, p: Caller, proposal_id: Annotated[uuid.UUID, Path()], key: IdempotencyKey = None) -> JSONResponse:
         svc = _service(request)
 
-        def run(_: str | None) -> tuple[int, dict[str, Any]]:
-            proposal = svc.store.proposal(str(proposal_id))
-            if proposal is None:
-                raise errors.UnknownEntity(f"unknown write-off proposal {proposal_id}", field="proposal_id")
-            if proposal["status"] != "pending":
-                raise errors.Conflict(f"the proposal is already {proposal['status']}", code="PROPOSAL_CLOSED", rule="R-CLR-3", field="proposal_id")
+        def run(command_id: str | None) -> tuple[int, dict[str, Any]]:
             # The proposal id and the approver are the command id: each approver's decision is applied
-            # at most once, and a refused one (R-CLR-3: the proposer) leaves the proposal to another
-            # approver (a second approval finds nothing owed).
-            cmd = m.WriteOff(recipient=proposal["recipient"], officer=proposal["officer"], approver=p.officer,
-                             reason=proposal["reason"], command_id=f"write-off:{proposal_id}:{p.officer}")
-            status, out = _result_response(svc.ledger.run(cmd), False)
-            if status == 200:
-                svc.store.decide_proposal(str(proposal_id), p.officer, "approved", out)
-            return status, out
+            # at most once; a refused one (R-CLR-3: the proposer) leaves the proposal to another approver.
+            cmd = m.ApproveWriteOff(proposal=str(proposal_id), approver=p.officer, command_id=command_id or f"write-off:{proposal_id}:{p.officer}")
+            return _result_response(svc.ledger.run(cmd), False)
 
         return _write(request, p, key, None, run)
 
-    @op("POST", "/write-offs/{proposal_id}/refuse", "refuse_write_off", response_model=s.WriteOffProposal, summary="Refuse a proposed write-off")
-    def refuse_write_off(request: Request, p: Caller, proposal_id: Annotated[uuid.UUID, Path()], key: IdempotencyKey = None) -> JSONResponse:
+    @op("POST", "/write-offs/{proposal_id}/refuse", "refuse_write_off", response_model=s.WriteOffProposal, summary="Refuse a proposed write-off (R-CLR-3)")
+    def refuse_write_off(request: Request, p: Caller, proposal_id: Annotated[uuid.UUID, Path()], body: s.WriteOffRefusalBody | None = None, key: IdempotencyKey = None) -> JSONResponse:
         svc = _service(request)
 
-        def run(_: str | None) -> tuple[int, dict[str, Any]]:
-            proposal = svc.store.proposal(str(proposal_id))
-            if proposal is None:
-                raise errors.UnknownEntity(f"unknown write-off proposal {proposal_id}", field="proposal_id")
-            if not svc.store.decide_proposal(str(proposal_id), p.officer, "refused", {"status": "refused"}):
-                raise errors.Conflict(f"the proposal is already {proposal['status']}", code="PROPOSAL_CLOSED", rule="R-CLR-3", field="proposal_id")
-            return 200, jsonable_encoder(svc.store.proposal(str(proposal_id)))
+        def run(command_id: str | None) -> tuple[int, dict[str, Any]]:
+            cmd = m.RefuseWriteOff(proposal=str(proposal_id), officer=p.officer, reason=body.reason if body else None, command_id=command_id)
+            return _proposal_response(svc, svc.ledger.run(cmd), False)
 
-        return _write(request, p, key, None, run)
+        return _write(request, p, key, body, run)
 
-    @op("GET", "/write-offs", "write_off_proposals", response_model=list[s.WriteOffProposal], summary="Write-off proposals")
+    @op("GET", "/write-offs", "write_off_proposals", response_model=list[s.WriteOffProposal], summary="Write-off proposals, with the person and the amount (R-CLR-3)")
     def write_off_proposals(request: Request, p: Caller, status: Literal["pending", "approved", "refused"] | None = None) -> Any:
         svc = _service(request)
-        rows = svc.store.proposals(status)
+        rows = importlib.import_module("commands.clearing_views").write_off_proposals(svc.ledger, status=status)
         _log_read(svc, p, "write_off_proposals", f"write-offs?status={status or ''}", [r["recipient"] for r in rows])
         return rows
 
@@ -654,16 +715,12 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
     @op("GET", "/clearing/cases", "clearing_cases", response_model=list[dict[str, Any]], summary="Clearing cases, population-wide (R-CLR-2, R-CLR-3)")
     def clearing_cases(request: Request, p: Caller, status: Literal["open", "settled", "written_off"] | None = None) -> Any:
         svc = _service(request)
-        cv = _optional_module("commands.clearing_views")
-        if cv is not None:
-            rows = list(cv.clearing_cases(svc.ledger, status=status))
-        else:
-            rows = []
-            for rid in svc.ledger.recipient_ids():
-                r = svc.ledger.recipient(rid)
-                rows += [{"recipient": str(r.id), **case_view(c)} for c in r.cases.values() if status in (None, c.status)]
+        # From the clearing_cases read model caught up to the head, never a replay of every
+        # recipient per request (R-CLR-2, R-CLR-3 [000 第七条]; ADR 0008).
+        engine, state = svc.read_model("clearing_cases")
+        rows = views.clearing_cases(engine, svc.ledger, status)
         _log_read(svc, p, "clearing_cases", f"clearing/cases?status={status or ''}", [row["recipient"] for row in rows])
-        return jsonable_encoder(rows)
+        return JSONResponse(jsonable_encoder(rows), headers={"X-Read-Model-Position": str(state.position), "X-Read-Model-Lag": str(state.lag)})
 
     @op("GET", "/clearing/cases/{case_id}", "clearing_case", response_model=dict[str, Any],
         summary="One clearing case or supplementary payout: both decisions side by side, the trigger and its rule")
@@ -701,8 +758,9 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         return views.recipient_clearing(r)
 
     @op("GET", "/expenses/{expense_id}/explain", "explain_expense", response_model=s.Explanation, summary="Why an expense got what it got")
-    def explain_expense(request: Request, p: Caller, expense_id: ExpenseId) -> Any:
+    def explain_expense(request: Request, p: Caller, expense_id: ExpenseRef) -> Any:
         svc = _service(request)
+        expense_id = _expense_ref(svc, expense_id)
         r = _recipient(svc, p, recipient_of(expense_id))
         if expense_id not in r.expenses:
             raise errors.UnknownEntity(f"unknown expense {expense_id!r}", field="expense_id")
@@ -714,8 +772,9 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
 
     @op("GET", "/expenses/{expense_id}/replay", "replay_expense", response_model=s.Replay, summary="Replay an expense's decision with the knowledge it had (R-TIME-1)",
         description="Each stored decision and reassessment of the expense, re-made with the knowledge it recorded, or with what was known at `known_at`, and compared to the fen.")
-    def replay_expense(request: Request, p: Caller, expense_id: ExpenseId, known_at: datetime | None = None) -> Any:
+    def replay_expense(request: Request, p: Caller, expense_id: ExpenseRef, known_at: datetime | None = None) -> Any:
         svc = _service(request)
+        expense_id = _expense_ref(svc, expense_id)
         r = _recipient(svc, p, recipient_of(expense_id))
         if expense_id not in r.expenses:
             raise errors.UnknownEntity(f"unknown expense {expense_id!r}", field="expense_id")
@@ -728,6 +787,21 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         return {"expense": expense_id, "known_at": known_at, "equal": all(x.equal for x in results),
                 "results": jsonable_encoder([x.as_dict() for x in results])}
 
+    # ------------------------------------------------------------------ settlement files (docs/import.md)
+    @op("POST", "/imports", "import_expenses", response_model=dict[str, Any],
+        summary="Import a month's settlement records, a CSV or XLSX file (R-PH-2)",
+        description="multipart/form-data: `file` (.csv or .xlsx in the columns of record_expense, Chinese or English headers, "
+                    "docs/import.md) and `skip_invalid`. Every row is checked first; a file with an invalid row records nothing (422 "
+                    "`IMPORT_INVALID`, each problem with its line, column, field and rule) unless `skip_invalid`, which records the good "
+                    "rows and returns the rejected ones as a file to fix and upload again. Each row's receipt is its idempotency key: "
+                    "uploading a file again records nothing twice. Bodies up to `LEDGER_MAX_UPLOAD_BYTES` (16 MiB by default).")
+    def import_expenses(request: Request, p: Caller, file: Annotated[UploadFile, File(description="the settlement file (.csv or .xlsx)")],
+                        skip_invalid: Annotated[bool, Form()] = False) -> JSONResponse:
+        from infra.http.imports import upload
+
+        status, body = upload(_service(request).ledger, p, file.filename or "", file.file.read(), skip_invalid)
+        return JSONResponse(jsonable_encoder(body), status_code=status)
+
     # ------------------------------------------------------------------ population reads
     @op("GET", "/duplicates", "duplicate_index", response_model=s.DuplicateIndex,
         summary="Duplicate index: no aid twice for the same cost (R-CLR-1(b), R-PH-7)",
@@ -739,6 +813,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         if status is not None and status.stored_version is not None:
             from projections.duplicates import index
 
+            _, status = svc.read_model("duplicates")  # brought to the head first (ADR 0008)
             with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
                 findings = index(conn, kind)
             out = {"source": "projection", "position": status.position, "head": status.head, "lag": status.lag, "findings": findings}
@@ -794,3 +869,77 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         _aware(since, "since")
         rows = svc.store.accesses(str(recipient), include_population=include_population, since=since, limit=limit)
         return {"recipient": str(recipient), "entries": rows}
+
+    # ------------------------------------------------------------------ finding (ADR 0019)
+    def _scope(p: Principal, street: str | None) -> str | None:
+        """R-PH-1 [002 4.1]: a street handler lists their own street only."""
+        if p.role is Role.STREET_HANDLER:
+            _own_street(p, street or p.street or "", "street")
+            return p.street
+        return street
+
+    def _recipient_ref(svc: Service, p: Principal, text: str | None, street: str | None) -> str | None:
+        from commands.lookup import is_exact_reference, resolve_recipient
+
+        if not text:
+            return None
+        # an id or id number of another street is refused as the other endpoints refuse it (403); a name
+        # is searched within the caller's street only
+        rid = resolve_recipient(svc.ledger, text, street=None if is_exact_reference(text) else street)
+        _own_street(p, svc.ledger.recipient(rid).street)
+        return rid
+
+    def _listed(svc: Service, p: Principal, operation: str, target: str, page: Any, key: str = "recipient") -> Any:
+        _log_read(svc, p, operation, target, sorted({i[key] for i in page.items}))  # the searched text is never logged
+        return page.as_dict()
+
+    @op("GET", "/recipients", "list_recipients", response_model=ls.RecipientPage,
+        summary="Find recipients: by id, resident id number (keyed hash), name or street; paginated",
+        description="`q` is read as a recipient id, an 18-character resident id number (matched through the ledger's keyed "
+                    "hash, ADR 0015), a name (contains, normalised) or, when no name matches, a street. Id numbers come back masked.")
+    def list_recipients(request: Request, p: Caller, q: Annotated[str | None, Query(max_length=100)] = None, street: Street = None,
+                        month: Month = None, cursor: Cursor = None, limit: Limit = 50) -> Any:
+        from commands import lookup
+
+        svc = _service(request)
+        page = lookup.list_recipients(svc.ledger, q, street=_scope(p, street), month=month, cursor=cursor, limit=limit)
+        return _listed(svc, p, "list_recipients", f"recipients?street={street or ''}&month={month or ''}", page)
+
+    @op("GET", "/expenses", "list_expenses", response_model=ls.ExpensePage,
+        summary="Expenses by handle, recipient, street, invoice month, scheme and status; paginated")
+    def list_expenses(request: Request, p: Caller, q: Annotated[str | None, Query(max_length=200, description="an expense handle (E004997) or id")] = None,
+                      recipient: Annotated[str | None, Query(max_length=100, description="id, id number or name")] = None,
+                      street: Street = None, month: Month = None, scheme: Annotated[str | None, Query(max_length=60)] = None,
+                      status: Literal["recorded", "claimed", "decided", "paid"] | None = None, cursor: Cursor = None, limit: Limit = 50) -> Any:
+        from commands import lookup
+
+        svc = _service(request)
+        scope = _scope(p, street)
+        rid = _recipient_ref(svc, p, recipient, scope)
+        page = lookup.list_expenses(svc.ledger, q, recipient=rid, street=scope, month=month, scheme=scheme, status=status, cursor=cursor, limit=limit)
+        return _listed(svc, p, "list_expenses", f"expenses?street={street or ''}&month={month or ''}&scheme={scheme or ''}&status={status or ''}", page)
+
+    @op("GET", "/claims", "list_claims", response_model=ls.ClaimPage, summary="Claims by recipient, street, month lodged and status; paginated")
+    def list_claims(request: Request, p: Caller, q: Annotated[str | None, Query(max_length=200, description="a claim id, or an expense it lists")] = None,
+                    recipient: Annotated[str | None, Query(max_length=100)] = None, street: Street = None, month: Month = None,
+                    status: Literal["lodged", "reviewed", "approved", "rejected", "paid"] | None = None,
+                    channel: Literal["post_hoc", "auto"] | None = None, cursor: Cursor = None, limit: Limit = 50) -> Any:
+        from commands import lookup
+
+        svc = _service(request)
+        scope = _scope(p, street)
+        rid = _recipient_ref(svc, p, recipient, scope)
+        page = lookup.list_claims(svc.ledger, q, recipient=rid, street=scope, month=month, status=status, channel=channel, cursor=cursor, limit=limit)
+        return _listed(svc, p, "list_claims", f"claims?street={street or ''}&month={month or ''}&status={status or ''}", page)
+
+    @op("GET", "/payments", "list_payments", response_model=ls.PaymentPage, summary="Payouts by month paid, street, scheme and recipient; paginated")
+    def list_payments(request: Request, p: Caller, month: Month = None, recipient: Annotated[str | None, Query(max_length=100)] = None,
+                      street: Street = None, scheme: Annotated[str | None, Query(max_length=60)] = None,
+                      channel: Annotated[str | None, Query(max_length=40)] = None, cursor: Cursor = None, limit: Limit = 50) -> Any:
+        from commands import lookup
+
+        svc = _service(request)
+        scope = _scope(p, street)
+        rid = _recipient_ref(svc, p, recipient, scope)
+        page = lookup.list_payments(svc.ledger, recipient=rid, street=scope, month=month, scheme=scheme, channel=channel, cursor=cursor, limit=limit)
+        return _listed(svc, p, "list_payments", f"payments?street={street or ''}&month={month or ''}&scheme={scheme or ''}", page)

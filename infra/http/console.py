@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import re
 import threading
 import time
@@ -44,6 +45,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from commands.lookup import is_exact_reference, mask_id_number, resolve_expense, resolve_recipient
 from infra.http import console_data as data
 from infra.http import svg
 from infra.http.app import PERMISSIONS
@@ -87,12 +89,14 @@ PAGES: dict[str, frozenset[Role]] = {
     "clearing": PERMISSIONS["clearing_cases"],
     "district": PERMISSIONS["duplicate_index"],
     "snapshots": PERMISSIONS["snapshot"],
+    "import": PERMISSIONS["import_expenses"],
 }
 NAV = (
     ("search", f"{BASE}/recipients", "查找救助对象", "Find a recipient"),
     ("clearing", f"{BASE}/clearing", "个人清算", "Clearing"),
     ("district", f"{BASE}/district", "全区概览", "District"),
     ("snapshots", f"{BASE}/snapshots", "时点快照", "Snapshots"),
+    ("import", f"{BASE}/import", "导入结算记录", "Import"),
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -261,15 +265,54 @@ def install(app: FastAPI) -> None:
     @asynccontextmanager
     async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
         async with original(a) as state:
+            warming = None
+            if getattr(a.state, "warm_console", False):  # `ledger serve`: the district's figures ready before the first visit
+                warming = threading.Thread(target=_warm, args=(a,), name="console-warm-up", daemon=True)
+                warming.start()
             try:
                 yield state
             finally:
+                if warming is not None:
+                    warming.join(timeout=30)
                 district = getattr(a.state, "console_district", None)
                 if district is not None:
                     district.close()
 
     app.router.lifespan_context = lifespan
+    _install_log_redaction()
     _routes(app)
+    from infra.http import console_import  # the settlement-file upload page (docs/import.md)
+
+    console_import.routes(app)
+
+
+_SEARCHED = re.compile(r"([?&](?:q|recipient)=)[^&\s\"]*")
+
+
+class _RedactSearches(logging.Filter):
+    """The text searched (``q``, and a ``recipient`` given as a name or id number) never reaches a
+    log (ADR 0019): the server's access log line keeps the path, with the value replaced."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact(a) for a in record.args)
+        elif isinstance(record.msg, str) and "=" in record.msg:
+            record.msg = _SEARCHED.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, (int, float)) or value is None:
+        return value
+    text = str(value)  # an httpx.URL too
+    return _SEARCHED.sub(r"\1[redacted]", text) if "=" in text else value
+
+
+def _install_log_redaction() -> None:
+    for name in ("uvicorn.access", "uvicorn.error", "httpx"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactSearches) for f in logger.filters):
+            logger.addFilter(_RedactSearches())
 
 
 async def _to_login(request: Request, exc: _Login) -> Response:
@@ -289,14 +332,30 @@ async def _refused(request: Request, exc: Refused) -> Response:
 
 
 _district_lock = threading.Lock()
+#: What the clearing workbench lists (``?show=``): the cases' status in the read model, or all.
+CLEARING_SHOWN = {"open": "未结 open", "settled": "已结清 settled", "written_off": "已核销 written off", "all": "全部 all"}
+
+
+def _warm(app: FastAPI) -> None:
+    """Bring the clearing read model and the district's figures to the head before the first
+    visit (each page then applies only what was recorded since: well under a second)."""
+    try:
+        app.state.service.read_model("clearing_cases")
+        _district_of(app).warm()
+    except Exception:  # noqa: BLE001 - a warm-up that fails leaves the work to the first visit
+        logging.getLogger("ledger.console").warning("console warm-up failed; the first visit catches up", exc_info=True)
 
 
 def _district(request: Request) -> data.District:
-    state = request.app.state
+    return _district_of(request.app)
+
+
+def _district_of(app: FastAPI) -> data.District:
+    state = app.state
     with _district_lock:
         district = getattr(state, "console_district", None)
         if district is None:
-            district = state.console_district = data.District(_service(request).ledger)
+            district = state.console_district = data.District(state.service.ledger)
     return district
 
 
@@ -358,7 +417,8 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
 
     @post(f"{BASE}/recipients")
     async def find_posted(request: Request) -> Response:
-        """The search form posts, so that an id number never lands in a URL (access logs, history)."""
+        """A search posted by an older page or a script; the console's own form is a GET, so a result
+        page can be bookmarked (ADR 0019). Either way the text searched is never logged."""
         s = _session(request)
         _need(s, "search")
         form = await _check_form(request, s)
@@ -385,8 +445,9 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
         _need(s, "recipient")
         try:
             rid = str(uuid.UUID(recipient_id))
-        except ValueError:
-            raise Refused(404, "UNKNOWN_RECIPIENT", f"{recipient_id!r} is not a recipient id") from None
+        except ValueError:  # an id number or a name, as the ledger shows them (ADR 0019)
+            street = s.principal.street if s.principal.role is Role.STREET_HANDLER and not is_exact_reference(recipient_id) else None
+            rid = await _blocking(resolve_recipient, _service(request).ledger, recipient_id, street=street)
         statement = await read(request, s, f"/recipients/{rid}")  # the API checks the street and logs the read
         caps = await read(request, s, f"/recipients/{rid}/caps")
         ledger = _service(request).ledger
@@ -404,7 +465,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
                               desc=f"按票据日期累计的应救助金额（R-CAP-2），限额 {svg.yuan(x.cap)}。"))
             for x in series
         ]
-        return page(request, s, "recipient.html", st=statement, caps=caps["annual"], entries=entries, category_chart=category_chart, category_rows=rows,
+        return page(request, s, "recipient.html", st=statement, masked_id=mask_id_number, caps=caps["annual"], entries=entries, category_chart=category_chart, category_rows=rows,
                     cap_charts=cap_charts, title=f"{statement['name']} · 救助对象 Recipient")
 
     # -------------------------------------------------------------------- one expense
@@ -412,8 +473,8 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
     async def expense(request: Request, expense_id: str) -> Response:
         s = _session(request)
         _need(s, "expense")
-        if not EXPENSE_ID.fullmatch(expense_id):
-            raise Refused(404, "UNKNOWN_EXPENSE", f"{expense_id!r} is not an expense id (<recipient id>:<n>)", field="expense_id")
+        if not EXPENSE_ID.fullmatch(expense_id):  # the handle the ledger shows (E004997), ADR 0019
+            expense_id = await _blocking(resolve_expense, _service(request).ledger, expense_id)
         explained = await read(request, s, f"/expenses/{expense_id}/explain")
         ex = explained["explanation"]
         replay: dict[str, Any] | None = None
@@ -432,10 +493,14 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
 
     # -------------------------------------------------------------------- clearing workbench
     @get(f"{BASE}/clearing")
-    async def clearing(request: Request, done: str | None = None, recipient: str | None = None, message: str | None = None) -> Response:
+    async def clearing(request: Request, done: str | None = None, recipient: str | None = None, message: str | None = None,
+                       show: str = "open") -> Response:
         s = _session(request)
         _need(s, "clearing")
-        cases = await read(request, s, "/clearing/cases", status="open")
+        if show not in CLEARING_SHOWN:
+            raise Refused(422, "INVALID_INPUT", f"show: one of {', '.join(CLEARING_SHOWN)}", field="show")
+        # open cases by default; settled and written-off ones on request (the read model keeps them all)
+        cases = await read(request, s, "/clearing/cases", **({} if show == "all" else {"status": show}))
         proposals = await read(request, s, "/write-offs", status="pending") if s.can("write_off_proposals") else []
         now = today()
         people: dict[str, dict[str, Any]] = {}
@@ -447,7 +512,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
             who["balance"] += Decimal(c["balance"])
             who["cases"].append(c)
         total = sum((p["balance"] for p in people.values()), Decimal(0))
-        return page(request, s, "clearing.html", people=list(people.values()), proposals=proposals, total=total, done=done,
+        return page(request, s, "clearing.html", people=list(people.values()), proposals=proposals, total=total, done=done, show=show, shown=CLEARING_SHOWN,
                     done_recipient=recipient, message=message, title="个人清算工作台 Clearing workbench")
 
     async def _write(request: Request, s: Session, path: str, body: Any, key: str, done: str, recipient: str | None) -> Response:

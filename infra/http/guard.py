@@ -4,7 +4,8 @@ A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` would buffer the body
 read). For every HTTP request, in this order:
 
 1. A declared ``Content-Length`` over ``LEDGER_MAX_BODY_BYTES`` gets 413 ``PAYLOAD_TOO_LARGE``,
-   and a malformed one 400, without reading a byte of the body.
+   and a malformed one 400, without reading a byte of the body. A route may take a larger limit
+   (``route_limit``: the settlement-file uploads take ``LEDGER_MAX_UPLOAD_BYTES``, docs/import.md).
 2. Outside the public paths (health, readiness, the API documents, the console, which keeps its
    own cookie session and checks it before it reads a form), the bearer token is verified:
    401 ``UNAUTHENTICATED`` without a valid one, the body still unread. FastAPI reads a request's
@@ -63,9 +64,12 @@ class RequestGuard:
         token_secret: Callable[[], str],
         is_public: Callable[[str], bool],
         problem: Problem,
+        route_limit: Callable[[str], int | None] | None = None,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        #: A larger limit for some paths (the settlement-file uploads, LEDGER_MAX_UPLOAD_BYTES), else None.
+        self.route_limit = route_limit
         self.token_secret = token_secret
         self.is_public = is_public
         self.problem = problem
@@ -86,7 +90,9 @@ class RequestGuard:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
-        limit = self.max_body_bytes()
+        special = self.route_limit(route_path(scope)) if self.route_limit else None
+        limit = special or self.max_body_bytes()
+        setting = "LEDGER_MAX_UPLOAD_BYTES" if special else "LEDGER_MAX_BODY_BYTES"
         declared = headers.get("content-length")
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         body_pending = chunked or (declared is not None and declared.strip() not in ("", "0"))
@@ -97,7 +103,7 @@ class RequestGuard:
                 return
             if int(declared) > limit:
                 await self._refuse(scope, receive, send, 413, "PAYLOAD_TOO_LARGE",
-                                   f"the request body is {int(declared)} bytes; this service takes at most {limit} (LEDGER_MAX_BODY_BYTES)",
+                                   f"the request body is {int(declared)} bytes; this service takes at most {limit} ({setting})",
                                    "body", body_pending=True)
                 return
         if not self.is_public(route_path(scope)):
@@ -106,7 +112,7 @@ class RequestGuard:
                 await self._refuse(scope, receive, send, 401, "UNAUTHENTICATED", refusal, "", {"WWW-Authenticate": "Bearer"},
                                    body_pending=body_pending)
                 return
-        await self._counted(scope, receive, send, limit)
+        await self._counted(scope, receive, send, limit, setting)
 
     def _unauthenticated(self, headers: Headers) -> str | None:
         """Why the request cannot be trusted, or None; the same reading of the header as the
@@ -121,7 +127,7 @@ class RequestGuard:
             return f"invalid token: {exc}"
         return None
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int, setting: str = "LEDGER_MAX_BODY_BYTES") -> None:
         state = {"received": 0, "over": False, "started": False}
 
         async def limited_receive() -> Message:
@@ -149,5 +155,5 @@ class RequestGuard:
                 raise
         if state["over"] and not state["started"]:
             await self._refuse(scope, receive, send, 413, "PAYLOAD_TOO_LARGE",
-                               f"the request body is over {limit} bytes; this service takes at most {limit} (LEDGER_MAX_BODY_BYTES)",
+                               f"the request body is over {limit} bytes; this service takes at most {limit} ({setting})",
                                "body", body_pending=True)

@@ -49,8 +49,15 @@ AutoClaimsBody = body_model(m.AutoClaims, "AutoClaimsBody", exclude=("handler",)
 SetParameterBody = body_model(m.SetParameter, "SetParameterBody")
 LiftSuspensionBody = body_model(m.LiftSuspension, "LiftSuspensionBody", exclude=("recipient", "reviewer"))
 SocialHelpBody = body_model(m.SocialHelp, "SocialHelpBody", exclude=("recipient",))
-RepayBody = body_model(m.Repay, "RepayBody", exclude=("recipient",))
+RepayBody = body_model(m.Repay, "RepayBody", exclude=("recipient", "officer"))  # the officer is the caller
 ClearingRunBody = body_model(m.ClearingRun, "ClearingRunBody")
+
+
+class WriteOffRefusalBody(BaseModel):
+    """Why a second officer refuses a proposed write-off (R-CLR-3)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=500)
 
 
 class WriteOffProposalBody(BaseModel):
@@ -278,15 +285,23 @@ class AccessLog(BaseModel):
 
 
 class WriteOffProposal(BaseModel):
+    """A write-off proposal as the approver sees it (R-CLR-3): the person, the amount per case."""
+
     id: str
     recipient: str
+    name: str | None = None
+    id_number: str | None = Field(default=None, description="masked: region and last four characters")
+    street: str | None = None
     officer: str
     reason: str | None = None
+    amount: str | None = None
+    cases: list[dict[str, Any]] = Field(default_factory=list)
     proposed_at: datetime
     status: Literal["pending", "approved", "refused"]
     decided_by: str | None = None
     decided_at: datetime | None = None
-    result: dict[str, Any] | None = None
+    refusal: str | None = None
+    written_off: str | None = None
 
 
 class Health(BaseModel):

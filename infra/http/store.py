@@ -5,8 +5,11 @@ Three small tables beside the event store, written with SQLAlchemy Core on the s
 
 - ``http_access_log``: who read whose personal data, when, through which operation;
 - ``http_idempotency``: the first response to each ``Idempotency-Key`` (per officer);
-- ``http_write_off_proposals``: a clearing officer's write-off waiting for a second officer
-  (R-CLR-3), so that the two signatures come from two authenticated requests.
+- ``http_write_off_proposals``: no longer written. Write-off proposals and their decisions are
+  ledger events now (``WriteOffProposed``, ``WriteOffApproved``, ``WriteOffRefused``, R-CLR-3);
+  the table is kept so that rows an earlier version left in an old store can still be read
+  (``legacy_write_off_proposals``): a pending one is proposed again (``ledger clearing
+  propose-write-off`` or ``POST /recipients/{id}/write-offs``), see docs/clearing.md.
 
 None of these is ledger state: the ledger's facts and decisions stay in the event store.
 """
@@ -14,7 +17,6 @@ None of these is ledger state: the ledger's facts and decisions stay in the even
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -33,7 +35,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -173,40 +174,16 @@ class HttpStore:
             raise
         return StoredResponse(request_hash, status_code, body)
 
-    # ------------------------------------------------------------------ write-off proposals
-    def propose_write_off(self, recipient: str, officer: str, reason: str | None) -> dict[str, Any]:
-        row = {
-            "id": str(uuid.uuid4()), "recipient": recipient, "officer": officer, "reason": reason,
-            "proposed_at": datetime.now(timezone.utc), "status": "pending",
-        }
-        with self.engine.begin() as conn:
-            conn.execute(insert(write_off_proposals).values(**row))
-        return self.proposal(row["id"])  # type: ignore[return-value]
-
-    def proposal(self, proposal_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(write_off_proposals).where(write_off_proposals.c.id == proposal_id)).mappings().first()
-        return _proposal_view(row) if row else None
-
-    def proposals(self, status: str | None = None, recipient: str | None = None) -> list[dict[str, Any]]:
+    # ------------------------------------------------------------------ write-off proposals (legacy)
+    def legacy_write_off_proposals(self, status: str | None = "pending") -> list[dict[str, Any]]:
+        """Rows an earlier version kept in ``http_write_off_proposals`` (read only; see the module
+        docstring): proposals are ledger events now."""
         q = select(write_off_proposals)
         if status:
             q = q.where(write_off_proposals.c.status == status)
-        if recipient:
-            q = q.where(write_off_proposals.c.recipient == recipient)
         with self.engine.connect() as conn:
             rows = conn.execute(q.order_by(write_off_proposals.c.proposed_at)).mappings().all()
         return [_proposal_view(r) for r in rows]
-
-    def decide_proposal(self, proposal_id: str, decided_by: str, status: str, result: dict[str, Any]) -> bool:
-        """Close a pending proposal; False when it was no longer pending (someone else decided)."""
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                update(write_off_proposals)
-                .where(write_off_proposals.c.id == proposal_id, write_off_proposals.c.status == "pending")
-                .values(status=status, decided_by=decided_by, decided_at=datetime.now(timezone.utc), result=json.dumps(result, ensure_ascii=False))
-            )
-            return done.rowcount == 1
 
 
 def _proposal_view(row: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ what the aggregates already hold. No rule is decided here.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from commands import queries
@@ -123,3 +124,75 @@ def stored_explanation(r: Recipient, eid: str) -> dict[str, Any]:
             "decided_at": acc.decision.decided_at.isoformat(),
         },
     }
+
+
+# ------------------------------------------------------------------ read models (ADR 0008)
+_catch_up_locks: dict[str, threading.Lock] = {}  # one per view name: bounded by the views there are
+_locks_guard = threading.Lock()
+
+
+def caught_up(engine: Any, app: LedgerApp, name: str, ready: set[str]) -> Any:
+    """The read model ``name`` brought to the log's head as seen now, then its status.
+
+    A district-wide read answers from a read model, never from a replay of every recipient per
+    request (ADR 0008): the view applies only the notifications recorded since its position (its
+    own topics; one transaction per page that also moves its tracking row, so several workers
+    catching up at once apply nothing twice), which gives each officer their own writes back.
+    When the view is already at the head this costs two small reads (the head, the position).
+    The view's tables are created on first use in this process (``ready``); a view never built
+    before is built by that first request (``ledger projections rebuild`` builds it ahead)."""
+    from sqlalchemy import select
+
+    from projections.common import tracking
+    from projections.runner import Runner, Status, select_projections
+
+    [view] = select_projections([name])
+
+    def position() -> int:
+        with engine.connect().execution_options(sqlite_deferred=True) as conn:
+            return int(conn.execute(select(tracking.c.position).where(tracking.c.name == name)).scalar_one_or_none() or 0)
+
+    head = int(app.recorder.max_notification_id() or 0)
+    if name in ready:
+        at = position()
+        if at >= head:
+            return Status(name, view.version, view.version, at, head, None)
+    with _locks_guard:
+        lock = _catch_up_locks.setdefault(name, threading.Lock())
+    with lock:  # one thread of this process catches up; the others then find it done
+        if name in ready:
+            at = position()
+            if at >= head:
+                return Status(name, view.version, view.version, at, head, None)
+        runner = Runner(engine, app.recorder, app.mapper, [view])
+        if name not in ready:
+            runner.setup()
+            ready.add(name)
+        runner.catch_up()
+        at = position()
+    return Status(name, view.version, view.version, at, max(head, at), None)
+
+
+def clearing_cases(engine: Any, app: LedgerApp, status: str | None) -> list[dict[str, Any]]:
+    """``GET /clearing/cases`` from the ``clearing_cases`` read model (R-CLR-2, R-CLR-3), with each
+    recipient's name and street from their ``Enrolled`` event (decoded by the application's mapper:
+    an erased person shows as erased, ADR 0015): one small read per recipient listed."""
+    import uuid
+
+    from projections import clearing
+
+    with engine.connect().execution_options(sqlite_deferred=True) as conn:
+        rows = clearing.cases(conn, status)
+    people: dict[str, tuple[str, str]] = {}
+    for rid in dict.fromkeys(r["recipient"] for r in rows):
+        first = next(iter(app.repository.event_store.get(uuid.UUID(rid), lte=1)), None)
+        people[rid] = (getattr(first, "name", None), getattr(first, "street", None))
+    from commands.clearing_views import TRIGGERS
+
+    out = []
+    for r in rows:
+        name, street = people[r["recipient"]]
+        out.append({"case": r["case"], "recipient": r["recipient"], "name": name, "street": street, "expense": r["expense"],
+                    "handle": r["handle"], "trigger": r["trigger"], "rule": TRIGGERS.get(r["trigger"], {}).get("rule"),
+                    **{k: v for k, v in r.items() if k not in ("case", "recipient", "expense", "handle", "trigger")}})
+    return out

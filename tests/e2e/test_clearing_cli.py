@@ -66,9 +66,10 @@ def test_an_officer_lists_shows_and_settles_a_case(officer) -> None:
     assert "previous decision" in text.stdout and "5250.00" in text.stdout
 
     recipient = id_number(33)
-    too_much = officer("clearing", "repay", recipient, "9000")
+    receipt = ("--officer", "CLR-1", "--voucher", "RCPT-1", "--method", "cash")  # R-CLR-3: who, which voucher, how
+    too_much = officer("clearing", "repay", recipient, "9000", *receipt)
     assert too_much.exit_code == 1 and "EXCEEDS_BALANCE" in too_much.output
-    assert officer("clearing", "repay", recipient, "800").exit_code == 0
+    assert officer("clearing", "repay", recipient, "800", *receipt).exit_code == 0
     same = officer("clearing", "write-off", recipient, "--officer", "CLR-1", "--approver", "CLR-1")
     assert same.exit_code == 1 and "SAME_OFFICER" in same.output
     done = officer("clearing", "write-off", recipient, "--officer", "CLR-1", "--approver", "APR-2", "--reason", "deceased")

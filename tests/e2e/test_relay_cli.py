@@ -36,16 +36,21 @@ def test_relay_once_to_rabbitmq_then_the_monthly_report_and_its_exports(database
     tag = f"e2e{secrets.token_hex(3)}"
     env = {"LEDGER_DATABASE_URL": database_url, "LEDGER_BROKER": "rabbit", "LEDGER_RELAY_EXCHANGE": f"{tag}.events", "LEDGER_RELAY_NAME": tag}
     try:
-        before = runner.invoke(app, ["relay", "status"], env=env)
+        before = runner.invoke(app, ["relay", "status", "--json"], env=env)
         assert before.exit_code == 0, before.output
-        assert json.loads(before.stdout) == {"name": tag, "position": 0, "head": head, "broker": "rabbit"}
+        shown = json.loads(before.stdout)
+        assert {k: shown[k] for k in ("name", "position", "head", "broker", "lag_events")} == {
+            "name": tag, "position": 0, "head": head, "broker": "rabbit", "lag_events": head}
         ran = runner.invoke(app, ["relay", "run", "--once"], env=env)
         assert ran.exit_code == 0, ran.output
         out = json.loads(ran.stdout.strip().splitlines()[-1])
+        assert f"relay {tag}" in ran.stderr and f"{head}/{head}" in ran.stderr  # the progress bar, on stderr
         messages = expected_messages(ledger)
         assert out["published"] == len(messages) and out["position"] == head
-        after = runner.invoke(app, ["relay", "status"], env=env)
-        assert json.loads(after.stdout)["position"] == head
+        after = runner.invoke(app, ["relay", "status", "--json"], env=env)
+        assert json.loads(after.stdout)["position"] == head and json.loads(after.stdout)["lag_events"] == 0
+        table = runner.invoke(app, ["relay", "status"], env=env)
+        assert table.exit_code == 0 and "lag (events)" in table.stdout and f"{head:,}" in table.stdout
     finally:
         asyncio.run(_delete_exchange(Topology("rabbit", exchange=f"{tag}.events")))
 
@@ -58,7 +63,9 @@ def test_relay_once_to_rabbitmq_then_the_monthly_report_and_its_exports(database
     expected = store.monthly(month).as_dict()
     store.close()
     env = {"LEDGER_REPORTS_DATABASE_URL": reports_url}
-    shown = runner.invoke(app, ["report", "monthly", "--month", month, "--json", "--csv", str(tmp_path), "--xlsx", str(tmp_path / "r.xlsx")], env=env)
+    # what the subscriber stored, as it stored it (tests/integration/test_monthly_report_from_store.py
+    # covers the default, which first brings the report store up to date from the ledger's store)
+    shown = runner.invoke(app, ["report", "monthly", "--subscriber-only", "--month", month, "--json", "--csv", str(tmp_path), "--xlsx", str(tmp_path / "r.xlsx")], env=env)
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout) == expected
     with (tmp_path / f"{month}-汇总表.csv").open(encoding="utf-8-sig", newline="") as fh:
@@ -66,7 +73,9 @@ def test_relay_once_to_rabbitmq_then_the_monthly_report_and_its_exports(database
     assert sorted(r["街镇"] for r in rows) == sorted(s["street"] for s in expected["streets"])
     assert {r["街镇"]: r["救助金额合计"] for r in rows} == {s["street"]: s["aid_total"] for s in expected["streets"]}
     book = load_workbook(tmp_path / "r.xlsx")
-    assert book["发放清单"].max_row == 1 + len(expected["payouts"])
+    payouts = book["发放清单"]
+    assert payouts.max_row == 1 + len(expected["payouts"]) + 1  # header, one row a payout, the 合计 row
+    assert str(payouts.cell(row=payouts.max_row, column=1).value).startswith("合计")
     bad = runner.invoke(app, ["report", "monthly", "--month", "2026-13"], env=env)
     assert bad.exit_code == 2
 

@@ -72,8 +72,10 @@ def test_retried_writes_return_the_first_response(database_url):
         again = api.post("/recipients", district, body, key="enrol-1")
         assert first.status_code == again.status_code == 201
         assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
-        # without a key, enrolling the same person twice is an input error
-        assert api.post("/recipients", district, body).status_code == 422
+        assert again.headers["location"] == first.headers["location"] == f"/recipients/{first.json()['ids']['recipient']}"
+        # without a key, enrolling the same person twice conflicts with the enrolment recorded (ADR 0019)
+        dup = api.post("/recipients", district, body)
+        assert (dup.status_code, dup.json()["code"]) == (409, "ALREADY_ENROLLED")
         # the same key for a different request is refused, and changes nothing
         other = api.post("/recipients", district, {**body, "name": "李四"}, key="enrol-1")
         assert (other.status_code, other.json()["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")

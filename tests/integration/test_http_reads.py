@@ -41,7 +41,10 @@ def test_snapshot_downloads_replay_explain_and_case_detail(database_url):
         assert sum(Decimal(r[col]) for r in mine) == Decimal(paid)  # the fund rows add up to what was paid
         xlsx = api.get("/snapshots", regulator, valid_on=today, format="xlsx")
         sheet = load_workbook(io.BytesIO(xlsx.content)).worksheets[0]
-        assert [c.value for c in sheet[1]] == rows[0] and sheet.max_row == len(rows)
+        # the XLSX holds the CSV's rows plus its 合计 totals row, amounts as numbers
+        assert [c.value for c in sheet[1]] == rows[0] and sheet.max_row == len(rows) + 1
+        assert str(sheet.cell(row=sheet.max_row, column=1).value).startswith("合计")
+        assert isinstance(sheet.cell(row=2, column=col + 1).value, (int, float))
         # known at a time before anything was recorded: nobody in the books
         empty = api.get("/snapshots", regulator, valid_on=today, known_at=before.isoformat(), format="csv")
         assert len(list(csv.reader(io.StringIO(empty.content.decode("utf-8-sig"))))) == 1

@@ -44,6 +44,8 @@ EXPECTED: dict[str, set[str]] = {
     "approve_write_off": {"approver", "district_officer"},
     "refuse_write_off": {"approver", "district_officer"},
     "run_clearing": {"clearing_officer", "district_officer"},
+    # a month's settlement file (docs/import.md); a street handler's rows: their own street only
+    "import_expenses": {"street_handler", "system", "district_officer"},
     # reads
     "recipient_statement": PERSONAL_READERS,
     "recipient_caps": PERSONAL_READERS,
@@ -59,11 +61,16 @@ EXPECTED: dict[str, set[str]] = {
     "projections_status": {"district_officer", "clearing_officer", "auditor", "system"},
     "access_log": {"auditor"},
     "whoami": set(ROLES),
+    # finding (ADR 0019): a street handler lists their own street only
+    "list_recipients": PERSONAL_READERS,
+    "list_expenses": PERSONAL_READERS,
+    "list_claims": PERSONAL_READERS,
+    "list_payments": PERSONAL_READERS,
 }
 PUBLIC = {"health", "ready"}
 _READS = {"recipient_statement", "recipient_caps", "recipient_clearing", "claim_status", "explain_expense", "replay_expense",
           "clearing_cases", "clearing_case", "write_off_proposals", "duplicate_index", "snapshot", "projections_status",
-          "access_log", "whoami"}
+          "access_log", "whoami", "list_recipients", "list_expenses", "list_claims", "list_payments"}
 QUERY = {"snapshot": {"valid_on": "2026-06-30", "format": "csv"}, "access_log": {}}
 
 
@@ -137,10 +144,12 @@ def test_the_matrix_says_what_the_brief_says():
     writes = {op for op in EXPECTED if op not in _READS}
     assert {op for op, roles in EXPECTED.items() if "auditor" in roles} == _READS
     assert {op for op, roles in EXPECTED.items() if "regulator" in roles} == {"snapshot", "whoami"}
-    assert {op for op in writes if "system" in EXPECTED[op]} == {"record_expense", "settle_insurance", "one_stop", "auto_claims", "insure", "end_insurance"}
+    assert {op for op in writes if "system" in EXPECTED[op]} == {"record_expense", "settle_insurance", "one_stop", "auto_claims", "insure", "end_insurance",
+                                                                   "import_expenses"}
     assert {op for op in writes if "reviewer" in EXPECTED[op]} == {"review_claim", "review_batch"}
     assert {op for op in writes if "approver" in EXPECTED[op]} == {"approve_claim", "approve_batch", "approve_write_off", "refuse_write_off"}
-    assert {op for op in writes if "street_handler" in EXPECTED[op]} == {"enrol", "consent_auto_claim", "record_expense", "lodge_claim"}
+    assert {op for op in writes if "street_handler" in EXPECTED[op]} == {"enrol", "consent_auto_claim", "record_expense", "lodge_claim",
+                                                                           "import_expenses"}
     assert {"lift_suspension", "social_help", "set_parameter"} <= {op for op in writes if EXPECTED[op] == {"district_officer"}}
 
 

@@ -2,8 +2,8 @@
 returns, on SQLite and PostgreSQL, while another process takes an aggregate past its snapshots.
 
 Two applications on one store stand for two processes. A small aggregate snapshotted every 3
-events makes a few commands cross several snapshots (the ledger's own Recipient cannot be
-snapshotted yet: see the last test)."""
+events makes a few commands cross several snapshots; the last test does the same with the
+ledger's own Recipient (its snapshots transcode: ledger.snapshots)."""
 
 from __future__ import annotations
 
@@ -93,12 +93,6 @@ def test_the_ledger_uses_it_with_its_own_intervals() -> None:
     assert app.repository.snapshot_intervals == LedgerApp.snapshotting_intervals
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Recipient snapshot state holds entity classes (CategoryFact, ExpenseAccount, ...) and a "
-    "tuple-keyed dict with no transcodings (ADR 0003): the command that reaches the interval fails "
-    "after its events are stored. Reported; remove this mark once snapshots encode.",
-)
 def test_a_recipient_reaching_its_snapshot_interval_is_saved_and_snapshotted() -> None:
     class Often(LedgerApp):
         snapshotting_intervals = {Recipient: 3, PolicyLedger: 50}

@@ -145,7 +145,8 @@ def test_snapshot_is_byte_identical_and_its_manifest_checks_out(grid: Ledger, da
     assert len(csv_text.splitlines()) == 7
     sheet = load_workbook(io.BytesIO(data["xlsx"])).worksheets[0]
     assert sheet.cell(1, 9).value == "aid_due 应救助金额"
-    assert sheet.max_row == 7
+    assert sheet.max_row == 8 and sheet.cell(8, 1).value == "合计 total"  # six rows and the totals row
+    assert D(str(sheet.cell(8, 11).value)) == D("85.50")
     assert sheet.cell(1, 11).value == "clearing_open 清算未结余额"
     assert sum(D(str(sheet.cell(r, 11).value)) for r in range(2, 8)) == D("85.50")
 

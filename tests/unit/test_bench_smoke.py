@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -47,19 +48,47 @@ def test_both_scales_exist_and_quick_is_the_smaller() -> None:
     assert scales["quick"].recipients < scales["district"].recipients
 
 
-def test_the_baseline_saves_the_shapes_the_hook_saw() -> None:
+def test_the_raw_baseline_saves_fixed_500_byte_events_one_and_ten_per_transaction(tmp_path: Path) -> None:
     b = bench()
-    hook = b.SaveShapes()
+    raw = b.Raw(f"sqlite:///{tmp_path / 'raw.db'}")
+    try:
+        assert raw.event_bytes == b.RAW_EVENT_BYTES == 500
+        assert raw.save_one(3)[0] == 3
+        assert raw.save_ten(2)[0] == 20
+        stored = raw.app.recorder.select_notifications(start=1, limit=100)
+        assert [len(n.state) for n in stored] == [500] * 23
+        assert len({n.originator_id for n in stored}) == 5  # one aggregate per transaction
+        assert raw.select_decode()[0] == 23
+    finally:
+        raw.close()
 
-    class Event:
-        def __init__(self, oid: str, version: int, **state: object) -> None:
-            self.originator_id, self.originator_version, self.timestamp = oid, version, None
-            self.__dict__.update(state)
 
-    class Rec:
-        def __init__(self, event: Event) -> None:
-            self.domain_event = event
+def test_an_at_most_target_and_a_figure_not_measured() -> None:
+    b = bench()
+    assert b.figure("stored_bytes_per_event", 800.0, "bytes", target=b.at_most(800))["met"] is True
+    assert b.figure("stored_bytes_per_event", 801.0, "bytes", target=b.at_most(800))["met"] is False
+    missing = b.figure("decision_cost_500_vs_5", None, "ratio", target=b.at_most(1.5))
+    assert set(missing) == KEYS and missing["value"] is None and missing["met"] is None
 
-    hook([Rec(Event("a", 1, x=1)), Rec(Event("a", 2, y=2)), Rec(Event("b", 7, z=3))])
-    assert hook.take() == [[[{"x": 1}, {"y": 2}], [{"z": 3}]]]
-    assert hook.take() == []
+
+def test_an_absent_module_leaves_its_figures_not_measured_and_a_present_one_is_called(monkeypatch) -> None:
+    b = bench()
+    from rich.console import Console
+
+    run = b.Run(b.SCALES["quick"], "postgresql://unused", Console(quiet=True))
+    monkeypatch.setitem(b.OPTIONAL, "no_such_module_here", [("absent_figure", "s", b.below(1.0))])
+    b.optional("no_such_module_here")(run)
+    [f] = run.figures
+    assert (f["name"], f["value"], f["met"]) == ("absent_figure", None, None)
+    assert "absent" in run.details["absent_figure"]["not_measured"]
+
+    import types
+
+    module = types.ModuleType("bench.fake_measure")
+    module.bench_figures = lambda r: [b.figure("absent_figure", 0.5, "s", target=b.below(1.0))]
+    monkeypatch.setitem(sys.modules, "bench.fake_measure", module)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "bench.fake_measure" else None)
+    monkeypatch.setitem(b.OPTIONAL, "fake_measure", [("absent_figure", "s", b.below(1.0))])
+    b.optional("fake_measure")(run)
+    [f] = run.figures
+    assert (f["value"], f["met"]) == (0.5, True)

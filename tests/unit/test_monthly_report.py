@@ -168,7 +168,11 @@ def test_csv_and_xlsx_exports_with_chinese_headers(store, tmp_path: Path):
     assert book.sheetnames == ["汇总表", "发放清单"]
     header = [c.value for c in book["发放清单"][1]]
     assert header[:3] == ["街镇", "救助对象标识", "申请编号"]
-    assert book["发放清单"].max_row == 3
+    payouts = book["发放清单"]
+    assert payouts.max_row == 4 and payouts.auto_filter.ref == "A1:J3"
+    money = header.index("救助金额")
+    assert [payouts.cell(row=r, column=money + 1).value for r in (2, 3, 4)] == [185.5, 40, 225.5]  # numbers, 合计 last
+    assert payouts.cell(row=4, column=1).value == "合计" and payouts.cell(row=2, column=money + 1).number_format == "#,##0.00"
     assert [c.value for c in book["汇总表"][1]][:5] == ["街镇", "月份", "申请件数", "费用笔数", "救助金额合计"]
     assert "仅按双休日" not in summary_csv.read_text(encoding="utf-8-sig")
 

@@ -66,7 +66,8 @@ def test_beyond_loopback_weak_settings_are_refused(serve, host, env, named):
 def test_beyond_loopback_strong_settings_serve(serve, host):
     result, calls = serve(host, data_key=DATA_KEY, token_secret=STRONG)
     assert result.exit_code == 0, result.output
-    assert calls == [{"host": host, "port": 8123, "log_level": "info"}]
+    assert [{k: c[k] for k in ("host", "port", "log_level")} for c in calls] == [{"host": host, "port": 8123, "log_level": "info"}]
+    assert calls[0]["access_log"] is True  # text logs: uvicorn's access lines (LEDGER_LOG_FORMAT=json: the service's own)
     assert "warning" not in result.output
 
 

@@ -1,0 +1,492 @@
+"""Recorded time as a column, and persisted cuts for (V, T) snapshots (R-TIME-3, ADR 0010).
+
+``proj_recorded``: one row per notification of the log (position, originator, version, topic,
+recorded time as integer microseconds since the epoch and as stored). "Known at T" becomes a range
+read on ``recorded_us`` instead of a decode of the whole log.
+
+``proj_cut``: per recipient and month (of the recorded time, China Standard Time), the
+snapshot-relevant state of the recipient as of the last event of that month it saw: street, the
+categories held as a step function of the valid date (R-CAT-1, R-CAT-3), and the money a snapshot
+row sums (R-TIME-3 [RULES.md §1]) as dated entries (column, fund, date, amount; totalled per year,
+the detail parsed only for V's year; caps under their invoice year) computed
+with ``engine.assess(known_at=recorded time)`` under the policy in force at that position: aid due
+and caps used (R-CAP-1, R-CAP-2: caps keep the invoice year), paid, open clearing balances
+(R-CLR-2, R-CLR-3), pending supplementary payouts (R-CLR-2), social help (R-4L-5) and enrolment
+subsidies (R-INS-2). A cut names the recipient version and the policy-ledger version it was taken
+at: a snapshot uses it only when both are what T knew, otherwise it rebuilds that recipient from
+its own stream. A policy event re-cuts every recipient under the new book.
+
+Nothing here reads the wall clock: a rebuild gives the same rows.
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Index, String, Table, Text, func, select, tuple_
+from sqlalchemy.engine import Connection, Engine
+
+from ledger import aggregates, engine as assess_engine, reconcile
+from ledger.aggregates import PolicyLedger, Recipient
+from ledger.eligibility import categories_on, category_periods
+from ledger.policy import packs as policy_packs
+from ledger.values import CATEGORY_PRECEDENCE, CST, local_date
+from projections.common import Item, Projection, chunks, dumps, insert_rows, loads, metadata, topic
+
+RECIPIENT_TOPIC = f"{Recipient.__module__}:{Recipient.__qualname__}."
+POLICY_TOPIC = f"{PolicyLedger.__module__}:{PolicyLedger.__qualname__}."
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+FOREVER = 2**62
+
+recorded = Table(
+    "proj_recorded",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),  # notification id
+    Column("originator_id", String(36), nullable=False),
+    Column("originator_version", BigInteger, nullable=False),
+    Column("topic", String(400), nullable=False),
+    Column("kind", String(16), nullable=False),  # recipient | policy | other
+    Column("recorded_us", BigInteger, nullable=False),  # recorded time, µs since 1970 UTC
+    Column("recorded_at", String(64), nullable=False),  # the event's timestamp as stored
+    Index("proj_recorded_time", "recorded_us"),
+    Index("proj_recorded_kind_time", "kind", "recorded_us"),
+)
+
+cut_table = Table(
+    "proj_cut",
+    metadata,
+    Column("recipient", String(36), primary_key=True),
+    Column("month", String(7), primary_key=True),  # month of the recorded time (CST), YYYY-MM
+    Column("position", BigInteger, nullable=False),
+    Column("recorded_us", BigInteger, nullable=False),
+    Column("recipient_version", BigInteger, nullable=False),
+    Column("policy_version", BigInteger, nullable=False),  # 0: no policy recorded yet
+    Column("street", Text, nullable=False),
+    Column("state", Text, nullable=False),  # canonical JSON: see summarise()
+    # The month of the recipient's next cut (LATEST for its latest): "the latest cut before T's
+    # month" is then an index range read on the rows still current at T, whatever came before.
+    Column("next_month", String(7), nullable=False),
+    Index("proj_cut_next", "next_month"),
+    Index("proj_cut_recipient_next", "recipient", "next_month"),
+)
+LATEST = "9999-99"
+
+
+def micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=CST)
+    delta = moment - EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def month_of(moment: datetime) -> str:
+    return local_date(moment).strftime("%Y-%m")
+
+
+def _kind(t: str) -> str:
+    if t.startswith(RECIPIENT_TOPIC):
+        return "recipient"
+    if t.startswith(POLICY_TOPIC):
+        return "policy"
+    return "other"
+
+
+def _event_classes() -> list[type]:
+    """Every event class of every aggregate the ledger stores (the side table records them all)."""
+    from eventsourcing.domain import Aggregate, CanMutateAggregate
+
+    out: list[type] = []
+    for _, agg in pyinspect.getmembers(aggregates, pyinspect.isclass):
+        if not (issubclass(agg, Aggregate) and agg.__module__ == aggregates.__name__):
+            continue
+        for _, ev in pyinspect.getmembers(agg, pyinspect.isclass):
+            if issubclass(ev, CanMutateAggregate) and ev.__qualname__.startswith(agg.__qualname__ + "."):
+                out.append(ev)
+    return out
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def summarise(r: Recipient, book: Any, schemes: tuple[str, ...], t: datetime | None) -> dict[str, Any]:
+    """What a snapshot row needs of ``r`` for any valid date V, known at ``t`` (R-TIME-3)."""
+    k = r.knowledge()
+    kt = k.known_at(t)
+    # R-CAT-1 [002 3.2], R-CAT-3 [002 4.3]: categories held on V change only at these dates.
+    marks = {date.min}
+    for spans in category_periods(kt).values():
+        for start, end, src in spans:
+            marks.update({start, date(start.year, 1, 1)})
+            if start.year < date.max.year:
+                marks.add(date(start.year + 1, 1, 1))
+            if end is not None and end < date.max:
+                marks.add(end + timedelta(days=1))
+            if src.means_test_expenses_from:
+                marks.add(src.means_test_expenses_from)
+    held: list[list[Any]] = []
+    for d in sorted(marks):
+        cats = sorted((h.category for h in categories_on(kt, d)), key=CATEGORY_PRECEDENCE.index)
+        if not held or held[-1][1] != cats:
+            held.append([d.isoformat(), cats])
+    entries: dict[tuple[str, str, str, int], Decimal] = {}
+
+    def add(column: str, by_fund: dict[str, Any], on: date, invoice_year: int = 0) -> None:
+        for f, amount in by_fund.items():
+            value = Decimal(amount)
+            if value:
+                key = (column, f, on.isoformat(), invoice_year)
+                entries[key] = entries.get(key, Decimal(0)) + value
+
+    refs = r.decided_refs()
+    result = assess_engine.assess(k, r.expense_facts(), refs, book, schemes, known_at=t) if refs else None
+    for eid, acc in r.expenses.items():
+        if acc.decision is None or result is None:
+            continue
+        served = acc.facts.service_date
+        a = result.assessments[eid]
+        if a.granted:
+            add("aid_due", a.by_fund, served)
+            for part in a.parts:  # R-CAP-2: the cap year is the invoice's
+                if part.counts_against_cap:
+                    add(f"caps_used_{part.kind}", part.by_fund, served, acc.facts.invoice_date.year)
+        add("aid_paid", acc.paid_by_fund, served)
+        for column, by_fund in reconcile.explain(r, eid, a.by_fund if a.granted else {}).items():  # R-CLR-2, R-CLR-3
+            add(column, by_fund, served)
+    for case in r.cases.values():  # R-CLR-2, R-CLR-3
+        if case.expense_id in r.expenses:
+            add("clearing_open", case.balance_by_fund, r.expenses[case.expense_id].facts.service_date)
+    for s in r.supplementary.values():
+        if s.paid_at is None and s.expense_id in r.expenses:
+            add("supplementary_pending", s.by_fund, r.expenses[s.expense_id].facts.service_date)
+    for g in r.social_help:  # R-4L-5
+        add("other_paid", {"social": g["amount"]}, local_date(g["at"]))
+    for s in r.subsidies:  # R-INS-2
+        if Decimal(s.get("amount") or "0"):
+            add("other_paid", {s.get("fund", "city"): s["amount"]}, local_date(datetime.fromisoformat(s["at"])))
+    # By year, so that a snapshot parses only V's year: "totals" sums each year's entries other
+    # than caps (every one of them counts for a V in a later year); "detail" (JSON text, parsed
+    # only for V's year) keeps the dated entries of the year, caps under their invoice year.
+    totals: dict[str, dict[str, dict[str, Decimal]]] = {}
+    detail: dict[str, list[list[Any]]] = {}
+    for (c, f, d, y), v in sorted(entries.items()):
+        year = str(y) if y else d[:4]
+        detail.setdefault(year, []).append([c, f, d, str(v)])
+        if not y:
+            acc = totals.setdefault(d[:4], {}).setdefault(c, {})
+            acc[f] = acc.get(f, Decimal(0)) + v
+    return {
+        "street": r.street,
+        "held": held,
+        "totals": {y: {c: {f: str(v) for f, v in by_f.items()} for c, by_f in by_c.items()} for y, by_c in totals.items()},
+        "detail": {y: dumps(rows) for y, rows in detail.items()},
+    }
+
+
+def held_on(state: dict[str, Any], v: date) -> list[str]:
+    text = v.isoformat()
+    cats: list[str] = []
+    for since, held in state["held"]:
+        if since > text:
+            break
+        cats = held
+    return list(cats)
+
+
+def money_on(state: dict[str, Any], v: date) -> dict[str, dict[str, Decimal]]:
+    """fund → column → amount, for valid date V (the entries served or dated on or before V)."""
+    text, year = v.isoformat(), str(v.year)
+    out: dict[str, dict[str, Decimal]] = {}
+
+    def add(column: str, f: str, amount: str) -> None:
+        acc = out.setdefault(f, {})
+        acc[column] = acc.get(column, Decimal(0)) + Decimal(amount)
+
+    for y, by_column in state["totals"].items():
+        if y < year:  # whole earlier years (caps count only in their own invoice year, R-CAP-2)
+            for column, by_fund in by_column.items():
+                for f, amount in by_fund.items():
+                    add(column, f, amount)
+    if year in state["detail"]:
+        for column, f, d, amount in loads(state["detail"][year]):
+            if d <= text:
+                add(column, f, amount)
+    return out
+
+
+# --------------------------------------------------------------------------- the view
+
+
+class Cuts(Projection):
+    """Bump ``version`` whenever :func:`summarise` changes what it keeps: the runner then rebuilds
+    the cuts from the log."""
+
+    name = "cuts"
+    version = 2  # 2: the reconciling columns of ledger.reconcile
+    tables = (recorded, cut_table)
+    events = ()  # every event: see topics()
+    #: Recipients kept in memory between pages (a hint: a miss reads the recipient's own stream).
+    CACHE = 2000
+
+    def __init__(self) -> None:
+        self.recorder: Any = None
+        self.mapper: Any = None
+        self._cache: OrderedDict[str, Recipient] = OrderedDict()
+        self._policy: PolicyLedger | None = None
+
+    @classmethod
+    def topics(cls) -> frozenset[str]:
+        return frozenset(topic(e) for e in _event_classes())
+
+    def bind(self, recorder: Any, mapper: Any) -> None:
+        """The runner's event store: recipients missing from the cache are read from it."""
+        self.recorder, self.mapper = recorder, mapper
+
+    def _load(self, originator: uuid.UUID, version: int) -> Any:
+        agg = None
+        if version <= 0:
+            return None
+        for stored in self.recorder.select_events(originator, lte=version):
+            agg = self.mapper.to_domain_event(stored).mutate(agg)
+        return agg
+
+    def _recipient(self, rid: str, version: int) -> Recipient | None:
+        agg = self._cache.get(rid)
+        if agg is None or agg.version != version:
+            agg = self._load(uuid.UUID(rid), version)
+        return agg
+
+    def _remember(self, rid: str, agg: Recipient) -> None:
+        self._cache[rid] = agg
+        self._cache.move_to_end(rid)
+        while len(self._cache) > self.CACHE:
+            self._cache.popitem(last=False)
+
+    def _policy_at(self, conn: Connection, position: int) -> PolicyLedger | None:
+        version = conn.execute(
+            select(func.max(recorded.c.originator_version)).where(recorded.c.kind == "policy", recorded.c.position <= position)
+        ).scalar()
+        if not version:
+            return None
+        if self._policy is not None and self._policy.version == version:
+            return self._policy
+        return self._load(PolicyLedger.ID, int(version))
+
+    def apply(self, conn: Connection, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        if self.recorder is None:
+            raise RuntimeError("the cuts view needs the event store: Runner binds it (Cuts.bind)")
+        insert_rows(
+            conn,
+            recorded,
+            [
+                {
+                    "position": p, "originator_id": str(e.originator_id), "originator_version": int(e.originator_version),
+                    "topic": topic(type(e)), "kind": _kind(topic(type(e))),
+                    "recorded_us": micros(e.timestamp), "recorded_at": e.timestamp.isoformat(),
+                }
+                for p, e in items
+            ],
+        )
+        policy = self._policy_at(conn, items[0][0] - 1)
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        pending: dict[str, dict[str, Any]] = {}
+
+        def cut(rid: str, agg: Recipient, position: int, moment: datetime) -> None:
+            book = policy.book if policy is not None else None
+            if book is None:
+                from ledger.policy.params import PolicyBook
+
+                book = PolicyBook()
+            schemes = policy_packs.JURISDICTIONS.get(policy.jurisdiction, ()) if policy is not None else ()
+            state = summarise(agg, book, tuple(schemes), moment)
+            out[(rid, month_of(moment))] = {
+                "recipient": rid, "month": month_of(moment), "position": position, "recorded_us": micros(moment),
+                "recipient_version": agg.version, "policy_version": policy.version if policy is not None else 0,
+                "street": state["street"], "state": dumps(state),
+            }
+
+        def finish(rid: str) -> None:
+            p = pending.pop(rid, None)
+            if p is not None:
+                cut(rid, p["agg"], p["position"], p["at"])
+
+        for position, e in items:
+            t = topic(type(e))
+            if t.startswith(RECIPIENT_TOPIC):
+                rid = str(e.originator_id)
+                if rid in pending and month_of(pending[rid]["at"]) != month_of(e.timestamp):
+                    finish(rid)
+                agg = e.mutate(self._recipient(rid, int(e.originator_version) - 1))
+                self._remember(rid, agg)
+                pending[rid] = {"position": position, "at": e.timestamp, "agg": agg}
+            elif t.startswith(POLICY_TOPIC):
+                for rid in list(pending):
+                    finish(rid)
+                policy = e.mutate(policy if policy is not None and policy.version == int(e.originator_version) - 1 else self._load(PolicyLedger.ID, int(e.originator_version) - 1))
+                self._policy = policy
+                self._recut_all(conn, out, cut, position, e.timestamp)
+        for rid in list(pending):
+            finish(rid)
+        self._write(conn, out)
+
+    def _recut_all(self, conn: Connection, out: dict[tuple[str, str], dict[str, Any]], cut: Any, position: int, moment: datetime) -> None:
+        """A policy event: every recipient known so far gets a cut under the new book."""
+        versions: dict[str, int] = {}
+        q = select(cut_table.c.recipient, func.max(cut_table.c.recipient_version)).group_by(cut_table.c.recipient)
+        for rid, v in conn.execute(q):
+            versions[rid] = int(v)
+        for (rid, _), row in out.items():
+            versions[rid] = max(versions.get(rid, 0), int(row["recipient_version"]))
+        for rid in sorted(versions):
+            agg = self._recipient(rid, versions[rid])
+            if agg is None:
+                continue
+            self._remember(rid, agg)
+            cut(rid, agg, position, moment)
+
+    def _write(self, conn: Connection, out: dict[tuple[str, str], dict[str, Any]]) -> None:
+        """Replace the page's cuts and keep each recipient's chain of ``next_month`` pointers."""
+        if not out:
+            return
+        first: dict[str, str] = {}
+        for rid, month in out:
+            first[rid] = min(month, first.get(rid, month))
+        # The rows whose pointer may change: those pointing at or past the page's first month.
+        existing: dict[tuple[str, str], str] = {}
+        for part in chunks(sorted(first)):
+            q = select(cut_table.c.recipient, cut_table.c.month, cut_table.c.next_month).where(
+                cut_table.c.recipient.in_(list(part)), cut_table.c.next_month >= min(first[r] for r in part)
+            )
+            for rid, month, nxt in conn.execute(q):
+                if nxt >= first[rid]:
+                    existing[(rid, month)] = nxt
+        months: dict[str, set[str]] = {}
+        for rid, month in list(existing) + list(out):
+            months.setdefault(rid, set()).add(month)
+        moved: list[dict[str, Any]] = []
+        for rid, ms in months.items():
+            chain = sorted(ms)
+            for month, nxt in zip(chain, chain[1:] + [LATEST]):
+                if (rid, month) in out:
+                    out[(rid, month)]["next_month"] = nxt
+                elif existing[(rid, month)] != nxt:
+                    moved.append({"k_r": rid, "k_m": month, "v_n": nxt})
+        keys = list(out)
+        for part in chunks(keys):
+            conn.execute(cut_table.delete().where(tuple_(cut_table.c.recipient, cut_table.c.month).in_(list(part))))
+        insert_rows(conn, cut_table, [out[k] for k in keys])
+        if moved:
+            from sqlalchemy import bindparam
+
+            conn.execute(
+                cut_table.update()
+                .where(cut_table.c.recipient == bindparam("k_r"), cut_table.c.month == bindparam("k_m"))
+                .values(next_month=bindparam("v_n")),
+                moved,
+            )
+
+
+# --------------------------------------------------------------------------- reading at T
+
+
+@dataclass
+class Known:
+    """What the log held at T, from the side table and the cuts."""
+
+    known_at: datetime | None
+    position: int = 0
+    last_recorded_at: datetime | None = None
+    policy_version: int = 0
+    #: recipient → (version at T, the latest cut at or before T or None)
+    recipients: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+
+    @property
+    def resolved_known_at(self) -> datetime | None:
+        return self.known_at if self.known_at is not None else self.last_recorded_at
+
+
+def known_at(conn: Connection, t: datetime | None) -> Known:
+    """Range reads only: the store position and last recorded time at T, the policy version, and
+    for each recipient enrolled by T its version and its latest cut (without its state)."""
+    out = Known(known_at=t)
+    t_us = micros(t) if t is not None else FOREVER
+    last = conn.execute(
+        select(recorded.c.position, recorded.c.recorded_at)
+        .where(recorded.c.recorded_us <= t_us)
+        .order_by(recorded.c.recorded_us.desc(), recorded.c.position.asc())
+        .limit(1)
+    ).first()
+    if last is None:
+        return out
+    out.last_recorded_at = datetime.fromisoformat(last.recorded_at)
+    out.position = int(
+        conn.execute(select(func.max(recorded.c.position)).where(recorded.c.position >= last.position, recorded.c.recorded_us <= t_us)).scalar()
+    )
+    out.policy_version = int(
+        conn.execute(select(func.max(recorded.c.originator_version)).where(recorded.c.kind == "policy", recorded.c.recorded_us <= t_us)).scalar() or 0
+    )
+    # The latest cut at or before T: T's month's own cut if taken by T, else the last cut of an
+    # earlier month (the one whose next cut is in T's month or later, or that is the latest).
+    m_t = month_of(t) if t is not None else LATEST
+    current = select(
+        cut_table.c.recipient, cut_table.c.month, cut_table.c.recorded_us, cut_table.c.recipient_version,
+        cut_table.c.policy_version, cut_table.c.street,
+    ).where(
+        ((cut_table.c.next_month >= m_t) & (cut_table.c.month < m_t))
+        | ((cut_table.c.month == m_t) & (cut_table.c.recorded_us <= t_us))
+    )
+    for row in conn.execute(current).mappings():
+        have = out.recipients.get(row["recipient"])
+        if have is None or have[1]["month"] < row["month"]:
+            out.recipients[row["recipient"]] = (int(row["recipient_version"]), dict(row))
+    if t is None:
+        return out  # the view is at the head: every recipient event has its cut
+    # Events after a recipient's latest cut and by T all fall in T's month (a later month's cut
+    # would otherwise be at or before T): one range read finds them, and recipients new in it.
+    since = datetime.combine(local_date(t).replace(day=1), datetime.min.time(), tzinfo=CST)
+    late = select(recorded.c.originator_id, func.max(recorded.c.originator_version)).where(
+        recorded.c.kind == "recipient", recorded.c.recorded_us >= micros(since), recorded.c.recorded_us <= t_us
+    )
+    for rid, version in conn.execute(late.group_by(recorded.c.originator_id)):
+        have = out.recipients.get(rid)
+        out.recipients[rid] = (max(int(version), have[0] if have else 0), have[1] if have else None)
+    return out
+
+
+def states(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """recipient → parsed cut state, for (recipient, month) keys."""
+    found: dict[str, dict[str, Any]] = {}
+    for part in chunks(list(keys)):
+        q = select(cut_table.c.recipient, cut_table.c.state).where(
+            tuple_(cut_table.c.recipient, cut_table.c.month).in_(list(part))
+        )
+        for rid, state in conn.execute(q):
+            found[rid] = loads(state)
+    return found
+
+
+def catch_up(engine: Engine, recorder: Any, mapper: Any, batch_size: int = 1000) -> int:
+    """Bring the recorded-time table and the cuts to the log's head; returns the position reached.
+    Raises if the view is stopped at an event it could not apply (``ledger projections status``)."""
+    from projections.runner import Runner
+
+    runner = Runner(engine, recorder, mapper, [Cuts()], batch_size=batch_size)
+    runner.setup()
+    head = runner.head()
+    runner.catch_up()
+    reached = runner.positions()["cuts"]
+    if reached < head:
+        raise RuntimeError(f"the cuts view stopped at position {reached} of {head}: see `ledger projections status`")
+    return reached
+
+
+def iter_chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    yield from chunks(values, size)
