@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.utils import get_topic
 
 from commands import group as group_commit
 from commands import models as m
@@ -43,7 +44,7 @@ from ledger.facts import DecisionRef, ExpenseFacts
 from ledger.money import ZERO, fmt
 from ledger.policy import packs as policy_packs
 from ledger.policy.params import PolicyError
-from ledger.values import CST, Channel, Scheme, Trigger, local_date
+from ledger.values import CST, Channel, Scheme, Trigger, local_date, receipt_identity
 
 DEFAULT_OFFICERS = ("handler-default", "reviewer-default", "approver-default")
 #: The scenario contract's ``pay`` without a payer: a fourth officer, distinct from the three.
@@ -486,6 +487,14 @@ class LedgerCore(Application):
     def _check_claimable(self, r: Recipient, eid: str, channel: str, lodged_on: date, claim_id: str | None, override: bool) -> None:
         """The procedural checks on one expense, in a fixed order (R-PH-7, R-PH-5, R-INS-6, R-INS-5)."""
         acc = self._expense(r, eid)
+        gone = getattr(r, "transferred_out", None)
+        if gone is not None and (claim_id is None or acc.claim_id != claim_id):
+            # R-CAP-4 [001; 000 第七条]: after a move only a claim lodged before it is finished here.
+            raise errors.Conflict(
+                f"expense {eid}: the person moved to district {gone['to_district']}; claims are lodged there "
+                "(a claim lodged here before the move is finished here) (R-CAP-4 [001; 000 第七条])",
+                code="TRANSFERRED_OUT", rule="R-CAP-4", field="recipient",
+            )
         aided = self.receipt_aided_as(r, acc.facts)
         if aided is not None:
             mine = r.expenses.get(aided)
@@ -695,12 +704,67 @@ class LedgerCore(Application):
 
 
     # ------------------------------------------------------------------ clearing
-    def _reconcile(self, r: Recipient, trigger: str, at: datetime, cause: dict[str, Any]) -> bool:
-        """R-CLR-2: recompute every decided expense of the recipient with today's knowledge."""
+    def _reconcile(self, r: Recipient, trigger: str, at: datetime, cause: dict[str, Any], aided_elsewhere: dict[str, str] | None = None) -> bool:
+        """R-CLR-2: recompute every decided expense of the recipient with today's knowledge.
+
+        ``aided_elsewhere`` names the person's decided expenses whose receipt was aided first under
+        another recipient (R-CLR-1(b): found by ``receipts_aided_twice``): they are due nothing and
+        take no cap room, exactly as a second decision on a receipt within one person."""
         if not r.decided_refs():
             return False
-        result = self._pass(r, r.expense_facts(), r.decided_refs())
+        if not aided_elsewhere:
+            result = self._pass(r, r.expense_facts(), r.decided_refs())
+            return self._apply_differences(r, result, trigger, at, cause)
+        facts = r.expense_facts()
+        refs = [d for d in r.decided_refs() if d.expense_id not in aided_elsewhere]
+        result = engine.assess(r.knowledge(), facts, refs, self.policy().book, self.schemes)
+        for eid, first in aided_elsewhere.items():
+            result.assessments[eid] = engine.Assessment(
+                eid, False, facts[eid].self_pay(), code="DUPLICATE", rule="R-PH-7",
+                message=f"the receipt was aided first as {first}, for another recipient: a receipt is aided once in "
+                "the whole ledger (R-CLR-1(b), R-PH-7 [002 4.5; 000 第七条])",
+            )
+        result.recomputed = None  # every assessment above is this pass's own
         return self._apply_differences(r, result, trigger, at, cause)
+
+    def receipts_aided_twice(self) -> dict[uuid.UUID, dict[str, str]]:
+        """R-CLR-1(b) [002 4.5; 000 第七条]: receipts aided under more than one recipient, read from
+        the log (decisions in the order they were recorded): {recipient who was aided later:
+        {their expense: the expense aided first}}. The write path refuses such a second aid
+        (``Receipt``); this finds what was paid before the ledger-wide index existed, and fills the
+        index in for those receipts, so that no later claim on them is paid."""
+        recorded = get_topic(Recipient.ExpenseRecorded)
+        decided = get_topic(Recipient.AidDecided)
+        key_of: dict[str, tuple[str, str]] = {}
+        expenses_of: dict[tuple[str, str], list[str]] = {}
+        first: dict[tuple[str, str], str] = {}
+        found: dict[uuid.UUID, dict[str, str]] = {}
+        for n in self.notifications([recorded, decided]):
+            e = self.mapper.to_domain_event(n)
+            if isinstance(e, Recipient.ExpenseRecorded):
+                key = receipt_identity(e.facility.get("code"), e.invoice_no)
+                key_of[e.expense_id] = key
+                expenses_of.setdefault(key, []).append(e.expense_id)
+                continue
+            for d in e.decisions:
+                eid = d["expense"]
+                if not d.get("granted") or eid not in key_of:
+                    continue
+                earlier = first.setdefault(key_of[eid], eid)
+                if earlier != eid and recipient_of(earlier) != recipient_of(eid):
+                    found.setdefault(recipient_of(eid), {})[eid] = earlier
+        for key, aided in first.items():
+            if self.receipt(key) is None:  # recorded and aided before the ledger-wide index
+                at = self._now(None)
+                rc = Receipt._create(Receipt.Opened, id=Receipt.id_for(key), timestamp=at, facility_code=key[0], invoice_no=key[1])  # noqa: SLF001
+                for eid in expenses_of.get(key, []):
+                    rc.trigger_event(Receipt.ExpenseNoted, timestamp=at, expense_id=eid, recipient_id=str(recipient_of(eid)))
+                rc.trigger_event(Receipt.Aided, timestamp=at, expense_id=aided, channel="index")
+                try:
+                    self.save(rc)
+                except IntegrityError:  # another process indexed it meanwhile
+                    pass
+        return found
 
     def _sync_suspensions(self, r: Recipient, result: engine.PassResult, at: datetime, trigger: str | None) -> bool:
         """R-4L-4 [000 第四条(三)]: record the 四医联动 suspensions the pass implies, so that a district
@@ -803,12 +867,15 @@ class LedgerCore(Application):
         (``ledger clearing run --since``); ``opened`` counts the cases and supplementary payouts
         the run opened."""
         changed = 0
+        elsewhere: dict[uuid.UUID, dict[str, str]] = {}
+        if trigger == Trigger.DUPLICATE.value:  # R-CLR-1(b): receipts aided under two recipients
+            elsewhere = self.receipts_aided_twice()
         for rid in list(self.recipient_ids() if recipients is None else recipients):
             for attempt in range(5):
                 r = self.recipient(rid)
                 before = (len(r.cases), len(r.supplementary))
                 moment = self._now(at) if at is None else self._now(at)
-                if self._reconcile(r, trigger, moment, cause or {"run": "clearing"}):
+                if self._reconcile(r, trigger, moment, cause or {"run": "clearing"}, elsewhere.get(r.id)):
                     try:
                         self.save(r)
                     except IntegrityError:

@@ -165,14 +165,19 @@ class Group:
                 raise
             self.outcomes.append(result)
             return result
-        replay = app._replayed(cmd)  # noqa: SLF001 - a record held by this group counts too
+        try:
+            replay = app._replayed(cmd)  # noqa: SLF001 - a record held by this group counts too
+            handler = app.handlers.get(type(cmd))
+            if replay is None and handler is None:
+                raise errors.InvalidInput(f"no handler for {type(cmd).__name__}", field="command")
+        except BaseException as exc:  # e.g. IDEMPOTENCY_MISMATCH: this command's outcome, in its place
+            if top:
+                self._note(cmd, exc)
+            raise
         if replay is not None:
             if top:
                 self._note(cmd, replay)
             return replay
-        handler = app.handlers.get(type(cmd))
-        if handler is None:
-            raise errors.InvalidInput(f"no handler for {type(cmd).__name__}", field="command")
         mark = self._mark()
         self.depth += 1
         failure: BaseException | None = None

@@ -437,6 +437,15 @@ class Repay(Command):
             raise ValueError("a repayment must be positive")
         return value
 
+    @model_validator(mode="after")
+    def _received_by_now(self) -> "Repay":
+        if self.received_on is not None and self.received_on > recorded_day(self.at):
+            raise ValueError(
+                f"received_on: {self.received_on} is after {recorded_day(self.at)}, the day this repayment is recorded "
+                "(China Standard Time): money is recorded once received (R-CLR-3)"
+            )
+        return self
+
 
 class WriteOff(Command):
     recipient: Ref
@@ -473,3 +482,51 @@ class ClearingRun(Command):
 
     trigger: Literal["parameter_change", "category_change", "late_insurance", "cap_overrun", "duplicate"] = "parameter_change"
     since: datetime | None = None
+
+
+#: A district code (ADR 0020, ``infra.districts.CODE``): it names a store, a stream and a subject.
+DistrictCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
+class TransferOut(Command):
+    """R-CAP-4 [001; 000 第七条]: the person moves to district ``to_district``; recorded in the
+    district they leave (``commands.handlers.transfer``)."""
+
+    recipient: Ref
+    to_district: DistrictCode
+    from_district: DistrictCode | None = None
+
+
+class CarriedCap(BaseModel):
+    """One city-scheme cap bucket's usage carried from the district the person left (R-CAP-4)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Ref
+    year: int = Field(ge=1900, le=2199)
+    kind: Literal["inpatient", "outpatient"]
+    used: Money
+
+    @field_validator("used")
+    @classmethod
+    def _not_negative(cls, value: Decimal) -> Decimal:
+        if value < 0:
+            raise ValueError("carried cap usage is never negative (R-CAP-4)")
+        return value
+
+
+class TransferIn(Command):
+    """R-CAP-4 [001; 000 第七条]: the person arrives from district ``from_district``, with their
+    record, categories, insurance, the city scheme's cap usage and the receipts aided there, as
+    the source district's ``TransferredOut`` recorded them at ``source_position``."""
+
+    from_district: DistrictCode
+    source_recipient: Ref
+    source_position: int = Field(ge=0)
+    id_number: IdNumber
+    name: Name
+    street: str = Field(default="", max_length=200)
+    categories: list[dict[str, Any]] = Field(default_factory=list)
+    insurance: list[dict[str, Any]] = Field(default_factory=list)
+    carried_caps: list[CarriedCap] = Field(default_factory=list)
+    aided_receipts: list[tuple[str, str]] = Field(default_factory=list)

@@ -160,6 +160,7 @@ class Recipient(Aggregate):
             insurance=list(self.insurance_facts),
             mutual_aid=list(self.mutual_aid_years),
             lifts=list(self.lifts),
+            carried_caps=dict(getattr(self, "carried_caps", {})),
         )
 
     def expense_facts(self) -> dict[str, ExpenseFacts]:
@@ -188,6 +189,9 @@ class Recipient(Aggregate):
     def receipt_aided_by(self, facts: ExpenseFacts) -> str | None:
         """R-PH-7: which expense (if any) already got aid on this receipt."""
         key = facts.receipt_key
+        carried = getattr(self, "carried_receipts", {}).get(key) if key else None
+        if carried is not None:
+            return carried  # R-CAP-4: aided in the district the person moved from
         others = self.receipts.get(key, [facts.id]) if key else [facts.id]
         for eid in others:
             if self.expenses[eid].decision is not None:
@@ -638,6 +642,68 @@ class Recipient(Aggregate):
                 p = r.write_off_proposals()[self.proposal_id]
                 written = sum((Decimal(a["amount"]) for a in self.allocations), ZERO)
                 p.update(status="approved", decided_by=self.approver, decided_at=self.timestamp, written_off=written)
+
+
+    class TransferredOut(Aggregate.Event):
+        """R-CAP-4 [001; 000 第七条]: the person moved to another district. Recorded in the district
+        they leave, with what goes with them: the city scheme's cap usage per (scheme, year, kind)
+        as decided here (money as text; the expenses of claims in flight, ``in_flight``, counted as
+        if decided at the move), the receipts aided here (facility code, invoice number) and this
+        store's position just before the move. Claims lodged here before the move are
+        finished here; nothing new is claimed here afterwards."""
+
+        to_district: str
+        from_district: str | None
+        position: int
+        carried_caps: list[dict[str, Any]]
+        aided_receipts: list[list[str]]
+        in_flight: list[str]
+
+        def apply(self, r: "Recipient") -> None:
+            r.transferred_out = {
+                "in_flight": list(self.in_flight),
+                "to_district": self.to_district,
+                "from_district": self.from_district,
+                "position": self.position,
+                "carried_caps": [dict(c) for c in self.carried_caps],
+                "aided_receipts": [list(k) for k in self.aided_receipts],
+                "at": self.timestamp,
+            }
+
+    class TransferredIn(Aggregate.Event):
+        """R-CAP-4 [001; 000 第七条]: the person arrived from another district (recorded after their
+        ``Enrolled`` here, which carries the id number, name and street under this store's
+        encryption, ADR 0015). It carries their categories and insurance as recorded there, the
+        city scheme's cap usage of the year(s) that counts against the caps here, the receipts
+        aided there (a duplicate here) and the source district's store position. The district
+        top-up (四医联动) and its monthly count are not carried: they belong to the district that
+        pays them."""
+
+        from_district: str
+        source_recipient: str
+        source_position: int
+        categories: list[dict[str, Any]]
+        insurance: list[dict[str, Any]]
+        carried_caps: list[dict[str, Any]]
+        aided_receipts: list[list[str]]
+
+        def apply(self, r: "Recipient") -> None:
+            for c in self.categories:
+                r.category_facts.append(CategoryFact(
+                    c["kind"], c["category"], _d(c["valid_from"]), _d(c.get("valid_to")), self.timestamp,
+                    c.get("subtype"), _d(c.get("determined_on")), _d(c.get("means_test_expenses_from")),
+                ))
+            for i in self.insurance:
+                r.insurance_facts.append(InsuranceFact(i["kind"], i["scheme"], _d(i["valid_from"]), _d(i.get("valid_to")), self.timestamp))
+            caps = dict(getattr(r, "carried_caps", {}))
+            for c in self.carried_caps:
+                caps[(c["scheme"], int(c["year"]), c["kind"])] = Decimal(c["used"])
+            r.carried_caps = caps
+            receipts = dict(getattr(r, "carried_receipts", {}))
+            for code, invoice in self.aided_receipts:
+                receipts[(code, invoice)] = f"{self.from_district}:{self.source_recipient}"
+            r.carried_receipts = receipts
+            r.transferred_in = {"from_district": self.from_district, "source_position": self.source_position, "at": self.timestamp}
 
 
 def _facts_changed(r: Recipient) -> None:

@@ -213,14 +213,17 @@ def _city_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, h: Holding, self_pay: 
     # bounded by, the new year's limit.
     cap_v = pol.need(scheme, f"annual_cap.{kind}.{h.category}", e.invoice_date)
     bucket = (scheme, e.invoice_date.year, kind)
-    used = st.caps_used.get(bucket, ZERO)
+    # R-CAP-4 [001; 000 第七条]: the city scheme's limits are the person's, city-wide: a bucket first
+    # used here starts from what the year already used in the district the person moved from.
+    carried = k.carried_caps.get(bucket, ZERO)
+    used = st.caps_used.get(bucket, carried)
     remaining = clamp0(cap_v.value - used)
     amount = min(raw, remaining)
     st.caps_used[bucket] = used + amount
     st.caps_value[bucket] = cap_v.value
     share = pol.value(scheme, "funding.city_share", on, Decimal("0.5"))
     city, district = split_city_district(amount, share)
-    rules = ["R-INS-3", "R-INS-4", "R-CAP-1", "R-CAP-2"] + (["R-CAP-3"] if amount < raw else [])
+    rules = ["R-INS-3", "R-INS-4", "R-CAP-1", "R-CAP-2"] + (["R-CAP-3"] if amount < raw else []) + (["R-CAP-4"] if carried else [])
     if e.visit_type is VisitType.OUTPATIENT_CRITICAL and not e.critical_illness_related:
         rules.append("R-PH-8")
     return SchemePart(
@@ -243,6 +246,7 @@ def _city_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, h: Holding, self_pay: 
                 "used_before": fmt(used),
                 "remaining_before": fmt(remaining),
                 "bound": amount < raw,
+                **({"carried_in": fmt(carried), "carried_rule": "R-CAP-4 [001; 000 第七条]: used in the district the person moved from"} if carried else {}),
             },
             "amount": fmt(amount),
             "funding": {"rule": "[000 第六条] city:district 1:1, odd fen to the district", "city_share": str(share)},

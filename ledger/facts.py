@@ -135,6 +135,9 @@ class Knowledge:
     insurance: list[InsuranceFact] = field(default_factory=list)
     mutual_aid: list[MutualAidYear] = field(default_factory=list)
     lifts: list[Lift] = field(default_factory=list)
+    #: R-CAP-4 [001; 000 第七条]: city-scheme cap usage (scheme, year, kind) → amount that the
+    #: person brought from the district they left; a year's bucket starts from it when first used.
+    carried_caps: dict[tuple[str, int, str], Decimal] = field(default_factory=dict)
 
     def known_at(self, t: datetime | None) -> "Knowledge":
         if t is None:
@@ -147,4 +150,5 @@ class Knowledge:
             insurance=[i for i in self.insurance if i.recorded_at <= t],
             mutual_aid=[m for m in self.mutual_aid if m.recorded_at <= t],
             lifts=[lf for lf in self.lifts if lf.recorded_at <= t],
+            carried_caps=self.carried_caps,  # carried in when the recipient was created here
         )

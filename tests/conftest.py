@@ -71,6 +71,13 @@ def fresh_pg_database() -> Iterator[str]:
         drop_database(PG_ADMIN_URL, name)
 
 
+@pytest.fixture
+def another_pg_database():
+    """For a test that needs a second store: ``with another_pg_database() as url:`` a further fresh
+    PostgreSQL database, dropped afterwards."""
+    return fresh_pg_database
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """URL of a fresh PostgreSQL database shared by the whole session."""

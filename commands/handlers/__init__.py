@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from commands import models as m
-from commands.handlers import claims, clearing, district, enrolment, expenses, policy
+from commands.handlers import claims, clearing, district, enrolment, expenses, policy, transfer
 
 HANDLERS: dict[type[m.Command], Callable[[Any, Any], Any]] = {
     # enrolment (RULES §2, §3)
@@ -45,4 +45,7 @@ HANDLERS: dict[type[m.Command], Callable[[Any, Any], Any]] = {
     m.ProposeWriteOff: clearing.propose_write_off,
     m.ApproveWriteOff: clearing.approve_write_off,
     m.RefuseWriteOff: clearing.refuse_write_off,
+    # a person moves district (R-CAP-4, ADR 0020)
+    m.TransferOut: transfer.transfer_out,
+    m.TransferIn: transfer.transfer_in,
 }

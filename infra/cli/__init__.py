@@ -98,6 +98,7 @@ def _register() -> None:
         "infra.cli.find",
         "infra.cli.imports",
         "infra.cli.city",
+        "infra.cli.transfer",
     ):
         try:
             import_module(name)

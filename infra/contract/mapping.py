@@ -322,6 +322,8 @@ SKIPPED: dict[type, str] = {
     Recipient.WriteOffRefused: "a refused write-off proposal (R-CLR-3); no money moves, the case stays open",
     ClearingLog.Opened: "bookkeeping of the clearing runs' positions; internal",
     ClearingLog.RunRecorded: "where the last clearing run stopped in the log; the cases it opened are published",
+    Recipient.TransferredOut: "a move between districts (R-CAP-4) carries the person's receipts and cap usage between two district stores; the city view sums each district's own aid.decided/aid.reassessed, so publishing the carried usage would count it twice",
+    Recipient.TransferredIn: "a move between districts (R-CAP-4) carries the person's record (personal data) and usage into the new district's store; the city view sums each district's own aid.decided/aid.reassessed, so publishing the carried usage would count it twice",
 }
 
 #: Topics the relay decodes; everything else is skipped without decoding.

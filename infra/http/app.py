@@ -837,19 +837,22 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
                  format: Literal["csv", "xlsx", "json"] = "csv") -> StreamingResponse:
         svc = _service(request)
         _aware(known_at, "known_at")
-        mod = _optional_module("commands.snapshot")
-        if mod is None:
+        if _optional_module("commands.snapshot") is None or _optional_module("projections.cuts") is None:
             raise ApiError(404, "NOT_AVAILABLE", "snapshots are not available in this build (commands.snapshot)", field="format")
-        snap = mod.take_snapshot(svc.ledger, valid_on, known_at)
-        data = snap.render(format)
-        _log_read(svc, p, "snapshot", f"snapshot?valid_on={valid_on}&known_at={known_at.isoformat() if known_at else ''}&format={format}", None)
+        from infra.http import snapshot_files
 
-        def chunks() -> Iterator[bytes]:
-            for i in range(0, len(data), 64 * 1024):
-                yield data[i : i + 64 * 1024]
-
-        return StreamingResponse(chunks(), media_type=_SNAPSHOT_MEDIA[format],
-                                 headers={"Content-Disposition": f'attachment; filename="{snap.stem}.{format}"', "Content-Length": str(len(data))})
+        # From the persisted cuts, never a replay of the log per request (ADR 0010); the file is
+        # written row by row to a temporary directory and streamed from there.
+        out = snapshot_files.temporary_directory()
+        try:
+            written = snapshot_files.write(svc, valid_on, known_at, (format,), out)
+            chunks, cleanup, size = snapshot_files.stream(written.path(format), out)
+            _log_read(svc, p, "snapshot", f"snapshot?valid_on={valid_on}&known_at={known_at.isoformat() if known_at else ''}&format={format}", None)
+        except BaseException:
+            snapshot_files.remove(out)
+            raise
+        return StreamingResponse(chunks, media_type=_SNAPSHOT_MEDIA[format], background=cleanup,
+                                 headers={"Content-Disposition": f'attachment; filename="{written.head.stem}.{format}"', "Content-Length": str(size)})
 
     @op("GET", "/projections/status", "projections_status", response_model=s.ProjectionsStatus, summary="Read models: position and lag")
     def projections_status(request: Request, p: Caller) -> Any:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
-import json
 import logging
 import re
 import threading
@@ -468,6 +466,20 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
         return page(request, s, "recipient.html", st=statement, masked_id=mask_id_number, caps=caps["annual"], entries=entries, category_chart=category_chart, category_rows=rows,
                     cap_charts=cap_charts, title=f"{statement['name']} · 救助对象 Recipient")
 
+    @get(f"{BASE}/recipients/{{recipient_id}}/statement")
+    async def statement_download(request: Request, recipient_id: str, format: str = "csv") -> Response:
+        """The recipient's statement as CSV or XLSX (:mod:`infra.statement_export`): +08:00 times,
+        whole expense handles, amounts as numbers, totals per kind of line."""
+        s = _session(request)
+        _need(s, "recipient")
+        if format not in data.STATEMENT_FORMATS:
+            raise Refused(422, "INVALID_INPUT", f"format: one of {', '.join(data.STATEMENT_FORMATS)}", field="format")
+        rid = _uuid(recipient_id)
+        await read(request, s, f"/recipients/{rid}/clearing")  # the API checks the officer's street (R-PH-1 [002 4.1])
+        content, name = await _blocking(data.statement_file, _service(request), rid, format)
+        _log(request, s, "console_statement_export", f"recipient:{rid}/statement.{format}", [rid])
+        return _secure(Response(content, media_type=data.STATEMENT_FORMATS[format], headers={"Content-Disposition": f'attachment; filename="{name}"'}))
+
     # -------------------------------------------------------------------- one expense
     @get(f"{BASE}/expenses/{{expense_id}}")
     async def expense(request: Request, expense_id: str) -> Response:
@@ -513,7 +525,8 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
             who["cases"].append(c)
         total = sum((p["balance"] for p in people.values()), Decimal(0))
         return page(request, s, "clearing.html", people=list(people.values()), proposals=proposals, total=total, done=done, show=show, shown=CLEARING_SHOWN,
-                    done_recipient=recipient, message=message, title="个人清算工作台 Clearing workbench")
+                    done_recipient=recipient, message=message, today=now.isoformat(), methods=data.REPAY_METHODS,
+                    proposals_total=data.proposals_total(proposals), same_officer=data.same_officer, title="个人清算工作台 Clearing workbench")
 
     async def _write(request: Request, s: Session, path: str, body: Any, key: str, done: str, recipient: str | None) -> Response:
         status, out = await api(request, s, "POST", path, json=body, key=key or None)
@@ -526,7 +539,11 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
         s = _session(request)
         form = await _check_form(request, s)
         rid = _uuid(form.get("recipient", ""))
-        return await _write(request, s, f"/recipients/{rid}/repayments", {"amount": form.get("amount", "").strip()}, form.get("key", ""), "repay", rid)
+        # R-CLR-3 [000 第七条]: the voucher or receipt number, the method and the day received; the
+        # officer is the one logged in (the API takes the caller). Blank fields are left out.
+        body = {"amount": form.get("amount", "").strip()}
+        body.update({k: v.strip() for k, v in form.items() if k in data.REPAY_FIELDS and v.strip()})
+        return await _write(request, s, f"/recipients/{rid}/repayments", body, form.get("key", ""), "repay", rid)
 
     @post(f"{BASE}/clearing/write-offs")
     async def propose_write_off(request: Request) -> Response:
@@ -581,8 +598,15 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
         _need(s, "snapshots")
         result = None
         if valid_on:
-            snap, manifest = await _snapshot(request, s, valid_on, known_at)
-            result = {"snap": snap, "manifest": manifest, "preview": snap.plain_rows()[:25], "query": urlencode({"valid_on": valid_on, "known_at": known_at or ""})}
+            from infra.http import snapshot_files
+
+            out = snapshot_files.temporary_directory()
+            try:  # the files are hashed for the manifest, then removed
+                written = await _snapshot(request, s, valid_on, known_at, out, preview=25)
+            finally:
+                snapshot_files.remove(out)
+            result = {"snap": written.head, "manifest": written.manifest, "preview": written.preview,
+                      "query": urlencode({"valid_on": valid_on, "known_at": known_at or ""})}
         return page(request, s, "snapshots.html", valid_on=valid_on or today().isoformat(), known_at=known_at or "", result=result,
                     columns=_snapshot_columns(), title="时点快照 Snapshots")
 
@@ -592,16 +616,23 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
         _need(s, "snapshots")
         if format not in ("csv", "xlsx"):
             raise Refused(422, "INVALID_INPUT", "format: csv or xlsx", field="format")
-        snap, _ = await _snapshot(request, s, valid_on, known_at, formats=(format,))
-        files = snap.files
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-            for name, content in sorted(files.items()):
-                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                z.writestr(info, content)
-        name = f"{snap.stem}.{format}.zip"
-        return _secure(Response(buffer.getvalue(), media_type="application/zip", headers={"Content-Disposition": f'attachment; filename="{name}"'}))
+        from fastapi.responses import StreamingResponse
+
+        from infra.http import snapshot_files
+
+        # The file and its manifest are written to a temporary directory, zipped there and
+        # streamed from disk; the directory goes when the response ends.
+        out = snapshot_files.temporary_directory()
+        try:
+            written = await _snapshot(request, s, valid_on, known_at, out, formats=(format,))
+            name = f"{written.head.stem}.{format}.zip"
+            await run_in_threadpool(_zip, out / name, [written.path(format), written.manifest_path()])
+            chunks, cleanup, size = snapshot_files.stream(out / name, out)
+        except BaseException:
+            snapshot_files.remove(out)
+            raise
+        return _secure(StreamingResponse(chunks, media_type="application/zip", background=cleanup,
+                                         headers={"Content-Disposition": f'attachment; filename="{name}"', "Content-Length": str(size)}))
 
 
 def _uuid(value: str) -> str:
@@ -621,21 +652,33 @@ def _snapshot_columns() -> list[tuple[str, str]]:
     return list(COLUMNS)
 
 
-async def _snapshot(request: Request, s: Session, valid_on: str, known_at: str | None, formats: tuple[str, ...] = ("csv", "xlsx")) -> tuple[Any, dict[str, Any]]:
-    """R-TIME-3: the snapshot at (V, T) with its files and their manifest."""
-    from commands.snapshot import take_snapshot
+def _zip(target: Path, paths: list[Path]) -> None:
+    """The files in a zip with fixed entry times (the same files give the same bytes)."""
+    import shutil
+
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(paths, key=lambda p: p.name):
+            info = zipfile.ZipInfo(path.name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with path.open("rb") as src, z.open(info, "w") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
+async def _snapshot(request: Request, s: Session, valid_on: str, known_at: str | None, out: Path,
+                    formats: tuple[str, ...] = ("csv", "xlsx"), preview: int = 0) -> Any:
+    """R-TIME-3: the snapshot at (V, T), its files and their manifest written into ``out`` from
+    the persisted cuts (``infra.http.snapshot_files``; no replay of the log per request)."""
     from commands.timeline import parse_known_at
+    from infra.http import snapshot_files
 
     try:
         valid = date.fromisoformat(valid_on)
         moment = parse_known_at(known_at)  # without an offset: China Standard Time
     except ValueError as exc:
         raise Refused(422, "INVALID_INPUT", f"valid_on / known_at: {exc}", field="valid_on") from None
-    snap = await _blocking(take_snapshot, _service(request).ledger, valid, moment)
-    snap.files = await _blocking(snap.export, list(formats))
-    manifest = json.loads(snap.files[f"{snap.stem}.manifest.json"])
+    written = await _blocking(snapshot_files.write, _service(request), valid, moment, formats, out, preview=preview)
     _log(request, s, "snapshot", f"console/snapshots?valid_on={valid.isoformat()}&known_at={moment.isoformat() if moment else ''}", None)
-    return snap, manifest
+    return written
 
 
 def waterfall_steps(rows: list[dict[str, Any]]) -> list[svg.Step]:

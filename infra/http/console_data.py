@@ -27,7 +27,7 @@ from ledger import errors
 from ledger.aggregates import Claim, Recipient
 from ledger.eligibility import category_periods
 from ledger.money import ZERO, fmt
-from ledger.values import CATEGORY_ZH, CST, ERASED, SCHEME_ZH, VISIT_ZH, local_date, validate_id_number
+from ledger.values import CATEGORY_ZH, CST, ERASED, SCHEME_ZH, VISIT_ZH, local_date, same_identity, validate_id_number
 
 BATCH = 1000
 _ENROLLED = get_topic(Recipient.Enrolled)
@@ -115,6 +115,8 @@ EVENT_ZH: dict[str, str] = {
     "ClearingCaseOpened": "开立个人清算",
     "SupplementaryPayoutDue": "应补发",
     "RepaymentReceived": "收到退款",
+    "WriteOffProposed": "提出核销",
+    "WriteOffRefused": "核销被拒绝",
     "WriteOffApproved": "核销批准",
     "Lodged": "申请受理（经办人）",
     "Reviewed": "审核（审核人）",
@@ -248,7 +250,18 @@ def _entry(e: Any, r: Recipient) -> Entry:
         out.rules = "R-CLR-2"
     elif kind == "RepaymentReceived":
         out.detail = "，".join(f"{a['case']} {svg.yuan(a['amount'])}" for a in e.allocations)
+        received = [f"{label} {value}" for label, value in (("收款人 officer", e.officer), ("收到 received", e.received_on), ("凭证 voucher", e.voucher),
+                                                             ("方式 method", REPAY_METHODS.get(e.method or "", e.method))) if value]
+        if received:  # recorded since v2 (R-CLR-3 [000 第七条])
+            out.detail += "；" + "，".join(received)
         out.amount = fmt(e.amount)
+        out.rules = "R-CLR-3"
+    elif kind == "WriteOffProposed":
+        out.detail = f"提议 proposal {e.proposal_id}，提出 {e.officer}" + (f"：{e.reason}" if e.reason else "")
+        out.amount = fmt(e.amount)
+        out.rules = "R-CLR-3"
+    elif kind == "WriteOffRefused":
+        out.detail = f"提议 proposal {e.proposal_id}，拒绝 {e.officer}" + (f"：{e.reason}" if e.reason else "")
         out.rules = "R-CLR-3"
     elif kind == "WriteOffApproved":
         total = sum((Decimal(a["amount"]) for a in e.allocations), ZERO)
@@ -541,3 +554,48 @@ def summarise_books(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         a[0] += Decimal(row["debit"])
         a[1] += Decimal(row["credit"])
     return [{"fund": f, "account": a, "debit": fmt(d), "credit": fmt(c), "balance": fmt(d - c)} for (f, a), (d, c) in sorted(acc.items())]
+
+
+# ------------------------------------------------------------------------------------ clearing
+#: R-CLR-3 [000 第七条]: how a repayment was received (the values of ``Repay.method``).
+REPAY_METHODS = {"cash": "现金 cash", "bank_transfer": "银行转账 bank transfer", "offset": "抵扣 offset"}
+#: What the console's repayment form may pass on to ``POST /recipients/{id}/repayments`` besides
+#: the amount (the officer is the caller's own token).
+REPAY_FIELDS = ("voucher", "method", "received_on")
+
+
+def proposals_total(proposals: list[dict[str, Any]]) -> Decimal:
+    """The amount of the write-offs waiting for approval, in all (R-CLR-3)."""
+    return sum((Decimal(p.get("amount") or "0") for p in proposals), ZERO)
+
+
+def same_officer(a: str | None, b: str | None) -> bool:
+    """Whether two officer ids are one person, compared as the ledger compares them (R-CLR-3
+    [000 第七条]: the approver of a write-off is not the officer who proposed it)."""
+    return same_identity(a) == same_identity(b)
+
+
+# ------------------------------------------------------------------------------------ statement
+STATEMENT_FORMATS = {"csv": "text/csv; charset=utf-8", "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
+
+
+def statement_file(service: Any, recipient: str, fmt: str) -> tuple[bytes, str]:
+    """A recipient's statement as a CSV or XLSX file, written by :mod:`infra.statement_export`
+    from the statement read model brought to the log's head (the lines, +08:00 times, whole
+    expense handles, totals per kind). Returns the file's bytes and its name."""
+    import tempfile
+    from pathlib import Path
+
+    from infra import statement_export
+    from projections import statement as st
+
+    if fmt not in STATEMENT_FORMATS:
+        raise errors.InvalidInput(f"format: one of {', '.join(STATEMENT_FORMATS)}", field="format")
+    engine, _ = service.read_model("statement")
+    with engine.connect().execution_options(sqlite_deferred=True) as conn:
+        rows = st.for_recipient(conn, recipient)
+    handles = statement_export.handles_of(service.ledger, recipient)
+    write = statement_export.write_csv if fmt == "csv" else statement_export.write_xlsx
+    name = f"statement-{recipient}.{fmt}"
+    with tempfile.TemporaryDirectory(prefix="ledger-statement-") as tmp:  # nothing personal is left on disk
+        return write(rows, Path(tmp) / name, handles).read_bytes(), name

@@ -409,3 +409,10 @@ def test_a_scenario_step_with_refused_input_is_malformed_naming_step_field_and_r
 def test_future_dated_policy_in_a_scenario_is_accepted():
     step = '  - {at: "2026-01-05T09:03:00+08:00", do: set_parameter, name: shanghai.medical_aid.annual_cap.inpatient.dibao, value: "80000.00", effective_from: "2027-01-01"}\n'
     assert [s["status"] for s in run_scenario(_HEAD + step)["steps"]] == ["accepted"] * 4
+
+
+def test_a_repayment_cannot_be_received_after_the_day_it_is_recorded() -> None:
+    at = datetime(2026, 12, 6, 9, tzinfo=CST)
+    assert m.Repay(recipient="r", amount="10.00", received_on=date(2026, 12, 6), at=at).received_on == date(2026, 12, 6)
+    with pytest.raises(ValidationError, match=r"received_on: 2026-12-07 is after 2026-12-06.*R-CLR-3"):
+        m.Repay(recipient="r", amount="10.00", received_on=date(2026, 12, 7), at=at)
