@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update(LEDGER_DATABASE_URL=url, LEDGER_TOKEN_SECRET=SECRET)
     if args.demo:
-        from bench.projections_rebuild import generate
+        from bench.dataset import generate
         from infra.settings import Settings
 
         app, how = generate(Settings(database_url=url), args.demo, 2026)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = ap.parse_args(argv)
 
-    from bench.projections_rebuild import generate
+    from bench.dataset import generate
     from infra.projection_source import store_source
     from infra.settings import Settings
     from infra.wiring import build_app
