@@ -27,18 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TOPICS = [f"{Recipient.AidDecided.__module__}:{Recipient.AidDecided.__qualname__}"]
 
 
-def _full_parameters(value: Any, found: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        if traces.is_full(value):
-            found[traces.key_of(value)] = value
-        else:
-            for v in value.values():
-                _full_parameters(v, found)
-    elif isinstance(value, list):
-        for v in value:
-            _full_parameters(v, found)
-
-
 class _V1:
     """The v1 shapes, for the duration of a ``with``."""
 
@@ -49,7 +37,7 @@ class _V1:
         def trigger_event(r: Any, event_class: Any, **kwargs: Any) -> Any:
             if event_class is Recipient.AidDecided:
                 found: dict[str, Any] = {}
-                _full_parameters(kwargs["decisions"], found)
+                traces.full_parameters(kwargs["decisions"], found)
                 kwargs["knowledge"] = {**kwargs["knowledge"], "parameters": [found[k] for k in sorted(found)]}
             return real(r, event_class, **kwargs)
 

@@ -344,19 +344,19 @@ class LedgerCore(Application):
             self.save(self._command_record(cmd, result, self._now(cmd.at)))
         return result
 
-    def recipient(self, recipient_id: uuid.UUID | str, version: int | None = None) -> Recipient:
+    def _load(self, kind: str, aggregate_id: uuid.UUID | str, version: int | None = None) -> Any:
+        """The aggregate with this id, or UnknownEntity naming the ``kind`` (also its field)."""
         try:
-            rid = recipient_id if isinstance(recipient_id, uuid.UUID) else uuid.UUID(str(recipient_id))
-            return self.repository.get(rid, version=version)
+            key = aggregate_id if isinstance(aggregate_id, uuid.UUID) else uuid.UUID(str(aggregate_id))
+            return self.repository.get(key, version=version)
         except (AggregateNotFoundError, ValueError):
-            raise errors.UnknownEntity(f"unknown recipient '{recipient_id}'", field="recipient") from None
+            raise errors.UnknownEntity(f"unknown {kind} '{aggregate_id}'", field=kind) from None
+
+    def recipient(self, recipient_id: uuid.UUID | str, version: int | None = None) -> Recipient:
+        return self._load("recipient", recipient_id, version)
 
     def claim(self, claim_id: uuid.UUID | str) -> Claim:
-        try:
-            cid = claim_id if isinstance(claim_id, uuid.UUID) else uuid.UUID(str(claim_id))
-            return self.repository.get(cid)
-        except (AggregateNotFoundError, ValueError):
-            raise errors.UnknownEntity(f"unknown claim '{claim_id}'", field="claim") from None
+        return self._load("claim", claim_id)
 
     def policy(self, version: int | None = None) -> PolicyLedger:
         if version is not None:
@@ -681,11 +681,7 @@ class LedgerCore(Application):
 
 
     def batch(self, batch_id: uuid.UUID | str) -> ClaimBatch:
-        try:
-            bid = batch_id if isinstance(batch_id, uuid.UUID) else uuid.UUID(str(batch_id))
-            return self.repository.get(bid)
-        except (AggregateNotFoundError, ValueError):
-            raise errors.UnknownEntity(f"unknown batch '{batch_id}'", field="batch") from None
+        return self._load("batch", batch_id)
 
 
     def auto_claims_signed(self, month: str, at: datetime | None) -> Result:

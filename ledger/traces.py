@@ -103,3 +103,19 @@ def inflate(value: Any, versions: dict[str, ParameterVersion]) -> Any:
     if isinstance(value, list):
         return [inflate(v, versions) for v in value]
     return value
+
+
+def full_parameters(value: Any, found: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Every full parameter version (``is_full``) anywhere inside a decision's summaries or
+    knowledge, by key: what a v1 ``AidDecided`` copied and a v2 one no longer does."""
+    found = {} if found is None else found
+    if isinstance(value, dict):
+        if is_full(value):
+            found[key_of(value)] = value
+        else:
+            for v in value.values():
+                full_parameters(v, found)
+    elif isinstance(value, list):
+        for v in value:
+            full_parameters(v, found)
+    return found

@@ -40,18 +40,6 @@ NAMES = (
 DECISION_TOPICS = [f"{Recipient.AidDecided.__module__}:{Recipient.AidDecided.__qualname__}"]
 
 
-def _full_parameters(value: Any, found: dict[str, dict[str, Any]]) -> None:
-    if isinstance(value, dict):
-        if traces.is_full(value):
-            found[traces.key_of(value)] = value
-        else:
-            for v in value.values():
-                _full_parameters(v, found)
-    elif isinstance(value, list):
-        for v in value:
-            _full_parameters(v, found)
-
-
 def _previous_code(monkeypatch: pytest.MonkeyPatch) -> None:
     """The v1 event shapes, as the code before issue 16 wrote them."""
     monkeypatch.setattr(engine, "_pv", lambda v: None if v is None else v.as_trace())
@@ -63,7 +51,7 @@ def _previous_code(monkeypatch: pytest.MonkeyPatch) -> None:
     def trigger_event(self: Any, event_class: Any, **kwargs: Any) -> Any:
         if event_class is Recipient.AidDecided:
             found: dict[str, dict[str, Any]] = {}
-            _full_parameters(kwargs["decisions"], found)
+            traces.full_parameters(kwargs["decisions"], found)
             kwargs["knowledge"] = {**kwargs["knowledge"], "parameters": [found[k] for k in sorted(found)]}
         return real(self, event_class, **kwargs)
 
