@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 STAMP = $(VENV)/.installed
 SCENARIOS = ../shared/scenarios
 
-.PHONY: venv demo test scenarios bench bench-quick clean
+.PHONY: venv demo test scenarios bench bench-quick bench-city clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: venv
 
 bench-quick: venv
 	$(VENV)/bin/python -m bench.run --scale quick $(BENCH_ARGS)
+
+# Issue 18's city: one district process vs two, lock waits, the city view's lag on JetStream, kill -9
+# (bench/city.py; bench/results/latest-city.json, < 20 min). BENCH_ARGS="--districts 4 --skip kill".
+bench-city: venv
+	$(VENV)/bin/python -m bench.run --scale city $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .import_linter_cache

@@ -26,10 +26,11 @@ position, except ``--all``, which looks at everyone).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
@@ -150,6 +151,69 @@ def _record(app: "LedgerApp", summary: "RunSummary", position: int, triggers: di
             continue
 
 
+RULE_CITY = "R-CAP-4, R-CLR-1(b) [002 4.5; 000 第七条]"
+
+
+@runtime_checkable
+class CityConflictReads(Protocol):
+    """The city view's conflicts as a district reads them (infra.city.CityView.conflicts_for):
+    the rows of the receipts ``district`` paid second, and the positions they are true at."""
+
+    def conflicts_for(self, district: str) -> tuple[list[dict[str, Any]], dict[str, int]]: ...
+
+
+def city_conflicts_from(source: Any) -> "CityConflicts | None":
+    """The conflicts a ledger's city port (``LedgerCore.city``, when the process is a district
+    reading the city view) offers for its own district; None without one."""
+    from commands.city import CityUnavailable
+
+    district = getattr(source, "district", None)
+    if not district or not isinstance(source, CityConflictReads):
+        return None
+    try:
+        rows, positions = source.conflicts_for(district)
+    except CityUnavailable as exc:  # the run goes on with this district's own duplicates; a later run finds them
+        logging.getLogger("ledger.city").warning("city view not read for the clearing run: %s", exc)
+        return None
+    return city_conflicts(district, rows, positions)
+
+
+@dataclass(frozen=True)
+class CityConflicts:
+    """The receipts this district paid second in the city (late discovery, R-CAP-4, R-CLR-1(b)
+    [002 4.5; 000 第七条]): ``{recipient: {expense: AidedElsewhere}}``, read from the city view at
+    ``positions`` (district -> stream position) by the adapter that runs the clearing run."""
+
+    district: str
+    positions: dict[str, int]
+    by_recipient: dict[uuid.UUID, dict[str, Any]]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_recipient.values())
+
+
+def city_conflicts(district: str, rows: list[dict[str, Any]], positions: dict[str, int]) -> CityConflicts:
+    """From the city view's conflict rows (each: ``district`` that paid second, its ``expense_id``,
+    ``first_district``, ``first_expense_id``) the ones this ``district`` must clear, each with the
+    explanation its recomputed decision records."""
+    from commands.core import AidedElsewhere, recipient_of
+
+    at = ", ".join(f"{d} {p}" for d, p in sorted(positions.items())) or "nothing applied yet"
+    found: dict[uuid.UUID, dict[str, Any]] = {}
+    for row in rows:
+        if row["district"] != district:
+            continue
+        eid = row["expense_id"]
+        message = (
+            f"the same receipt was aided first in district {row['first_district']} (expense {row['first_expense_id']}), "
+            f"as of the city view at {at}: a receipt is aided once in the city, and {district} paid it second, "
+            f"so the aid paid here is cleared ({RULE_CITY})"
+        )
+        first = f"{row['first_district']}:{row['first_expense_id']}"
+        found.setdefault(recipient_of(eid), {})[eid] = AidedElsewhere(first, message)
+    return CityConflicts(district, dict(positions), found)
+
+
 @dataclass
 class RunSummary:
     """What one clearing run looked at and what it opened."""
@@ -162,6 +226,7 @@ class RunSummary:
     trigger: str  # the one trigger cited, or "auto"
     triggers: dict[str, int] | None = None  # auto: recipients looked at per trigger
     position: int | None = None  # the log position recorded for the next run
+    city_conflicts: int = 0  # receipts this district paid second in the city, looked at (R-CLR-1(b))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,12 +241,15 @@ def run(
     at: datetime | None = None,
     on_scope: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    city: CityConflicts | None = None,
 ) -> RunSummary:
     """A clearing run (R-CLR-2). Scope: ``since`` (recipients touched after it), ``everyone``, or
     by default the changes after the last recorded run (``changes_after``). Trigger cited: the
     given ``trigger``; by default each recipient's own (``parameter_change`` with ``since`` or
     ``everyone``). ``on_scope`` is told how many recipients the run will visit; ``progress`` is
-    called once per recipient."""
+    called once per recipient. ``city``: the receipts this district paid second in the city
+    (:func:`city_conflicts`): with the automatic choice or ``duplicate`` their recipients are
+    looked at under ``duplicate`` (R-CLR-1(b)), whatever the scope; idempotent as the rest."""
     if since is not None or everyone:
         recipients = recipients_since(app, since) if since is not None else list(app.recipient_ids())
         position = (app.recorder.max_notification_id() or 0) if everyone else None
@@ -194,6 +262,15 @@ def run(
         for rid, t in changes.triggers.items():
             groups.setdefault(trigger or t, []).append(rid)
         scope = f"changes after log position {changes.after}"
+    cause_extra: dict[str, Any] = {}
+    automatic = trigger is None and since is None and not everyone
+    if city and (automatic or trigger == Trigger.DUPLICATE.value):
+        dup = Trigger.DUPLICATE.value
+        for t in list(groups):
+            groups[t] = [rid for rid in groups[t] if rid not in city.by_recipient]
+        groups[dup] = list(groups.get(dup, [])) + list(city.by_recipient)
+        groups = {t: v for t, v in groups.items() if v}
+        cause_extra = {"city_view": {"district": city.district, "positions": city.positions, "rule": RULE_CITY}}
     seen = sum(len(v) for v in groups.values())
     if on_scope is not None:
         on_scope(seen)
@@ -202,8 +279,10 @@ def run(
     for t in PRECEDENCE:
         if t in groups:
             changed += app.clearing_run(
-                t, at=at, cause={"run": "clearing", "since": since.isoformat() if since else None, "scope": scope},
+                t, at=at, cause={"run": "clearing", "since": since.isoformat() if since else None, "scope": scope,
+                                 **(cause_extra if t == Trigger.DUPLICATE.value else {})},
                 progress=progress, recipients=groups[t], opened=opened,
+                city=city.by_recipient if city and t == Trigger.DUPLICATE.value else None,
             )
     summary = RunSummary(
         scope=scope,
@@ -214,6 +293,7 @@ def run(
         trigger=trigger or ("auto" if since is None and not everyone else Trigger.PARAMETER_CHANGE.value),
         triggers={t: len(v) for t, v in groups.items()},
         position=position,
+        city_conflicts=len(city) if city and cause_extra else 0,
     )
     if position is not None:
         _record(app, summary, position, summary.triggers or {}, at)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import random
 import threading
 import time
@@ -23,10 +24,12 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import BaseAggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 from eventsourcing.utils import get_topic
 
+from commands import city as city_port
 from commands import group as group_commit
 from commands import models as m
 from commands.repository import COMPRESSOR_TOPIC, upgrade as upgrade_repository
@@ -45,6 +48,8 @@ from ledger.money import ZERO, fmt
 from ledger.policy import packs as policy_packs
 from ledger.policy.params import PolicyError
 from ledger.values import CST, Channel, Scheme, Trigger, local_date, receipt_identity
+
+_log = logging.getLogger("ledger.city")
 
 DEFAULT_OFFICERS = ("handler-default", "reviewer-default", "approver-default")
 #: The scenario contract's ``pay`` without a payer: a fourth officer, distinct from the three.
@@ -139,8 +144,12 @@ class LedgerCore(Application):
     env = {"COMPRESSOR_TOPIC": COMPRESSOR_TOPIC}
     snapshotting_intervals: dict = {Recipient: 100}
 
-    def __init__(self, env: dict[str, str] | None = None, *, jurisdiction: str = "shanghai.changning"):
+    def __init__(self, env: dict[str, str] | None = None, *, jurisdiction: str = "shanghai.changning", city: city_port.CityIndex | None = None):
         super().__init__(env)
+        #: The city view, where this ledger is a district that reads it (commands.city, ADR 0020):
+        #: a receipt aided in another district is a duplicate, the other districts' city-scheme
+        #: usage counts against the annual cap (R-CAP-4). None: nothing is read (single ledger).
+        self.city = city
         if jurisdiction not in policy_packs.JURISDICTIONS:
             raise errors.InvalidInput(f"unknown jurisdiction {jurisdiction!r}", field="jurisdiction")
         self.jurisdiction = jurisdiction
@@ -162,8 +171,50 @@ class LedgerCore(Application):
         self._memos_lock = threading.Lock()
 
     def construct_repository(self) -> Any:
-        """The library's repository with a cheaper projector (commands.repository, ADR 0017)."""
-        return upgrade_repository(super().construct_repository(), self.snapshotting_intervals)
+        """The library's repository with a cheaper projector (commands.repository, ADR 0017),
+        whose reads inside a command note what they read (``_read_set``, ADR 0021)."""
+        repository = upgrade_repository(super().construct_repository(), self.snapshotting_intervals)
+        repository.read_set = self._read_set
+        return repository
+
+    # ------------------------------------------------------------------ reads checked at the save (ADR 0021)
+    def _read_set(self) -> "_Reads | None":
+        """The reads of the command attempt running on this thread (``run``), or None: outside
+        one, inside a group (whose reads are the library's, fast-forwarded), and once the
+        attempt has saved something: a command part-recorded is never run again, so what it
+        reads then is read from the store as it stands (fast-forwarded), as before ADR 0021."""
+        if getattr(self._unit, "group", None) is not None:
+            return None
+        stack = getattr(self._unit, "reads", None)
+        if not stack or stack[-1].saved:
+            return None
+        return stack[-1]
+
+    def _saved(self, aggregates: list[Any]) -> None:
+        """After a save: its aggregates are the latest (cached as such). The saving attempt's
+        reads were proven current by its transaction; it, and any command it runs inside (a
+        batch signature's reviews), is part-recorded now: never run again, it reads fresh."""
+        self.repository.remember(aggregates)
+        for reads in getattr(self._unit, "reads", None) or ():
+            reads.clear()
+            reads.saved = True
+
+    def _forget(self, ids: Iterable[Any]) -> None:
+        """Drop what this process keeps of these aggregates (cache, last pass): read them afresh."""
+        for key in ids:
+            group_commit._evict(self, key)
+
+    def _check_reads(self, reads: "_Reads") -> None:
+        """A command attempt that answers without a save: what it read must still be current
+        (ReadChanged, retried, when another writer changed it since)."""
+        if not reads or reads.saved:
+            return
+        changed_since = getattr(self.recorder, "changed_since", None)
+        if changed_since is None:
+            return
+        changed = changed_since(dict(reads))
+        if changed:
+            raise IntegrityError(f"aggregate(s) {', '.join(map(str, changed))} changed since the command read them")
 
     def _notify(self, recordings: list[Any]) -> None:
         for hook in self.after_save:
@@ -216,14 +267,60 @@ class LedgerCore(Application):
             self._policy_cache = None
         return result
 
+    def _save_collected(self, objs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The library's ``Application.save``, collecting the ledger's aggregates without its
+        per-object ``runtime_checkable`` Protocol checks (``DomainEventProtocol``,
+        ``CollectEventsProtocol``): on Python 3.11 each walks the protocol's attributes, about
+        three per cent of an online command's CPU (issue 16). An ``Aggregate`` is never a domain
+        event and always collects its events, so it is collected as the library would; anything
+        else goes through the library's own ``collect_events``. The rest is the library's: record,
+        snapshots, ``_notify``."""
+        processing_event: ProcessingEvent[Any] = ProcessingEvent()
+        events, aggregates, others = processing_event.events, processing_event.aggregates, []
+        for obj in objs:
+            if isinstance(obj, BaseAggregate):
+                events.extend(obj.collect_events())
+                aggregates[obj.id] = obj
+            elif obj is not None:
+                others.append(obj)
+        processing_event.collect_events(*others, **kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # the library's deprecated hook, as its save calls it
+        return recordings
+
     # ------------------------------------------------------------------ group commit (batch sources)
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """The library's ``save``; inside a group (``commands.group``) the aggregates are held
-        and saved with the group's other commands, in one transaction, when it commits."""
+        and saved with the group's other commands, in one transaction, when it commits.
+
+        Inside a command attempt (``run``), what the attempt read and does not save goes with
+        the save as ``unchanged`` (id -> version read): its transaction checks them under the
+        writers' lock, as the store's key checks the saved ones (ADR 0021)."""
         grouped = getattr(self._unit, "group", None)
         if grouped is not None and not kwargs:
             return grouped.hold(objs)
-        return super().save(*objs, **kwargs)
+        aggregates = [o for o in objs if o is not None and hasattr(o, "collect_events")]
+        reads = self._read_set()
+        if reads and "unchanged" not in kwargs:
+            saving = {a.id for a in aggregates}
+            unchanged = {k: v for k, v in reads.items() if k not in saving}
+            if unchanged:
+                kwargs["unchanged"] = unchanged
+        try:
+            recordings = self._save_collected(objs, kwargs)
+        except (IntegrityError, OperationalError):
+            # Read again from the store: what this save wrote or checked (the next save of the
+            # same attempt, if it retries on its own, notes the versions it reads then).
+            suspect = [a.id for a in aggregates] + list(kwargs.get("unchanged") or ())
+            self._forget(suspect)
+            if reads:
+                for key in suspect:
+                    reads.pop(key, None)
+            raise
+        self._saved(aggregates)
+        return recordings
 
     def group(self, size: int = group_commit.DEFAULT_SIZE) -> Any:
         """``with app.group() as g:`` — the commands this thread runs join one group, saved
@@ -247,13 +344,28 @@ class LedgerCore(Application):
         self._unit.companions = {}
         return list(pending.values())
 
-    def receipt(self, key: tuple[str, str]) -> Receipt | None:
+    def receipt(self, key: tuple[str, str], *, saving: bool = False) -> Receipt | None:
         """The ledger-wide record of one receipt (R-CLR-1(b)), or None if never recorded since the
-        index exists. A companion touched by the command in progress is returned as it stands."""
+        index exists. A companion touched by the command in progress is returned as it stands.
+
+        ``saving``: the caller saves the receipt it gets in this command's transaction (opening
+        it when None). A receipt this process does not hold is then taken as new without a read
+        (ADR 0021): if it exists after all, the store's unique key refuses the save and the
+        command runs again, reading it. A receipt found missing earlier in the same attempt is
+        not looked up again (its absence is checked at the save)."""
         rid = Receipt.id_for(key)
         pending = getattr(self._unit, "companions", None) or {}
         if rid in pending:
             return pending[rid]
+        reads = self._read_set()
+        if reads is not None:
+            if reads.get(rid, -1) == 0:
+                return None
+            cache = self.repository.cache
+            held = cache is not None and rid in getattr(cache, "cache", {})
+            if saving and not reads.retry and not held:
+                return None
+        self.repository.hint_unsnapshotted(rid)  # a Receipt is never snapshotted: one query
         try:
             return self.repository.get(rid)
         except AggregateNotFoundError:
@@ -273,8 +385,10 @@ class LedgerCore(Application):
         the same id is refused (IDEMPOTENCY_MISMATCH), whatever the adapter it came through."""
         if not cmd.command_id:
             return None
+        key = CommandRecord.id_for(cmd.command_id)
+        self.repository.hint_unsnapshotted(key)  # never snapshotted: one query, not two (ADR 0021)
         try:
-            record = self.repository.get(CommandRecord.id_for(cmd.command_id))
+            record = self.repository.get(key)
         except AggregateNotFoundError:
             return None
         r = record.result
@@ -310,16 +424,33 @@ class LedgerCore(Application):
         if handler is None:
             raise errors.InvalidInput(f"no handler for {type(cmd).__name__}", field="command")
         deadline = time.monotonic() + self.conflict_seconds
+        stack = getattr(self._unit, "reads", None)
+        if stack is None:
+            stack = self._unit.reads = []
         for attempt in itertools.count():
             self._take_companions()  # nothing left over from an attempt that did not commit
+            reads = _Reads(retry=attempt > 0)
+            stack.append(reads)
             try:
                 try:
-                    return handler(self, cmd)
-                except errors.Rejected as exc:
-                    return self._rejected(cmd, Result.rejected(exc))
+                    try:
+                        result = handler(self, cmd)
+                    except errors.Rejected as exc:
+                        result = self._rejected(cmd, Result.rejected(exc))
+                    except (IntegrityError, OperationalError):
+                        raise
+                    except Exception:
+                        # refused, or failed, on what it read: was that current? (if not: again)
+                        self._check_reads(reads)
+                        raise
+                    self._check_reads(reads)
+                    return result
+                finally:
+                    stack.pop()
             except (IntegrityError, OperationalError) as exc:
                 if not retryable_write_error(exc):
                     raise
+                self._forget(reads.seen)
                 self._policy_cache = None
                 replay = self._replayed(cmd)
                 if replay is not None:
@@ -421,19 +552,23 @@ class LedgerCore(Application):
 
 
     # ------------------------------------------------------------------ decisions
-    def _assess(self, r: Recipient, new: list[str], channel: str, claim_id: str | None, at: datetime) -> engine.PassResult:
+    def _assess(self, r: Recipient, new: list[str], channel: str, claim_id: str | None, at: datetime, *, read_city: bool = True) -> engine.PassResult:
         seq = r.decision_seq + 1
         added = [DecisionRef(eid, channel, claim_id, at, seq, pos) for pos, eid in enumerate(new)]
+        reads, city = self._city_reads(r, new) if read_city else ({}, None)
+        knowledge = r.knowledge().with_city(reads)
         memo = self._memo(r)
+        result = None
         if memo is not None:
             # Nothing the kept pass read has changed (``_memo``): when the new expenses come after
             # every decided one in the canonical order, only they are assessed (ADR 0017).
             book = self.policy().book
             pairs = [(d, r.expenses[d.expense_id].facts) for d in added]
-            fast = engine.assess_appended(memo, r.knowledge(), pairs, book, self.schemes)
-            if fast is not None:
-                return fast
-        return self._pass(r, r.expense_facts(), r.decided_refs() + added)
+            result = engine.assess_appended(memo, knowledge, pairs, book, self.schemes)
+        if result is None:
+            result = self._pass(r, r.expense_facts(), r.decided_refs() + added, knowledge)
+        result.city = city  # recorded with the decision (``_record_decision``), never re-read
+        return result
 
     #: How many recipients' last passes a process keeps, and how many expenses' assessments in
     #: all (each holds its recipient's assessments with their explanations): the most recently
@@ -454,14 +589,14 @@ class LedgerCore(Application):
             kept = self._memos.get(r.id)
         return kept[1] if kept is not None and kept[0] == self._standing(r) else None
 
-    def _pass(self, r: Recipient, facts: dict[str, ExpenseFacts], refs: list[DecisionRef]) -> engine.PassResult:
+    def _pass(self, r: Recipient, facts: dict[str, ExpenseFacts], refs: list[DecisionRef], knowledge: Any = None) -> engine.PassResult:
         """``engine.assess`` over the recipient's decided expenses, resumed from this process's last
         pass over the same recipient when it still describes the recipient's recorded decisions
         (ADR 0017): the engine then assesses only the expenses from the first one that changed in
         the canonical order (invoice date, service date, decision order; R-CAP-2, R-4L-4, R-MA-1,
         R-LYG-3), with the same result as a full pass, and ``result.recomputed`` names them: the
         others' ``due`` was settled against the same assessments when that pass was recorded."""
-        return engine.assess(r.knowledge(), facts, refs, self.policy().book, self.schemes, memo=self._memo(r))
+        return engine.assess(knowledge if knowledge is not None else r.knowledge(), facts, refs, self.policy().book, self.schemes, memo=self._memo(r))
 
     def _remember(self, r: Recipient, result: engine.PassResult) -> None:
         """Keep ``result``'s pass for the recipient's next one, with what its ``due`` now stands on."""
@@ -509,6 +644,8 @@ class LedgerCore(Application):
                 f"(R-PH-7, R-CLR-1(b) [002 4.5; 000 第七条])",
                 field="expenses",
             )
+        if self.city is not None:
+            self._check_city_receipt(eid, acc.facts)
         if acc.claim_id is not None and acc.claim_id != claim_id:
             raise errors.Duplicate(f"expense {eid}: already listed on open claim {acc.claim_id} [002 4.5]", field="expenses")
         book = self.policy().book
@@ -517,10 +654,46 @@ class LedgerCore(Application):
             procedure.check_settled(acc.facts)
             procedure.check_evidence(book, self.schemes, acc.facts)
 
-    def _first_rejection(self, r: Recipient, ordered: list[str], channel: str, lodged_on: date, claim_id: str | None, at: datetime, override: bool = False) -> tuple[errors.Rejected | None, str | None, engine.PassResult | None]:
+    def _check_city_receipt(self, eid: str, facts: ExpenseFacts) -> None:
+        """R-CAP-4, R-CLR-1(b), R-PH-7 [002 4.5; 000 第七条]: a receipt the city view knows as aided
+        in another district is a duplicate here too; the refusal names that district, its expense
+        and the positions it was read at (recorded in the claim's rejection and the
+        ``DuplicateAttempted``)."""
+        assert self.city is not None
+        try:
+            answer = self.city.receipt(facts.facility.code, facts.invoice_no)
+        except city_port.CityUnavailable as exc:
+            _log.warning("city view not read for expense %s: %s; decided on this district's own receipts", eid, exc)
+            getattr(self._unit, "city_unread", []).append(eid)
+            return
+        if answer.district is not None and answer.district != self.city.district:
+            raise city_port.AidedInAnotherDistrict(eid, answer)
+
+    def _city_reads(self, r: Recipient, new: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+        """R-CAP-2, R-CAP-4 [001; 000 第七条]: the person's city-scheme usage in the other districts,
+        read once for the expenses decided now (their cap buckets), as the decision will record it:
+        ({expense: the record}, the record); nothing without a city index or the city scheme."""
+        scheme = Scheme.SHANGHAI_MEDICAL_AID.value
+        if self.city is None or scheme not in self.schemes or not new:
+            return {}, None
+        buckets = {(scheme, r.expenses[eid].facts.invoice_date.year, r.expenses[eid].facts.cap_kind) for eid in new}
+        try:
+            read = self.city.usage(str(r.id), sorted({b[1] for b in buckets}))
+        except city_port.CityUnavailable as exc:
+            _log.warning("city view not read for recipient %s: %s; the annual cap counts this district's usage only", r.id, exc)
+            return {}, city_port.unavailable_block(self.city.district, str(exc))
+        came = getattr(r, "transferred_in", None)
+        block = city_port.usage_block(self.city.district, read, buckets, r.knowledge().carried_caps, came["from_district"] if came else None)
+        return {eid: block for eid in new}, block
+
+    def _first_rejection(self, r: Recipient, ordered: list[str], channel: str, lodged_on: date, claim_id: str | None, at: datetime, override: bool = False, *, deciding: bool = True) -> tuple[errors.Rejected | None, str | None, engine.PassResult | None]:
+        """The first refusal among ``ordered`` (procedural checks, then the assessment), and the
+        pass. ``deciding=False`` (lodging a claim: nothing is decided yet) leaves the city view's
+        usage unread: a cap bounds an amount, it never refuses (R-CAP-3)."""
         seen: set[tuple[str, str]] = set()
         procedural: tuple[errors.Rejected, str] | None = None
         checked: list[str] = []
+        self._unit.city_unread = []  # receipts the city view could not be asked about (``_check_city_receipt``)
         for eid in ordered:
             key = r.expenses[eid].facts.receipt_key if eid in r.expenses else None
             if key is not None and key in seen:
@@ -538,7 +711,10 @@ class LedgerCore(Application):
             return errors.Duplicate("an expense is listed twice on this claim", field="expenses"), None, None
         # SCENARIOS.md: a claim reports the first rejection in the order of assessment, so the
         # expenses before the first procedural refusal are assessed (and may be refused) first.
-        result = self._assess(r, checked, channel, claim_id, at) if checked else None
+        result = self._assess(r, checked, channel, claim_id, at, read_city=deciding) if checked else None
+        unread = [eid for eid in self._unit.city_unread if eid in checked]
+        if result is not None and unread and self.city is not None:  # recorded with the decision: checked alone
+            result.city = {**(result.city or {"district": self.city.district}), "receipts_unread": unread}
         for eid in checked:
             a = result.assessments[eid]
             if not a.granted:
@@ -558,6 +734,8 @@ class LedgerCore(Application):
             # by key with the value applied (ledger.traces); the PolicyLedger at policy_version
             # holds the rest.
         }
+        if result.city is not None:
+            knowledge["city"] = result.city  # R-CAP-4: what the city view said, and when (ADR 0020)
         decided = [result.assessments[eid] for eid in ordered]
         for a in decided:  # R-PH-7: the receipt is now aided, ledger-wide
             self._note_aid_on_receipt(r, a.expense_id, channel, at)
@@ -632,8 +810,9 @@ class LedgerCore(Application):
             expense_id=eid,
             channel=channel,
             claim_id=claim_id,
-            aided_as=self.receipt_aided_as(r, r.expenses[eid].facts),
+            aided_as=getattr(exc, "aided_as", None) or self.receipt_aided_as(r, r.expenses[eid].facts),
             reason=exc.message,
+            city=getattr(exc, "city", None),  # R-CAP-4: the district and the city view's positions
         )
 
     # ------------------------------------------------------------------ claims
@@ -700,12 +879,13 @@ class LedgerCore(Application):
 
 
     # ------------------------------------------------------------------ clearing
-    def _reconcile(self, r: Recipient, trigger: str, at: datetime, cause: dict[str, Any], aided_elsewhere: dict[str, str] | None = None) -> bool:
+    def _reconcile(self, r: Recipient, trigger: str, at: datetime, cause: dict[str, Any], aided_elsewhere: dict[str, "str | AidedElsewhere"] | None = None) -> bool:
         """R-CLR-2: recompute every decided expense of the recipient with today's knowledge.
 
         ``aided_elsewhere`` names the person's decided expenses whose receipt was aided first under
-        another recipient (R-CLR-1(b): found by ``receipts_aided_twice``): they are due nothing and
-        take no cap room, exactly as a second decision on a receipt within one person."""
+        another recipient (R-CLR-1(b): found by ``receipts_aided_twice``) or in another district
+        (an :class:`AidedElsewhere` from the city view, with its own explanation): they are due
+        nothing and take no cap room, exactly as a second decision on a receipt within one person."""
         if not r.decided_refs():
             return False
         if not aided_elsewhere:
@@ -715,10 +895,12 @@ class LedgerCore(Application):
         refs = [d for d in r.decided_refs() if d.expense_id not in aided_elsewhere]
         result = engine.assess(r.knowledge(), facts, refs, self.policy().book, self.schemes)
         for eid, first in aided_elsewhere.items():
+            if eid not in facts:
+                continue
             result.assessments[eid] = engine.Assessment(
                 eid, False, facts[eid].self_pay(), code="DUPLICATE", rule="R-PH-7",
-                message=f"the receipt was aided first as {first}, for another recipient: a receipt is aided once in "
-                "the whole ledger (R-CLR-1(b), R-PH-7 [002 4.5; 000 第七条])",
+                message=first.message if isinstance(first, AidedElsewhere) else f"the receipt was aided first as {first}, "
+                "for another recipient: a receipt is aided once in the whole ledger (R-CLR-1(b), R-PH-7 [002 4.5; 000 第七条])",
             )
         result.recomputed = None  # every assessment above is this pass's own
         return self._apply_differences(r, result, trigger, at, cause)
@@ -857,15 +1039,21 @@ class LedgerCore(Application):
         self._remember(r, result)
         return any_new
 
-    def clearing_run(self, trigger: str = Trigger.PARAMETER_CHANGE.value, *, at: datetime | None = None, cause: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None, recipients: Iterable[uuid.UUID] | None = None, opened: dict[str, int] | None = None) -> int:
+    def clearing_run(self, trigger: str = Trigger.PARAMETER_CHANGE.value, *, at: datetime | None = None, cause: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None, recipients: Iterable[uuid.UUID] | None = None, opened: dict[str, int] | None = None, city: dict[uuid.UUID, dict[str, "AidedElsewhere"]] | None = None) -> int:
         """Recompute every recipient with decided expenses (R-CLR-2); idempotent: a second run
         finds nothing new. Returns how many recipients changed. ``recipients`` limits the run
         (``ledger clearing run --since``); ``opened`` counts the cases and supplementary payouts
-        the run opened."""
+        the run opened. ``city``: the expenses this district paid on a receipt another district
+        paid first, as the city view found them (R-CAP-4, R-CLR-1(b)), read by the adapter and
+        given here as plain data; cleared by a ``duplicate`` run only."""
         changed = 0
-        elsewhere: dict[uuid.UUID, dict[str, str]] = {}
+        elsewhere: dict[uuid.UUID, dict[str, Any]] = {}
         if trigger == Trigger.DUPLICATE.value:  # R-CLR-1(b): receipts aided under two recipients
             elsewhere = self.receipts_aided_twice()
+            for rid, found in (city or {}).items():  # ... or in two districts (late discovery)
+                mine = elsewhere.setdefault(rid, {})
+                for eid, why in found.items():
+                    mine.setdefault(eid, why)
         for rid in list(self.recipient_ids() if recipients is None else recipients):
             for attempt in range(5):
                 r = self.recipient(rid)
@@ -888,6 +1076,16 @@ class LedgerCore(Application):
 
 
 
+
+
+@dataclass(frozen=True)
+class AidedElsewhere:
+    """An expense of this ledger whose receipt was aided first outside it (R-CAP-4, R-CLR-1(b)
+    [002 4.5; 000 第七条]): ``first`` names that aid, ``message`` is the explanation recorded on
+    the recomputed decision (which district, which expense, as of which positions)."""
+
+    first: str
+    message: str
 
 
 def _assessed(result: engine.PassResult) -> Iterable[tuple[str, engine.Assessment]]:
@@ -914,3 +1112,19 @@ def _amounts(summary: dict[str, Any]) -> tuple:
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary.get(k) for k in ("granted", "code", "rule", "category", "self_pay", "total", "by_scheme", "by_fund")}
+
+
+class _Reads(dict):
+    """One command attempt's reads (ADR 0021): aggregate id -> the version read (0: none found),
+    for the ones not yet proven current by a save of the attempt; ``seen`` keeps every id read
+    (dropped from the cache if the attempt loses a race), ``retry`` says an earlier attempt did."""
+
+    def __init__(self, retry: bool = False):
+        super().__init__()
+        self.retry = retry
+        self.saved = False
+        self.seen: set[Any] = set()
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.seen.add(key)
+        return super().setdefault(key, default)

@@ -231,7 +231,7 @@ class Group:
             from commands.core import retryable_write_error
 
             try:
-                with _suspended(app):
+                with _suspended(app), _own_reads(app):
                     # the events in save order, then their aggregates (now without pending
                     # events: the library registers them for its cache and snapshots)
                     app.save(*events, *changed)
@@ -291,6 +291,27 @@ class _suspended:
 
     def __exit__(self, *exc: Any) -> None:
         self.app._unit.group = self.group  # noqa: SLF001
+
+
+class _own_reads:
+    """The group's save checks no read of a command around the group (``LedgerCore.save``,
+    ADR 0021): the group's commands read through its identity map, fast-forwarded or from the
+    import's cache, and each of them checked what it needs itself. Once the group has saved, a
+    command around it is part-recorded and reads fresh from then on (``LedgerCore._read_set``)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def __enter__(self) -> None:
+        from commands.core import _Reads
+
+        self.stack = getattr(self.app._unit, "reads", None)  # noqa: SLF001
+        if self.stack is not None:
+            self.stack.append(_Reads())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.stack is not None:
+            self.stack.pop()
 
 
 _install_lock = threading.Lock()

@@ -193,7 +193,11 @@ def _replay_record(
         facts = source.expense_facts()
         refs = [d for d in refs if d.expense_id in facts]
         if refs:
-            result = engine.assess(source.knowledge(), facts, refs, book, ctx.app.schemes, known_at=known_at)
+            k = source.knowledge()
+            city = knowledge.get("city")
+            if kind == "decision" and city and "caps" in city:  # R-CAP-4: what the decision read (ADR 0020)
+                k = k.with_city({s["expense"]: city for s in event.decisions})
+            result = engine.assess(k, facts, refs, book, ctx.app.schemes, known_at=known_at)
     out = []
     for eid, summary in stored.items():
         if only is not None and eid != only:

@@ -17,10 +17,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import zlib
+from copy import deepcopy
 from typing import Any, Iterable
 
-from eventsourcing.application import Repository
+from eventsourcing.application import AggregateNotFoundError, Cache, LRUCache, Repository
 from eventsourcing.persistence import Compressor
 
 
@@ -31,14 +33,95 @@ def mutate_all(aggregate: Any, events: Iterable[Any]) -> Any:
     return aggregate
 
 
+def _no_reads() -> dict[Any, int] | None:
+    return None
+
+
 class LedgerRepository(Repository):
     #: The application's ``snapshotting_intervals`` (set by the application): a type missing from
     #: it is never snapshotted.
     snapshot_intervals: dict[type, int] = {}
     #: Remember at most this many aggregates (then start again: it is only a hint).
     SEEN_MAX = 500_000
+    #: The calling thread's command attempt's reads (id -> version read, 0 for none found), or
+    #: None outside one (set by the application: ``LedgerCore._read_set``).
+    read_set: Any = staticmethod(_no_reads)
+
+    #: What the cached aggregates' decoding depended on (set by the wiring: the key store's
+    #: erasure generation, ADR 0015): when it moves, the whole cache is dropped.
+    cache_token: Any = None
+
+    def _fresh_cache(self) -> None:
+        token_now = self.cache_token
+        if self.cache is None or token_now is None:
+            return
+        token = token_now()
+        if token != self.__dict__.get("_cache_token", token):
+            size = getattr(self.cache, "maxsize", None)
+            self.cache = LRUCache(maxsize=size) if size else Cache()
+        self.__dict__["_cache_token"] = token
 
     def get(self, aggregate_id: Any, *, version: int | None = None, projector_func: Any = mutate_all, **kwargs: Any) -> Any:
+        if version is None:
+            self._fresh_cache()
+        reads = self.read_set() if version is None else None
+        if reads is not None:
+            return self._get_for_command(reads, aggregate_id, projector_func, **kwargs)
+        return self._get(aggregate_id, version, projector_func, **kwargs)
+
+    def _get_for_command(self, reads: dict[Any, int], aggregate_id: Any, projector_func: Any, **kwargs: Any) -> Any:
+        """A read by a command (ADR 0021): the cached aggregate as it stands, without asking the
+        store for newer events, and the version read noted in ``reads``. The command's save then
+        proves it current: an aggregate it saves by the store's unique (id, version) key, one it
+        only read by the check its transaction makes under the writers' lock (``unchanged``);
+        a command that saves nothing has its reads checked before it answers
+        (``LedgerCore.run``). A stale one makes the command run again, from the store."""
+        cache = self.cache
+        if cache is not None:
+            try:
+                cached = cache.get(aggregate_id)
+            except KeyError:
+                cached = None
+            if cached is not None and cached.pending_events:  # changed and never saved: not the store's
+                with contextlib.suppress(KeyError):
+                    cache.get(aggregate_id, evict=True)
+                cached = None
+            if cached is not None:
+                reads.setdefault(aggregate_id, cached.version)
+                if not self.deepcopy_from_cache:
+                    return cached
+                lock = self._use_fastforward_lock(aggregate_id)  # not copied while a reader fast-forwards it
+                try:
+                    with lock:
+                        return deepcopy(cached)
+                finally:
+                    self._disuse_fastforward_lock(aggregate_id)
+        try:
+            aggregate = self._get(aggregate_id, None, projector_func, **kwargs)
+        except AggregateNotFoundError:
+            reads.setdefault(aggregate_id, 0)
+            raise
+        reads.setdefault(aggregate_id, aggregate.version)
+        return aggregate
+
+    def remember(self, aggregates: Iterable[Any]) -> None:
+        """Keep just-saved aggregates in the cache as the latest state (the library does so only
+        without fast-forward)."""
+        cache = self.cache
+        if cache is None or not self.fastforward:
+            return
+        for aggregate in aggregates:
+            cache.put(aggregate.id, aggregate)
+
+    def hint_unsnapshotted(self, aggregate_id: Any) -> None:
+        """``aggregate_id`` is of a type never snapshotted: read its events without asking the
+        snapshot table first."""
+        seen = self.__dict__.setdefault("_no_snapshot_yet", {})
+        if len(seen) >= self.SEEN_MAX:
+            seen.clear()
+        seen[aggregate_id] = True
+
+    def _get(self, aggregate_id: Any, version: int | None, projector_func: Any, **kwargs: Any) -> Any:
         aggregate = super().get(aggregate_id, version=version, projector_func=projector_func, **kwargs)
         if version is None:
             seen = self.__dict__.setdefault("_no_snapshot_yet", {})
@@ -51,8 +134,6 @@ class LedgerRepository(Repository):
     def _reconstruct_aggregate(self, aggregate_id: Any, version: int | None, projector_func: Any) -> Any:
         if self.snapshot_store is None or version is not None or not self.__dict__.get("_no_snapshot_yet", {}).get(aggregate_id):
             return super()._reconstruct_aggregate(aggregate_id, version, projector_func)
-        from eventsourcing.application import AggregateNotFoundError
-
         aggregate = projector_func(None, self.event_store.get(originator_id=aggregate_id))
         if aggregate is None:
             raise AggregateNotFoundError(f"Aggregate {aggregate_id!r} version None not found.")

@@ -317,7 +317,12 @@ class MemoryKeyStore:
             row = self._rows.setdefault(recipient_id, {"wrapped": None, "created_at": _now(), "erased_at": None, "reason": None})
             had = row["wrapped"] is not None
             row.update(wrapped=None, erased_at=row["erased_at"] or _now(), reason=row["reason"] or reason)
+            self._erasures = getattr(self, "_erasures", 0) + 1
             return had
+
+    def generation_now(self) -> int:
+        """How many erasures this store has seen (the aggregate cache drops what it decoded before)."""
+        return getattr(self, "_erasures", 0)
 
     def purge(self) -> bool:
         return True  # the wrapped key was dropped with the row's reference; nothing else holds it
@@ -394,6 +399,20 @@ class SqlKeyStore:
         if scope is not None:
             return id(self) not in scope.checked
         return self._cache.stale()
+
+    def generation_now(self) -> int:
+        """The store's erasure generation, read again when a key read would be (once per
+        :func:`fresh_keys` scope, else after the ttl): the aggregate cache, which holds decoded
+        personal fields, is dropped when it moves (ADR 0021), so an erasure reaches every process
+        as it does for keys."""
+        if self._must_check():
+            with self.datastore.transaction(commit=False) as c:
+                generation = self._generation(c)
+            self._cache.observe(generation)
+            scope = _scope.get()
+            if scope is not None:
+                scope.checked.add(id(self))
+        return self._cache.generation
 
     def data_key(self, recipient_id: str, *, create: bool) -> bytes | None:
         if not create and not self._must_check():

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, gt=0)  # larger request bodies get 413 unread
     max_upload_bytes: int = Field(DEFAULT_MAX_UPLOAD_BYTES, gt=0)  # the same, for the settlement-file upload routes
     jurisdiction: Literal["shanghai.changning", "shanghai", "lianyungang"] = "shanghai.changning"
+    #: PostgreSQL: send a ``NOTIFY`` on the events table's channel with every save (the event
+    #: store library's way to wake a LISTENing reader). Off: nothing in the ledger LISTENs, and
+    #: every notifying commit takes the server's notification-queue lock (ADR 0021).
+    postgres_notify: bool = False
 
     @field_validator("database_url")
     @classmethod

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from datetime import datetime
+from typing import Any, Callable
 
 from commands.app import LedgerApp
 from infra import integrity, privacy
@@ -13,6 +16,34 @@ from ledger.aggregates import PolicyLedger
 from ledger.values import CST
 
 APP_NAME = "ledger"
+
+log = logging.getLogger("ledger.wiring")
+
+#: What one command-line invocation opened (applications, read-model engines), closed when it
+#: ends (``infra.cli``): a command run in-process, as the tests and ``ledger serve``'s helpers do,
+#: leaves no database connection behind. None outside an invocation: nothing is collected.
+_scope: list[Callable[[], Any]] | None = None
+
+
+def open_scope() -> None:
+    global _scope
+    _scope = []
+
+
+def on_close(close: Callable[[], Any]) -> None:
+    """Close this (an app's ``close``, an engine's ``dispose``) when the invocation ends."""
+    if _scope is not None:
+        _scope.append(close)
+
+
+def close_scope() -> None:
+    global _scope
+    pending, _scope = _scope or [], None
+    for close in reversed(pending):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing what is left is best effort
+            log.debug("closing %r failed", close, exc_info=True)
 
 
 def build_app(settings: Settings | None = None, *, jurisdiction: str | None = None, env: dict[str, str] | None = None, publish_policy: bool = True) -> LedgerApp:
@@ -28,13 +59,32 @@ def build_app(settings: Settings | None = None, *, jurisdiction: str | None = No
         try:
             master = privacy.MasterKey.from_setting(settings.data_key)
             privacy.install(app, master)  # personal fields encrypted at rest (ADR 0015)
-            integrity.install(app, master.seal)  # tamper-evident chain, linked in each save's transaction (ADR 0016)
+            _cache_follows_erasures(app)
+            # tamper-evident chain, linked in each save's transaction (ADR 0016); no NOTIFY unless asked (ADR 0021)
+            integrity.install(app, master.seal, notify=settings.postgres_notify)
             if publish_policy:
                 ensure_policy(app)
+            app.city = city_index()
         except BaseException:
             app.close()  # a store that could not be set up leaves no connection behind
             raise
+    on_close(app.close)
+    if app.city is not None and hasattr(app.city, "close"):
+        on_close(app.city.close)
     return app
+
+
+def city_index(environ: dict[str, str] | None = None) -> Any:
+    """The city view as this district's decisions read it (ADR 0020, R-CAP-4): when the process
+    runs as a district (``ledger --district X`` sets ``LEDGER_DISTRICT``) and
+    ``LEDGER_CITY_DATABASE_URL`` names the view; otherwise None (nothing read, as before)."""
+    environ = os.environ if environ is None else environ
+    url, code = environ.get("LEDGER_CITY_DATABASE_URL"), environ.get("LEDGER_DISTRICT")
+    if not url or not code:
+        return None
+    from infra.city import DistrictCityIndex
+
+    return DistrictCityIndex(url, code)
 
 
 def check_postgres(settings: Settings, timeout: int = 5) -> None:
@@ -88,15 +138,36 @@ def memory_app(jurisdiction: str, published_at: datetime | None = None) -> Ledge
     app = LedgerApp(_protected({"PERSISTENCE_MODULE": "eventsourcing.popo"}), jurisdiction=jurisdiction)
     master = privacy.MasterKey.ephemeral()
     privacy.install(app, master)
+    _cache_follows_erasures(app)
     integrity.install(app, master.seal)
     ensure_policy(app, published_at)
     return app
 
 
+def _cache_follows_erasures(app: LedgerApp) -> None:
+    """The aggregate cache holds decoded personal fields: it is dropped when the store's erasure
+    generation moves (read as the key cache reads it: once per request, else after its ttl), so
+    an erasure in any process reads as ``[erased]`` in this one too (ADR 0015, ADR 0021)."""
+    if app.repository.cache is not None:
+        app.repository.cache_token = privacy.key_store(app).generation_now
+
+
+#: Aggregates an ordinary process keeps decoded (the library's LRU aggregate cache, ADR 0021).
+AGGREGATE_CACHE_SIZE = 1000
+
+
 def _protected(env: dict[str, str]) -> dict[str, str]:
-    """The store's env with the personal-data mapper (ADR 0015) and the recorder that chains
-    every event in the transaction that stores it (ADR 0016)."""
-    return integrity.chained_env({"MAPPER_TOPIC": privacy.MAPPER_TOPIC, **env})
+    """The store's env with the personal-data mapper (ADR 0015), the recorder that chains
+    every event in the transaction that stores it (ADR 0016) and, unless ``env`` says otherwise
+    (the demo's and the imports' ``infra.demo.demo_env``), a bounded aggregate cache that is
+    fast-forwarded on every read (ADR 0021): a read costs one query for the events stored since
+    (by this or any other process), never a stale aggregate, and no snapshot read or decoding
+    of what this process already holds. A copy leaves the cache for every command, so what a
+    failed command did to it never reaches the cache."""
+    cache = {"AGGREGATE_CACHE_MAXSIZE": str(AGGREGATE_CACHE_SIZE), "AGGREGATE_CACHE_FASTFORWARD": "y", "DEEPCOPY_FROM_AGGREGATE_CACHE": "y"}
+    if "AGGREGATE_CACHE_MAXSIZE" in env:
+        cache = {}
+    return integrity.chained_env({"MAPPER_TOPIC": privacy.MAPPER_TOPIC, **cache, **env})
 
 
 def ensure_policy(app: LedgerApp, published_at: datetime | None = None) -> None:

@@ -13,6 +13,7 @@ full summaries. Applying an event never looks anything up, so replay cannot rewr
 
 from __future__ import annotations
 
+import copy
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -150,6 +151,24 @@ class Recipient(Aggregate):
         self.payouts: list[dict[str, Any]] = []
         self.recoveries: list[dict[str, Any]] = []
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Recipient":
+        """An independent copy, made in a time that does not grow with the history (issue 16): its
+        own top-level lists, maps and sets, sharing everything inside them. That is a deep copy
+        because no apply changes a nested object in place: an expense's account, a case, a
+        supplementary payout, a suspension, a write-off proposal or a receipt's expense list is
+        replaced by a changed copy (``_own``), never edited, and the facts, decision refs and
+        summaries are never changed at all. So the copy the aggregate cache hands each command
+        (``infra.wiring``) takes new events without touching the cached recipient, for a few dict
+        copies instead of a walk of every expense's decision (tests/unit/test_recipient_copy.py).
+        Code outside the applies must not change a recipient's nested state either."""
+        twin = object.__new__(type(self))
+        state = twin.__dict__
+        for name, value in self.__dict__.items():
+            kind = type(value)
+            state[name] = value.copy() if kind is dict or kind is list or kind is set else value
+        memo[id(self)] = twin
+        return twin
+
     # ------------------------------------------------------------------ knowledge for the engine
     def knowledge(self) -> Knowledge:
         return Knowledge(
@@ -161,6 +180,7 @@ class Recipient(Aggregate):
             mutual_aid=list(self.mutual_aid_years),
             lifts=list(self.lifts),
             carried_caps=dict(getattr(self, "carried_caps", {})),
+            city_usage=dict(getattr(self, "city_usage", {})),
         )
 
     def expense_facts(self) -> dict[str, ExpenseFacts]:
@@ -325,7 +345,7 @@ class Recipient(Aggregate):
                 _facts_changed(r)
             r.expenses[self.expense_id] = ExpenseAccount(facts, handle=self.handle)
             if facts.receipt_key:
-                r.receipts.setdefault(facts.receipt_key, []).append(self.expense_id)
+                r.receipts[facts.receipt_key] = [*r.receipts.get(facts.receipt_key, ()), self.expense_id]
 
     class InsuranceSettled(Aggregate.Event):
         expense_id: str
@@ -333,7 +353,7 @@ class Recipient(Aggregate):
         amount: Decimal
 
         def apply(self, r: "Recipient") -> None:
-            acc = r.expenses[self.expense_id]
+            acc = _own(r.expenses, self.expense_id)
             from dataclasses import replace
 
             _facts_changed(r)
@@ -350,35 +370,48 @@ class Recipient(Aggregate):
 
         def apply(self, r: "Recipient") -> None:
             for eid in self.expense_ids:
-                acc = r.expenses[eid]
                 if self.attached:
-                    acc.claim_id = self.claim_id
-                elif acc.claim_id == self.claim_id and acc.decision is None:
-                    acc.claim_id = None
+                    _own(r.expenses, eid).claim_id = self.claim_id
+                elif r.expenses[eid].claim_id == self.claim_id and r.expenses[eid].decision is None:
+                    _own(r.expenses, eid).claim_id = None
 
     class DuplicateAttempted(Aggregate.Event):
-        """R-PH-7 [002 4.5]: an attempt to claim an already aided receipt, kept for clearing officers."""
+        """R-PH-7 [002 4.5]: an attempt to claim an already aided receipt, kept for clearing officers.
+        v2 (ADR 0020): ``city``, when the receipt was found aided in another district by the city
+        view: that district, its expense and the view's positions ``{district: stream position}``
+        the refusal was read at (R-CAP-4, R-CLR-1(b)); None otherwise and on v1 events."""
 
+        class_version = 2
         expense_id: str
         channel: str
         claim_id: str | None
         aided_as: str | None
         reason: str
+        city: dict[str, Any] | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("city", None)
 
         def apply(self, r: "Recipient") -> None:
-            r.expenses[self.expense_id].attempted_duplicates.append(
-                {
-                    "channel": self.channel,
-                    "claim": self.claim_id,
-                    "aided_as": self.aided_as,
-                    "reason": self.reason,
-                    "at": self.timestamp.isoformat(),
-                }
-            )
+            acc = _own(r.expenses, self.expense_id)
+            attempt = {
+                "channel": self.channel,
+                "claim": self.claim_id,
+                "aided_as": self.aided_as,
+                "reason": self.reason,
+                "at": self.timestamp.isoformat(),
+            }
+            if self.city is not None:
+                attempt["city"] = self.city
+            acc.attempted_duplicates = [*acc.attempted_duplicates, attempt]
 
     class AidDecided(Aggregate.Event):
         """Aid assessed for the expenses of one claim or one-stop settlement, with the full
         explanation, the policy version and the knowledge it was computed from (R-TIME-1).
+        In a district that reads the city view (ADR 0020), ``knowledge["city"]`` is what the
+        decision read there: the positions and, per cap bucket of its expenses, the city scheme's
+        usage in the other districts and the amount counted (R-CAP-4); without it, nothing.
 
         v2 (ADR 0017): the traces name each parameter version by its key with the value applied
         (``ledger.traces``), and the knowledge block no longer copies every parameter version the
@@ -398,13 +431,21 @@ class Recipient(Aggregate):
         def apply(self, r: "Recipient") -> None:
             r.decision_seq += 1
             for position, summary in enumerate(self.decisions):
-                acc = r.expenses[summary["expense"]]
+                acc = _own(r.expenses, summary["expense"])
                 acc.decision = DecisionRef(
                     summary["expense"], self.channel, self.claim_id, self.timestamp, r.decision_seq, position
                 )
                 acc.decided = summary
                 acc.due = summary
                 acc.claim_id = self.claim_id
+            city = self.knowledge.get("city")
+            if city and "caps" in city:
+                # R-CAP-4: the city view as this decision read it, kept for its expenses'
+                # reassessments (never re-read: ``ledger.facts.city_read``).
+                reads = dict(getattr(r, "city_usage", {}))
+                for summary in self.decisions:
+                    reads[summary["expense"]] = city
+                r.city_usage = reads
 
     class AidReassessed(Aggregate.Event):
         """R-TIME-2, R-CLR-2: the same expenses recomputed with today's knowledge; both decisions kept.
@@ -423,7 +464,7 @@ class Recipient(Aggregate):
 
         def apply(self, r: "Recipient") -> None:
             for item in self.results:
-                r.expenses[item["expense"]].due = item["due"]
+                _own(r.expenses, item["expense"]).due = item["due"]
             # How many reassessments changed ``due``: with decisions, cases and supplementary
             # payouts, what tells a pass kept in memory that ``due`` is as it left it (ADR 0017).
             r.reassessments = getattr(r, "reassessments", 0) + 1
@@ -454,10 +495,11 @@ class Recipient(Aggregate):
         lifted_on: str
 
         def apply(self, r: "Recipient") -> None:
-            for s in r.suspensions:
-                if s["scheme"] == self.scheme and s["lifted"] is None:
-                    s["lifted"] = self.lifted_on
-                    s["reviewer"] = self.reviewer
+            r.suspensions = [
+                {**s, "lifted": self.lifted_on, "reviewer": self.reviewer}
+                if s["scheme"] == self.scheme and s["lifted"] is None else s
+                for s in r.suspensions
+            ]
             r.lifts.append(Lift(self.scheme, self.reviewer, _d(self.lifted_on), self.timestamp))
 
     class SuspensionEnded(Aggregate.Event):
@@ -472,11 +514,11 @@ class Recipient(Aggregate):
         reason: str
 
         def apply(self, r: "Recipient") -> None:
-            for s in r.suspensions:
-                if s["scheme"] == self.scheme and s["expense"] == self.expense_id and s["lifted"] is None:
-                    s["lifted"] = self.ended_on
-                    s["ended_by"] = "recomputation"
-                    s["end_reason"] = self.reason
+            r.suspensions = [
+                {**s, "lifted": self.ended_on, "ended_by": "recomputation", "end_reason": self.reason}
+                if s["scheme"] == self.scheme and s["expense"] == self.expense_id and s["lifted"] is None else s
+                for s in r.suspensions
+            ]
 
     class SocialHelpGranted(Aggregate.Event):
         """R-4L-5 [000 第四条(四)]: one-time social-organisation help."""
@@ -501,14 +543,14 @@ class Recipient(Aggregate):
 
         def apply(self, r: "Recipient") -> None:
             for p in self.payments:
-                acc = r.expenses[p["expense"]]
+                acc = _own(r.expenses, p["expense"])
                 acc.paid_total += Decimal(p["total"])
                 acc.paid_by_scheme = _add(acc.paid_by_scheme, _money_map(p["by_scheme"]))
                 acc.paid_by_fund = _add(acc.paid_by_fund, _money_map(p["by_fund"]))
                 if p.get("channel") and p["channel"] not in acc.channels:
-                    acc.channels.append(p["channel"])
+                    acc.channels = [*acc.channels, p["channel"]]
                 for sid in p.get("supplementary", []):
-                    r.supplementary[sid].paid_at = self.timestamp
+                    _own(r.supplementary, sid).paid_at = self.timestamp
             _apply_recoveries(r, self.offsets, "offset", self.timestamp)
             r.payouts.append(
                 {
@@ -616,8 +658,10 @@ class Recipient(Aggregate):
         reason: str | None
 
         def apply(self, r: "Recipient") -> None:
-            p = r.write_off_proposals()[self.proposal_id]
-            p.update(status="refused", decided_by=self.officer, decided_at=self.timestamp, refusal=self.reason)
+            proposals = r.write_off_proposals()
+            proposals[self.proposal_id] = dict(
+                proposals[self.proposal_id], status="refused", decided_by=self.officer, decided_at=self.timestamp, refusal=self.reason
+            )
 
     class WriteOffApproved(Aggregate.Event):
         """R-CLR-3: a write-off signed by two distinct officers. v2 names the proposal approved
@@ -637,11 +681,13 @@ class Recipient(Aggregate):
         def apply(self, r: "Recipient") -> None:
             _apply_recoveries(r, self.allocations, "write_off", self.timestamp)
             for a in self.allocations:
-                r.cases[a["case"]].written_off = True
+                _own(r.cases, a["case"]).written_off = True
             if self.proposal_id is not None:
-                p = r.write_off_proposals()[self.proposal_id]
+                proposals = r.write_off_proposals()
                 written = sum((Decimal(a["amount"]) for a in self.allocations), ZERO)
-                p.update(status="approved", decided_by=self.approver, decided_at=self.timestamp, written_off=written)
+                proposals[self.proposal_id] = dict(
+                    proposals[self.proposal_id], status="approved", decided_by=self.approver, decided_at=self.timestamp, written_off=written
+                )
 
 
     class TransferredOut(Aggregate.Event):
@@ -706,6 +752,14 @@ class Recipient(Aggregate):
             r.transferred_in = {"from_district": self.from_district, "source_position": self.source_position, "at": self.timestamp}
 
 
+def _own(mapping: dict[str, Any], key: str) -> Any:
+    """The entry ``key`` of one of a recipient's maps (accounts, cases, supplementary payouts),
+    replaced by a shallow copy of itself that the caller may change (``Recipient.__deepcopy__``:
+    a copy of the recipient shares the entries until one is changed)."""
+    entry = mapping[key] = copy.copy(mapping[key])
+    return entry
+
+
 def _facts_changed(r: Recipient) -> None:
     """Count changes to the facts of an expense already recorded: with the decisions, what tells a
     pass kept in memory that the expenses it assessed are as it saw them (ADR 0017)."""
@@ -730,16 +784,49 @@ def _add(a: dict[str, Decimal], b: dict[str, Decimal], sign: int = 1) -> dict[st
 
 def _apply_recoveries(r: Recipient, allocations: list[dict[str, Any]], kind: str, at: datetime) -> None:
     for a in allocations:
-        case = r.cases[a["case"]]
+        case = _own(r.cases, a["case"])
         case.balance_by_fund = {
             k: v for k, v in _add(case.balance_by_fund, _money_map(a["by_fund"]), -1).items() if v != 0
         }
-        case.history.append({"kind": kind, "amount": Decimal(a["amount"]), "at": at.isoformat()})
+        case.history = [*case.history, {"kind": kind, "amount": Decimal(a["amount"]), "at": at.isoformat()}]
         r.recoveries.append({"kind": kind, "case": a["case"], "amount": Decimal(a["amount"]), "by_fund": a["by_fund"], "at": at})
+
+
+#: Values a copy may share with what it was copied from: immutable, so sharing one is copying it.
+_IMMUTABLE = frozenset({str, int, bool, float, type(None), Decimal, date, datetime, uuid.UUID})
+
+
+def _immutable(value: Any) -> bool:
+    kind = type(value)
+    return kind in _IMMUTABLE or kind is tuple and all(type(v) in _IMMUTABLE for v in value)
+
+
+def _deepcopy_small(self: Aggregate, memo: dict[int, Any]) -> Any:
+    """``copy.deepcopy`` of a small aggregate (a claim, a claim batch, a receipt), made without the
+    library's generic walk (issue 16: the aggregate cache copies one for nearly every online
+    command). Exactly a deep copy, whatever the state: an immutable value is shared, a list or map
+    holding only immutable values (or tuples of them) gets its own copy, and anything else is
+    deep-copied as ``copy.deepcopy`` would (tests/unit/test_small_aggregate_copy.py)."""
+    twin = object.__new__(type(self))
+    memo[id(self)] = twin
+    state = twin.__dict__
+    for name, value in self.__dict__.items():
+        kind = type(value)
+        if kind in _IMMUTABLE:
+            state[name] = value
+        elif kind is list and all(_immutable(v) for v in value):
+            state[name] = list(value)
+        elif kind is dict and all(_immutable(k) and _immutable(v) for k, v in value.items()):
+            state[name] = dict(value)
+        else:
+            state[name] = copy.deepcopy(value, memo)
+    return twin
 
 
 class Claim(Aggregate):
     """A post-hoc (or 免申即享 auto) claim and its three signatures (R-PH-1..5, [002 3])."""
+
+    __deepcopy__ = _deepcopy_small
 
     class Lodged(Aggregate.Created):
         recipient_id: str
@@ -813,6 +900,8 @@ class ClaimBatch(Aggregate):
     signed them as a whole. Automatic claims skip the applicant's paperwork, not the officers: the
     batch's handler lodged them, and a reviewer, an approver and a payer each sign the batch once,
     their signature recorded on each claim (R-PH-4 [002 3.4])."""
+
+    __deepcopy__ = _deepcopy_small
 
     class Opened(Aggregate.Created):
         month: str
@@ -925,6 +1014,8 @@ class Receipt(Aggregate):
     two writers that record or aid the same receipt at once meet on this aggregate's version
     (optimistic concurrency) and the second is decided with the first's outcome in view. Saved in
     the same transaction as the recipient's events (ADR 0003, ADR 0007)."""
+
+    __deepcopy__ = _deepcopy_small
 
     @staticmethod
     def id_for(key: tuple[str, str]) -> uuid.UUID:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ledger import errors, traces
 from ledger.eligibility import Holding, categories_on, insured_on, mutual_aid_year
-from ledger.facts import DecisionRef, ExpenseFacts, Knowledge
+from ledger.facts import DecisionRef, ExpenseFacts, Knowledge, city_read
 from ledger.money import ZERO, clamp0, fmt, money, split_city_district
 from ledger.policy.params import ParameterVersion, PolicyBook
 from ledger.values import CATEGORY_PRECEDENCE, FacilityKind, Fund, Scheme, VisitType, receipt_identity
@@ -216,14 +216,19 @@ def _city_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, h: Holding, self_pay: 
     # R-CAP-4 [001; 000 第七条]: the city scheme's limits are the person's, city-wide: a bucket first
     # used here starts from what the year already used in the district the person moved from.
     carried = k.carried_caps.get(bucket, ZERO)
-    used = st.caps_used.get(bucket, carried)
+    here = st.caps_used.get(bucket, carried)
+    # R-CAP-4: and, where the district reads the city view (ADR 0020), what the other districts
+    # used, as the decision of this expense read it and recorded it (never re-read). It bounds
+    # this expense only: the pass's own running usage stays this district's (plus carried).
+    elsewhere, city_trace = city_read(k.city_usage.get(e.id), e.id, bucket) or (ZERO, None)
+    used = here + elsewhere
     remaining = clamp0(cap_v.value - used)
     amount = min(raw, remaining)
-    st.caps_used[bucket] = used + amount
+    st.caps_used[bucket] = here + amount
     st.caps_value[bucket] = cap_v.value
     share = pol.value(scheme, "funding.city_share", on, Decimal("0.5"))
     city, district = split_city_district(amount, share)
-    rules = ["R-INS-3", "R-INS-4", "R-CAP-1", "R-CAP-2"] + (["R-CAP-3"] if amount < raw else []) + (["R-CAP-4"] if carried else [])
+    rules = ["R-INS-3", "R-INS-4", "R-CAP-1", "R-CAP-2"] + (["R-CAP-3"] if amount < raw else []) + (["R-CAP-4"] if carried or elsewhere else [])
     if e.visit_type is VisitType.OUTPATIENT_CRITICAL and not e.critical_illness_related:
         rules.append("R-PH-8")
     return SchemePart(
@@ -247,6 +252,7 @@ def _city_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, h: Holding, self_pay: 
                 "remaining_before": fmt(remaining),
                 "bound": amount < raw,
                 **({"carried_in": fmt(carried), "carried_rule": "R-CAP-4 [001; 000 第七条]: used in the district the person moved from"} if carried else {}),
+                **({"city_view": city_trace} if city_trace is not None else {}),
             },
             "amount": fmt(amount),
             "funding": {"rule": "[000 第六条] city:district 1:1, odd fen to the district", "city_share": str(share)},
@@ -645,6 +651,9 @@ class PassResult:
     recomputed: set[str] | None = None
     #: What a later pass over the same recipient can resume from (``assess(memo=...)``).
     memo: "PassMemo | None" = None
+    #: What the command read from the city view for the expenses it decides (ADR 0020, R-CAP-4),
+    #: to be recorded with the decision (``AidDecided.knowledge["city"]``); None: nothing read.
+    city: dict[str, Any] | None = None
 
 
 #: A checkpoint of the pass state is kept at the start of every invoice (cap) year and at least

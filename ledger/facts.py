@@ -138,6 +138,18 @@ class Knowledge:
     #: R-CAP-4 [001; 000 第七条]: city-scheme cap usage (scheme, year, kind) → amount that the
     #: person brought from the district they left; a year's bucket starts from it when first used.
     carried_caps: dict[tuple[str, int, str], Decimal] = field(default_factory=dict)
+    #: R-CAP-4 [001; 000 第七条]: expense id → what the decision that first decided it read from
+    #: the city view (``city_read`` below): the city scheme's usage in the other districts, counted
+    #: against that expense's annual cap. Recorded once per expense, in its ``AidDecided``, and
+    #: never re-read: left out of comparisons, so a pass kept in memory (ADR 0017) stays valid when
+    #: a new decision adds its own expenses' reads (a read only ever concerns its own expense).
+    city_usage: dict[str, dict] = field(default_factory=dict, compare=False)
+
+    def with_city(self, reads: dict[str, dict]) -> "Knowledge":
+        """This knowledge with the city reads of expenses being decided now (not yet recorded)."""
+        if not reads:
+            return self
+        return replace(self, city_usage={**self.city_usage, **reads})
 
     def known_at(self, t: datetime | None) -> "Knowledge":
         if t is None:
@@ -151,4 +163,27 @@ class Knowledge:
             mutual_aid=[m for m in self.mutual_aid if m.recorded_at <= t],
             lifts=[lf for lf in self.lifts if lf.recorded_at <= t],
             carried_caps=self.carried_caps,  # carried in when the recipient was created here
+            city_usage=self.city_usage,  # each read belongs to its expense's first decision
         )
+
+
+def city_read(block: dict | None, expense_id: str, bucket: tuple[str, int, str]) -> tuple[Decimal, dict] | None:
+    """R-CAP-4 [001; 000 第七条]: what a decision's city read (``AidDecided.knowledge["city"]``)
+    counts against ``bucket`` (scheme, invoice year, kind) for ``expense_id``, and its
+    explanation; None when the decision read no city view. The command decided the amount (per
+    other district, the larger of the city view's usage and what a move carried in from it); this
+    only looks it up, so a replay or a reassessment uses what was recorded."""
+    if not block or "caps" not in block:
+        return None
+    entry = next((c for c in block["caps"] if (c["scheme"], int(c["year"]), c["kind"]) == bucket), None)
+    as_of = ", ".join(f"{d} {p}" for d, p in sorted((block.get("positions") or {}).items())) or "nothing applied yet"
+    trace = {
+        "used_elsewhere": dict(entry["elsewhere"]) if entry else {},
+        "counted": entry["counted"] if entry else "0.00",
+        "as_of": f"as of the city view at {as_of}",
+        "rule": "R-CAP-4 [001; 000 第七条]: the city scheme's limit is the person's, city-wide: what other districts "
+        "decided this year counts (per district the larger of the city view's figure and what a move carried in)",
+    }
+    if entry and entry.get("carried_from"):
+        trace["carried_from"] = entry["carried_from"]
+    return (Decimal(entry["counted"]) if entry else ZERO), trace

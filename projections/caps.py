@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from ledger.aggregates import PolicyLedger, Recipient
 from ledger.money import ZERO, money
 from ledger.values import Scheme
-from projections.common import Item, Projection, Store, insert_rows, dumps, fen, loads, metadata, yuan_str
+from projections.common import Item, Projection, Store, dumps, fen, insert_new, loads, metadata, yuan_str
 
 CAPPED = {Scheme.SHANGHAI_MEDICAL_AID.value, Scheme.LIANYUNGANG.value}
 
@@ -136,10 +136,12 @@ class Caps(Projection):
                     for scheme, amount in p["by_scheme"].items():
                         paid[scheme] = str(Decimal(paid.get(scheme, "0")) + Decimal(amount))
         if params:
-            insert_rows(conn, caps_parameter, params)
-            # A cap parameter published or amended can change the cap of any bucket that has one.
+            # Every partition of a rebuild reads the policy and derives the same rows: kept once.
+            insert_new(conn, caps_parameter, params)
+            # A cap parameter published or amended can change the cap of any bucket that has one
+            # (in a partition: of its own recipients).
             capped = conn.execute(select(caps.c.recipient).where(caps.c.cap_fen.is_not(None)).distinct()).scalars()
-            more = set(capped) - touched
+            more = {rid for rid in capped if self.owns(rid)} - touched
             states.fetch("recipient", more)
             for rid in more:
                 state(rid)

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -227,6 +229,19 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     conn.execute(table.insert(), [{n: r.get(n) for n in names} for r in rows])
 
 
+def insert_new(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows, leaving out those whose primary key is already stored (``ON CONFLICT DO
+    NOTHING``): rows every partition of a rebuild derives alike (the published policy)."""
+    if not rows:
+        return
+    if is_postgres(conn):
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    names = [c.name for c in table.columns]
+    conn.execute(upsert(table).on_conflict_do_nothing(), [{n: r.get(n) for n in names} for r in rows])
+
+
 def add_sums(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], sums: Sequence[str]) -> None:
     """Set-based: add each row's ``sums`` columns to the stored row with the same primary key, or
     insert it (``INSERT … ON CONFLICT (pk) DO UPDATE SET c = c + excluded.c``, one statement for
@@ -336,6 +351,24 @@ class Store:
         self.stored = {k: dict(r) for k, r in self.rows.items()}
 
 
+# --------------------------------------------------------------------------- partitions
+
+#: Topics every partition of a partitioned rebuild reads (the policy: caps and cuts need the book
+#: in force at every position); their rows are written by the partition that owns the policy id.
+SHARED_PREFIX = "ledger.aggregates:PolicyLedger."
+
+
+def partition_of(originator_id: Any, parts: int) -> int:
+    """The partition (0 … parts − 1) of an aggregate in a rebuild split ``parts`` ways (ADR 0008):
+    a recipient's events, its claims' events, each aggregate's own, all land in one partition."""
+    if parts <= 1:
+        return 0
+    try:
+        return (originator_id.int if isinstance(originator_id, uuid.UUID) else uuid.UUID(str(originator_id)).int) % parts
+    except ValueError:
+        return zlib.crc32(str(originator_id).encode()) % parts
+
+
 # --------------------------------------------------------------------------- a projection
 
 
@@ -352,10 +385,30 @@ class Projection:
     version: ClassVar[int] = 1
     tables: ClassVar[tuple[Table, ...]]
     events: ClassVar[tuple[type, ...]]
+    #: Whether a rebuild may split this view by aggregate (``part``): every row it writes belongs
+    #: to one aggregate's partition, or is a sum added set-based, or is derived alike by every
+    #: partition (``insert_new``). A view that matches across aggregates (duplicates) cannot.
+    partitionable: ClassVar[bool] = True
+    #: (k, parts): this instance keeps only partition k of a partitioned rebuild (its own tracking
+    #: row ``name@k/parts``); None: the whole log.
+    part: tuple[int, int] | None = None
 
     @classmethod
     def topics(cls) -> frozenset[str]:
         return frozenset(topic(e) for e in cls.events)
+
+    @property
+    def tracking_name(self) -> str:
+        return self.name if self.part is None else f"{self.name}@{self.part[0]}/{self.part[1]}"
+
+    def owns(self, originator_id: Any) -> bool:
+        """Whether rows keyed by this aggregate are this instance's to write."""
+        return self.part is None or partition_of(originator_id, self.part[1]) == self.part[0]
+
+    def reads(self, topic_: str, originator_id: Any) -> bool:
+        """Whether this instance is given the notification: every one of its topics when whole;
+        in a partition, its own aggregates' and the shared (policy) ones."""
+        return self.part is None or topic_.startswith(SHARED_PREFIX) or self.owns(originator_id)
 
     def apply(self, conn: Connection, items: Sequence[Item]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -231,14 +231,18 @@ class Cuts(Projection):
     version = 2  # 2: the reconciling columns of ledger.reconcile
     tables = (recorded, cut_table)
     events = ()  # every event: see topics()
-    #: Recipients kept in memory between pages (a hint: a miss reads the recipient's own stream).
-    CACHE = 2000
+    #: Recipients kept in memory between pages (a hint: a miss reads and decodes the recipient's
+    #: own stream, so the cache holds a district's recipients: ~10,000, a partition of them in a
+    #: partitioned rebuild).
+    CACHE = 12000
 
     def __init__(self) -> None:
         self.recorder: Any = None
         self.mapper: Any = None
         self._cache: OrderedDict[str, Recipient] = OrderedDict()
         self._policy: PolicyLedger | None = None
+        #: In a partition: (head when read, [(position, policy version)]) from the log.
+        self._marks: tuple[int, list[tuple[int, int]]] | None = None
 
     @classmethod
     def topics(cls) -> frozenset[str]:
@@ -268,10 +272,23 @@ class Cuts(Projection):
         while len(self._cache) > self.CACHE:
             self._cache.popitem(last=False)
 
+    def _policy_version_at(self, conn: Connection, position: int) -> int | None:
+        if self.part is None:
+            return conn.execute(
+                select(func.max(recorded.c.originator_version)).where(recorded.c.kind == "policy", recorded.c.position <= position)
+            ).scalar()
+        # A partition does not wait for the partition that records the policy's rows: it reads
+        # the policy's positions from the log itself (a handful of notifications, read once).
+        if self._marks is None or position > self._marks[0]:
+            head = int(self.recorder.max_notification_id() or 0)
+            policy_topics = sorted(t for t in self.topics() if t.startswith(POLICY_TOPIC))
+            found = self.recorder.select_notifications(1, 1_000_000, stop=head, topics=policy_topics)
+            self._marks = (head, [(int(n.id), int(n.originator_version)) for n in found])
+        versions = [v for at, v in self._marks[1] if at <= position]
+        return max(versions) if versions else None
+
     def _policy_at(self, conn: Connection, position: int) -> PolicyLedger | None:
-        version = conn.execute(
-            select(func.max(recorded.c.originator_version)).where(recorded.c.kind == "policy", recorded.c.position <= position)
-        ).scalar()
+        version = self._policy_version_at(conn, position)
         if not version:
             return None
         if self._policy is not None and self._policy.version == version:
@@ -293,6 +310,7 @@ class Cuts(Projection):
                     "recorded_us": micros(e.timestamp), "recorded_at": e.timestamp.isoformat(),
                 }
                 for p, e in items
+                if self.owns(e.originator_id)  # in a partition: the policy's rows by one partition only
             ],
         )
         policy = self._policy_at(conn, items[0][0] - 1)
@@ -342,7 +360,8 @@ class Cuts(Projection):
         versions: dict[str, int] = {}
         q = select(cut_table.c.recipient, func.max(cut_table.c.recipient_version)).group_by(cut_table.c.recipient)
         for rid, v in conn.execute(q):
-            versions[rid] = int(v)
+            if self.owns(rid):  # in a partition: its own recipients only
+                versions[rid] = int(v)
         for (rid, _), row in out.items():
             versions[rid] = max(versions.get(rid, 0), int(row["recipient_version"]))
         for rid in sorted(versions):

@@ -74,6 +74,7 @@ class Duplicates(Projection):
     name = "duplicates"
     version = 2  # 2: receipts compared after normalising, ledger-wide, codeless ones by number
     tables = (dup_expense, dup_claim, duplicate)
+    partitionable = False  # receipts match across recipients, in log order
     events = (Recipient.ExpenseRecorded, Recipient.AidDecided, Recipient.DuplicateAttempted, Claim.Lodged, Claim.Rejected)
 
     def apply(self, conn: Connection, items: Sequence[Item]) -> None:

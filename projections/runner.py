@@ -45,14 +45,28 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ledger.values import CST
-from projections.common import Projection, failures, is_postgres, metadata, tracking
+from projections.common import SHARED_PREFIX, Projection, failures, is_postgres, metadata, partition_of, tracking
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1000
 #: Notifications per page when rebuilding from zero (bench/rebuild.py: larger pages load and
-#: rewrite each recipient's working state fewer times; gains flatten out past a few thousand).
-REBUILD_BATCH = 5000
+#: rewrite each recipient's working state fewer times, and the cuts view summarises a recipient
+#: once per page and month it appears in: at 2,000 recipients pages of 5,000 summarised 23% more
+#: than the months alone need, pages of 20,000 6%).
+REBUILD_BATCH = 20000
+
+#: From this many notifications a rebuild uses one process per core by default (bench/rebuild.py:
+#: on a 19k-notification log the start-up of the worker processes outweighs what they share out).
+PARALLEL_FROM = 50_000
+
+
+def default_jobs(head: int) -> int:
+    """Processes for rebuilding a log of ``head`` notifications: one per core from
+    ``PARALLEL_FROM`` on (each spawned worker costs ~1.5 s of start-up), else one."""
+    import os
+
+    return (os.cpu_count() or 1) if head >= PARALLEL_FROM else 1
 
 
 def all_projections() -> list[Projection]:
@@ -238,10 +252,10 @@ class Runner:
             metadata.create_all(conn, tables=[tracking, failures, *{t for p in self.projections for t in p.tables}])
             stored = dict(conn.execute(select(tracking.c.name, tracking.c.version)).all())
             for p in self.projections:
-                if p.name not in stored:
-                    conn.execute(tracking.insert().values(name=p.name, position=0, version=p.version, updated_at=None))
+                if p.tracking_name not in stored:
+                    conn.execute(tracking.insert().values(name=p.tracking_name, position=0, version=p.version, updated_at=None))
         for p in self.projections:
-            if p.name in stored and stored[p.name] != p.version:
+            if p.part is None and p.name in stored and stored[p.name] != p.version:
                 self.reset(p, recreate=True)
 
     def reset(self, projection: Projection, *, recreate: bool = False) -> None:
@@ -249,6 +263,8 @@ class Runner:
         (the rebuild meets a poison event again); skip decisions stay and hold for the rebuild."""
         with self.engine.begin() as conn:
             self._lock(conn, projection.name)
+            # a partitioned rebuild left unfinished (ADR 0008) is abandoned with the rows
+            conn.execute(delete(tracking).where(tracking.c.name.like(f"{projection.name}@%")))
             if recreate:
                 metadata.drop_all(conn, tables=list(projection.tables))
                 metadata.create_all(conn, tables=list(projection.tables))
@@ -272,9 +288,20 @@ class Runner:
         return int(position)
 
     def positions(self) -> dict[str, int]:
+        """Each view's position (by view name; a partition's own row in a partition runner)."""
+        return self._positions()[0]
+
+    def _positions(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """The positions, and the partition rows a partitioned rebuild left for each whole view."""
         with self.engine.connect().execution_options(sqlite_deferred=True) as conn:
             rows = dict(conn.execute(select(tracking.c.name, tracking.c.position)).all())
-        return {p.name: int(rows.get(p.name, 0)) for p in self.projections}
+        parts: dict[str, dict[str, int]] = {}
+        for p in self.projections:
+            if p.part is None:
+                mine = {n: int(v) for n, v in rows.items() if n.startswith(f"{p.name}@")}
+                if mine:
+                    parts[p.name] = mine
+        return {p.name: int(rows.get(p.tracking_name, 0)) for p in self.projections}, parts
 
     def head(self) -> int:
         return int(self.recorder.max_notification_id() or 0)
@@ -363,9 +390,18 @@ class Runner:
         """Views stopped at an open failure (each tried once more by a new runner first). A
         failure the view has since got past (a later try succeeded) is marked ``resolved``."""
         out: dict[str, Failure] = {}
+        views = {p.name: p for p in self.projections}
         for f in recorded:
             if not f.open:
                 continue
+            view = views.get(f.name)
+            if view is not None and view.part is not None:
+                # A partition stops only at its own events (and the shared policy ones); only
+                # the partition that owns the event can tell it has since been applied.
+                if not view.reads(f.topic, f.originator_id or ""):
+                    continue
+                if f.position <= positions.get(f.name, 0) and not view.owns(f.originator_id or ""):
+                    continue
             if f.position <= positions.get(f.name, 0):
                 with self.engine.begin() as conn:
                     conn.execute(
@@ -387,11 +423,15 @@ class Runner:
         """Apply one page of the log to every view that needs it (a view stopped at a failure
         waits for the operator and holds no other view back). Returns (notifications read, the
         position the page covers up to)."""
-        positions = self.positions()
+        positions, leftover = self._positions()
         head = self.head() if head is None else head
+        if leftover:  # a partitioned rebuild was cut short: its partitions finish first, then merge
+            self._finish_partitions(leftover, head)
+            positions, leftover = self._positions()
         recorded = self.failures()
         stopped = self._stopped(positions, recorded)
-        active = [p for p in self.projections if p.name not in stopped]
+        # a view whose partitions could not all finish (one stopped at a failure) waits for them
+        active = [p for p in self.projections if p.name not in stopped and p.name not in leftover]
         if not active:
             return 0, head
         low = min(positions[p.name] for p in active)
@@ -399,17 +439,31 @@ class Runner:
             return 0, low
         notes = self.recorder.select_notifications(low + 1, self.batch_size, stop=head, topics=self.topics)
         upto = head if len(notes) < self.batch_size else notes[-1].id
-        decoded = [self._decode(n) for n in notes]
+        # Decode once for every view, and only what some view will fold: in a partition, the
+        # notifications of its own aggregates (and the shared policy ones).
+        todo = [p for p in active if positions[p.name] < upto]
+        counts = sorted({p.part[1] for p in todo if p.part is not None})
+        wanted = {p.name: p.topics() for p in todo}
+        owner: dict[int, dict[int, int]] = {}  # note id → parts → partition
+
+        def given(p: Projection, n: Any) -> bool:
+            if n.topic not in wanted[p.name]:
+                return False
+            if p.part is None or n.topic.startswith(SHARED_PREFIX):
+                return True
+            return owner[n.id][p.part[1]] == p.part[0]
+
+        if counts:
+            for n in notes:
+                owner[n.id] = {c: partition_of(n.originator_id, c) for c in counts}
+        decoded = [self._decode(n) for n in notes if any(given(p, n) for p in todo)]
         skipped: dict[str, set[int]] = {}
         for f in recorded:
             if f.status == "skipped":
                 skipped.setdefault(f.name, set()).add(f.position)
-        for p in active:
-            if positions[p.name] >= upto:
-                continue
-            wanted = p.topics()
+        for p in todo:
             leave_out = skipped.get(p.name, set())
-            page = [n for n in decoded if n.topic in wanted and n.id not in leave_out]
+            page = [n for n in decoded if n.id not in leave_out and given(p, n)]
             if not any(isinstance(n.event, _Undecodable) for n in page):
                 try:
                     self._apply(p, page, low, upto)
@@ -439,7 +493,7 @@ class Runner:
                 # and tracking position together (one transaction), and the runner applies them
                 # again; never a half. Like synchronous=NORMAL on SQLite (common.make_engine).
                 conn.execute(text("SET LOCAL synchronous_commit = off"))
-            position = self._lock(conn, p.name)
+            position = self._lock(conn, p.tracking_name)
             if position >= upto or position < low:
                 # Done by another runner, or reset under us: nothing safe to apply from this page.
                 return False
@@ -454,7 +508,7 @@ class Runner:
                 time.sleep(self.pause_in_batch)
             moved = conn.execute(
                 update(tracking)
-                .where(tracking.c.name == p.name, tracking.c.position == position)
+                .where(tracking.c.name == p.tracking_name, tracking.c.position == position)
                 .values(position=upto, updated_at=_now())
             ).rowcount
             if moved != 1:
@@ -474,10 +528,17 @@ class Runner:
                 return
         self._apply(p, [], low, upto)
 
-    def catch_up(self, progress: Callable[[int, int, int], None] | None = None, stop: threading.Event | None = None) -> int:
-        """Apply pages until every view is at the head as seen at the start. ``progress`` gets
-        (position reached, head, notifications read in this page). Returns notifications read."""
-        head = self.head()
+    def catch_up(
+        self,
+        progress: Callable[[int, int, int], None] | None = None,
+        stop: threading.Event | None = None,
+        *,
+        head: int | None = None,
+    ) -> int:
+        """Apply pages until every view is at the head as seen at the start (or ``head``).
+        ``progress`` gets (position reached, head, notifications read in this page). Returns
+        notifications read."""
+        head = self.head() if head is None else head
         total = 0
         while stop is None or not stop.is_set():
             read, upto = self.step(head)
@@ -503,43 +564,106 @@ class Runner:
         jobs: int = 2,
         progress: Callable[[str, int, float], None] | None = None,
     ) -> int:
-        """Every view of this runner from zero, in ``jobs`` processes (ADR 0008): the views are
-        reset here, then split into ``jobs`` groups of about equal cost (``_COST``, measured), and
-        each group catches up in a process of its own: its views share each page (read and
-        decoded once for the group, only the group's topics), each view with exactly the
-        transactions of :meth:`catch_up` (rows and tracking position commit together; failures
-        recorded and skips honoured as ever). On SQLite the processes take turns at the write
-        lock (``BEGIN IMMEDIATE``, busy timeout) and decode in parallel.
+        """Every view of this runner from zero, split by aggregate over ``jobs`` processes (ADR
+        0008). The views are reset here; then process k keeps partition k of ``jobs`` of every
+        partitionable view (``Projection.partitionable``): the recipients, claims and other
+        aggregates whose id falls in it (``common.partition_of``), plus the shared policy
+        notifications. It reads each page once, decodes only its partition's notifications, and
+        every view folds them, each (view, partition) in exactly the transactions of
+        :meth:`catch_up` on a tracking row of its own (``caps@0/2``: rows and position commit
+        together; failures recorded and skips honoured as ever). A view that matches across
+        aggregates (duplicates) goes whole to process 0. When every partition of a view has
+        reached the head (as seen at the start), one transaction replaces its partition rows by
+        the view's own position. A rebuild cut short leaves the partition rows: the next
+        :meth:`step` (``ledger projections run``, ``catch_up``) finishes each partition and merges
+        before the view goes on. On SQLite the processes take turns at the write lock (``BEGIN
+        IMMEDIATE``, busy timeout) and decode in parallel.
 
         ``source`` is a picklable zero-argument callable that opens the application (its
         ``recorder`` and ``mapper``; ``close()`` when it has one) in the worker process;
         ``engine_url`` is the read models' SQLAlchemy URL. ``progress`` gets (views, notifications
-        read, seconds) as each group finishes. Returns notifications read, summed over groups."""
+        read, seconds) as each process finishes. Returns notifications read, summed over
+        processes."""
         self.setup()
         for p in self.projections:
             self.reset(p)
-        names = sorted((p.name for p in self.projections), key=lambda n: _COST.get(n, max(_COST.values()) + 1), reverse=True)
+        head = self.head()
+        names = [p.name for p in self.projections]
+        if not any(p.partitionable for p in self.projections):
+            jobs = 1  # nothing to split
         if jobs <= 1:  # one process: the views share each page (read and decoded once)
             started = time.perf_counter()
-            total = self.catch_up()
+            total = self.catch_up(head=head)
             if progress:
                 progress(", ".join(names), total, time.perf_counter() - started)
             return total
+        split = [p for p in self.projections if p.partitionable]
+        whole = [p.name for p in self.projections if not p.partitionable]
+        with self.engine.begin() as conn:
+            for p in split:
+                self._lock(conn, p.name)
+                for k in range(jobs):
+                    conn.execute(tracking.insert().values(name=f"{p.name}@{k}/{jobs}", position=0, version=p.version, updated_at=_now()))
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        # spawn: a worker opens its own connections (nothing inherited from this process's pools)
+        # spawn: a worker opens its own connections (nothing inherited from this process's pools
+        # and their threads)
         ctx = multiprocessing.get_context("spawn")
         total = 0
-        groups = _groups(names, jobs)
-        with ProcessPoolExecutor(max_workers=len(groups), mp_context=ctx) as pool:
-            futures = [pool.submit(_rebuild_views, engine_url, source, group, self.batch_size) for group in groups]
+        tasks = [([p.name for p in split], whole if k == 0 else [], (k, jobs)) for k in range(jobs)]
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_rebuild_views, engine_url, source, parted, whole_, self.batch_size, head, part, self.pause_in_batch)
+                       for parted, whole_, part in tasks]
             for f in as_completed(futures):
                 done, read, seconds = f.result()
                 total += read
                 if progress:
                     progress(done, read, seconds)
+        # Merge: every partition at the head (or, if something moved them on meanwhile, each
+        # brought to a common position here first). A partition stopped at a failure was tried
+        # in its process already: it stays stopped, its view unmerged, until the operator decides.
+        self._retried.update((f.name, f.position) for f in self.failures(open_only=True))
+        leftover = self._positions()[1]
+        if leftover:
+            self._finish_partitions(leftover, head)
         return total
+
+    def _finish_partitions(self, leftover: dict[str, dict[str, int]], head: int) -> None:
+        """The partitions a partitioned rebuild left behind, each caught up in this process (the
+        views of one partition share its pages) to a common position, then merged per view."""
+        views = {p.name: p for p in self.projections}
+        target = max([head, *(v for rows in leftover.values() for v in rows.values())])
+        by_part: dict[tuple[int, int], list[Projection]] = {}
+        for name, rows in leftover.items():
+            for row in rows:
+                k, parts = (int(x) for x in row.split("@", 1)[1].split("/"))
+                view = type(views[name])()
+                view.part = (k, parts)
+                by_part.setdefault((k, parts), []).append(view)
+        for part in sorted(by_part):
+            sub = Runner(self.engine, self.recorder, self.mapper, by_part[part], batch_size=self.batch_size,
+                         pause_in_batch=self.pause_in_batch, on_failure=self.on_failure)
+            sub._retried = self._retried  # noqa: SLF001 - one more try per failure, for the whole runner
+            sub.catch_up(head=target)
+        for name in leftover:
+            self._merge(views[name], target)
+
+    def _merge(self, p: Projection, head: int) -> bool:
+        """One transaction: when every partition row of ``p`` is at ``head``, they give way to the
+        view's own row at ``head``. False (nothing changed) while one is behind (stopped at a
+        failure: the view waits for the operator's decision as ever)."""
+        with self.engine.begin() as conn:
+            self._lock(conn, p.name)
+            stmt = select(tracking.c.name, tracking.c.position).where(tracking.c.name.like(f"{p.name}@%"))
+            if is_postgres(conn):
+                stmt = stmt.with_for_update()
+            rows = conn.execute(stmt).all()
+            if not rows or any(int(pos) != head for _, pos in rows):
+                return False
+            conn.execute(delete(tracking).where(tracking.c.name.in_([n for n, _ in rows])))
+            conn.execute(update(tracking).where(tracking.c.name == p.name).values(position=head, updated_at=_now()))
+        return True
 
     def run(
         self,
@@ -568,30 +692,23 @@ class Runner:
                 backoff = min(backoff * 2, 30.0)
 
 
-#: Rough relative cost of rebuilding each view (measured with bench/rebuild.py): the dearest
-#: start first so that the last process to finish is not left with the largest view.
-#: A view not listed counts as the dearest.
-_COST = {"cuts": 6, "statement": 5, "caps": 4, "duplicates": 3, "community": 2, "clearing_cases": 1, "funds": 1}
-
-
-def _groups(names: Sequence[str], jobs: int) -> list[list[str]]:
-    """``names`` (dearest first) in at most ``jobs`` groups of about equal cost (greedy)."""
-    bins: list[tuple[int, list[str]]] = [(0, []) for _ in range(max(1, min(jobs, len(names))))]
-    for name in names:
-        i = min(range(len(bins)), key=lambda k: bins[k][0])
-        cost, members = bins[i]
-        bins[i] = (cost + _COST.get(name, max(_COST.values()) + 1), members + [name])
-    return [members for _, members in bins if members]
-
-
-def _rebuild_views(engine_url: str, source: Callable[[], Any], names: list[str], batch_size: int) -> tuple[str, int, float]:
-    """Views caught up from their tracking positions, sharing each page (a worker of
-    :meth:`Runner.rebuild_parallel`)."""
+def _rebuild_views(
+    engine_url: str,
+    source: Callable[[], Any],
+    parted: list[str],
+    whole: list[str],
+    batch_size: int,
+    head: int,
+    part: tuple[int, int],
+    pause_in_batch: float = 0.0,
+) -> tuple[str, int, float]:
+    """A worker of :meth:`Runner.rebuild_parallel`: partition ``part`` of the views ``parted``
+    and the whole of ``whole``, caught up to ``head`` from their tracking rows, sharing each page."""
     from projections.common import make_engine
 
     started = time.perf_counter()
     key = (repr(source), engine_url)
-    if key not in _WORKER:  # a worker process opens the store and the engine once, for every view it is given
+    if key not in _WORKER:  # a worker process opens the store and the engine once
         for app, engine in _WORKER.values():
             engine.dispose()
             if hasattr(app, "close"):
@@ -599,10 +716,14 @@ def _rebuild_views(engine_url: str, source: Callable[[], Any], names: list[str],
         _WORKER.clear()
         _WORKER[key] = (source(), make_engine(engine_url))
     app, engine = _WORKER[key]
-    runner = Runner(engine, app.recorder, app.mapper, select_projections(names), batch_size=batch_size,
+    views = select_projections(parted) if parted else []
+    for v in views:
+        v.part = part
+    views += select_projections(whole) if whole else []
+    runner = Runner(engine, app.recorder, app.mapper, views, batch_size=batch_size, pause_in_batch=pause_in_batch,
                     on_failure=lambda f: sys.stderr.write(f"projections: {f.message()}\n"))
-    read = runner.catch_up()
-    return ", ".join(names), read, time.perf_counter() - started
+    read = runner.catch_up(head=head)
+    return ", ".join(v.tracking_name for v in views), read, time.perf_counter() - started
 
 
 #: In a worker process of :meth:`Runner.rebuild_parallel`: the store and engine it opened (one).

@@ -40,7 +40,7 @@ def lodge_claim(app: LedgerCore, cmd: m.LodgeClaim) -> Result:
         street=r.street,
         lodged_on=lodged_on.isoformat(),
     )
-    exc, eid, _ = app._first_rejection(r, ordered, cmd.channel.value, lodged_on, str(claim.id), moment, bool(cmd.deadline_override))
+    exc, eid, _ = app._first_rejection(r, ordered, cmd.channel.value, lodged_on, str(claim.id), moment, bool(cmd.deadline_override), deciding=False)
     if exc is not None:
         claim.trigger_event(Claim.Rejected, timestamp=moment, code=exc.code, rule=exc.rule, message=exc.message, expense_id=eid)
         if isinstance(exc, errors.Duplicate) and eid:
@@ -136,7 +136,7 @@ def auto_claims(app: LedgerCore, cmd: m.AutoClaims) -> Result:
             key = r.expenses[eid].facts.receipt_key
             if key in receipts:
                 continue
-            exc, _, _ = app._first_rejection(r, [eid], Channel.AUTO.value, lodged_on, None, moment)
+            exc, _, _ = app._first_rejection(r, [eid], Channel.AUTO.value, lodged_on, None, moment, deciding=False)
             if exc is None:
                 keep.append(eid)
                 receipts.add(key)

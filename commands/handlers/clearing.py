@@ -11,22 +11,32 @@ from decimal import Decimal
 from typing import Any
 
 from commands import models as m
-from commands.clearing_runs import recipients_since
+from commands.clearing_runs import RULE_CITY, city_conflicts_from, recipients_since
 from commands.clearing_views import proposal_owner
 from commands.core import LedgerCore, Result
 from ledger import clearing, errors
 from ledger.aggregates import NAMESPACE, Recipient
 from ledger.money import ZERO, fmt
-from ledger.values import same_identity
+from ledger.values import Trigger, same_identity
 
 
 def run_clearing(app: LedgerCore, cmd: m.ClearingRun) -> Result:
     """A clearing run (R-CLR-2); with ``since``, only recipients with events recorded after it
-    (every one when the policy changed since: commands.clearing_runs.recipients_since)."""
+    (every one when the policy changed since: commands.clearing_runs.recipients_since). A
+    ``duplicate`` run of a district that reads the city view also clears the receipts it paid
+    second in the city (R-CAP-4, R-CLR-1(b) [002 4.5; 000 第七条]: late discovery)."""
     recipients = recipients_since(app, cmd.since) if cmd.since is not None else None
+    city = city_conflicts_from(getattr(app, "city", None)) if cmd.trigger == Trigger.DUPLICATE.value else None
+    if city and recipients is not None:
+        known = set(recipients)
+        recipients = recipients + [rid for rid in city.by_recipient if rid not in known]
     opened = {"cases": 0, "supplementary": 0}
-    changed = app.clearing_run(cmd.trigger, at=cmd.at, recipients=recipients, opened=opened)
-    return Result(ids={"recipients_changed": changed, "cases_opened": opened["cases"], "supplementary_opened": opened["supplementary"]})
+    cause = {"run": "clearing", "city_view": {"district": city.district, "positions": city.positions, "rule": RULE_CITY}} if city else None
+    changed = app.clearing_run(cmd.trigger, at=cmd.at, recipients=recipients, opened=opened, cause=cause, city=city.by_recipient if city else None)
+    ids = {"recipients_changed": changed, "cases_opened": opened["cases"], "supplementary_opened": opened["supplementary"]}
+    if city is not None:
+        ids["city_conflicts"] = len(city)
+    return Result(ids=ids)
 
 
 def pay_supplementary(app: LedgerCore, cmd: m.PaySupplementary) -> Result:

@@ -25,7 +25,7 @@ def record_expense(app: LedgerCore, cmd: m.RecordExpense) -> Result:
     # NFKC, case folding and trimming; the invoice number alone without a code) recorded again,
     # under this or any other recipient, is kept and flagged as a duplicate of the first.
     key = receipt_identity(cmd.facility.code, cmd.invoice_no)
-    rc = app.receipt(key)
+    rc = app.receipt(key, saving=True)  # taken as new unless held: the save checks it (ADR 0021)
     if rc is None:
         rc = Receipt._create(  # noqa: SLF001
             Receipt.Opened, id=Receipt.id_for(key), timestamp=moment, facility_code=key[0], invoice_no=key[1]

@@ -30,6 +30,10 @@ def _district_option(
     district: str | None = typer.Option(None, "--district", help="work on this district's ledger (LEDGER_DISTRICTS; ADR 0020)"),
 ) -> None:
     """Medical-aid ledger (医疗救助台账)."""
+    from infra import wiring
+
+    wiring.open_scope()  # what this invocation opens, it closes (connections included)
+    ctx.call_on_close(wiring.close_scope)
     if district is None:
         return  # the single-district ledger, unchanged
     from infra.cli.operator_errors import is_reading

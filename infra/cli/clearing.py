@@ -91,19 +91,27 @@ def clearing_run(
         _fail("--all and --since: choose one scope")
     moment = _since(since)
     ledger = _ledger()
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
-    )
-    with progress:
-        task = progress.add_task("clearing recipients", total=None)
-        summary = clearing_runs.run(
-            ledger,
-            since=moment,
-            trigger=trigger,
-            everyone=everyone,
-            on_scope=lambda n: progress.update(task, total=n),
-            progress=lambda n: progress.advance(task, n),
+    try:
+        city = _city_conflicts(ledger) if trigger == "duplicate" or (trigger is None and since is None and not everyone) else None
+        progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
         )
+        with progress:
+            task = progress.add_task("clearing recipients", total=None)
+            summary = clearing_runs.run(
+                ledger,
+                since=moment,
+                trigger=trigger,
+                everyone=everyone,
+                on_scope=lambda n: progress.update(task, total=n),
+                progress=lambda n: progress.advance(task, n),
+                city=city,
+            )
+    finally:
+        port = getattr(ledger, "city", None)
+        if port is not None and hasattr(port, "close"):
+            port.close()
+        ledger.close()
     if as_json:
         _dump(summary.as_dict())
         return
@@ -113,7 +121,34 @@ def clearing_run(
         f"{summary.recipients_changed} changed; {summary.cases_opened} clearing cases and "
         f"{summary.supplementary_opened} supplementary payouts opened"
         + (f"; next run starts after log position {summary.position}" if summary.position is not None else "")
+        + (f"; {summary.city_conflicts} receipts paid second in the city looked at (as of the city view at "
+           + ", ".join(f"{d} {p}" for d, p in sorted(city.positions.items())) + ")" if city is not None and summary.city_conflicts else "")
     )
+
+
+def _city_conflicts(ledger: Any) -> Any:
+    """The receipts this district paid second in the city, from the city view (R-CAP-4,
+    R-CLR-1(b); ADR 0020): when ``LEDGER_CITY_DATABASE_URL`` names the view and the process is a
+    district (``ledger --district X``); otherwise None. Read through the ledger's city port when
+    the wiring gave it one, else from the view directly."""
+    import os
+
+    from commands.clearing_runs import CityConflictReads, city_conflicts, city_conflicts_from
+
+    port = getattr(ledger, "city", None)
+    if isinstance(port, CityConflictReads):
+        return city_conflicts_from(port)
+    url, code = os.environ.get("LEDGER_CITY_DATABASE_URL"), os.environ.get("LEDGER_DISTRICT")
+    if not url or not code:
+        return None
+    from infra.city import CityView
+
+    view = CityView(url)
+    try:
+        rows, positions = view.conflicts_for(code)
+    finally:
+        view.close()
+    return city_conflicts(code, rows, positions)
 
 
 # --------------------------------------------------------------------------- list / show

@@ -177,6 +177,10 @@ def _scheme_lines(s: dict[str, Any]) -> list[str]:
         for key in ("parameter", "basic_insurance_cap", "key_share"):
             if cap.get(key):
                 lines.append(f"        {_setting(cap[key])}")
+        city = cap.get("city_view")
+        if city:  # R-CAP-4: the other districts' usage, as the decision read it (ADR 0020)
+            elsewhere = ", ".join(f"{d} {a}" for d, a in city.get("used_elsewhere", {}).items()) or "none"
+            lines.append(f"        used in other districts: {elsewhere}; counted {city.get('counted')} {city.get('as_of')} (R-CAP-4)")
     return lines
 
 

@@ -29,16 +29,13 @@ from rich.text import Text
 
 from infra.cli import app
 from projections.common import make_engine, projection_url
-from projections.runner import DEFAULT_BATCH, REBUILD_BATCH, Failure, NoSuchFailure, Runner, select_projections
+from projections.runner import DEFAULT_BATCH, PARALLEL_FROM, REBUILD_BATCH, Failure, NoSuchFailure, Runner, default_jobs, select_projections
 
 projections_app = typer.Typer(help="Read models over the event log: caps, 四医联动 months, duplicates, fund books, statements.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 
 err = Console(stderr=True)
 
-#: From this many notifications `rebuild` uses one process per core by default (bench/rebuild.py:
-#: on a 19k-notification log the start-up of the worker processes outweighs what they share out).
-PARALLEL_FROM = 50_000
 
 
 def _alert(failure: Failure) -> None:
@@ -47,7 +44,7 @@ def _alert(failure: Failure) -> None:
 
 def _runner(names: list[str] | None, batch: int, pause: float = 0.0) -> Runner:
     from infra.settings import get_settings
-    from infra.wiring import build_app
+    from infra.wiring import build_app, on_close
 
     settings = get_settings()
     if settings.is_memory:
@@ -60,6 +57,7 @@ def _runner(names: list[str] | None, batch: int, pause: float = 0.0) -> Runner:
         raise typer.Exit(2) from None
     ledger = build_app(settings, publish_policy=False)  # reading only: publishes nothing
     engine = make_engine(projection_url(settings.sqlalchemy_url()))
+    on_close(engine.dispose)
     return Runner(engine, ledger.recorder, ledger.mapper, chosen, batch_size=batch, pause_in_batch=pause, on_failure=_alert)
 
 
@@ -92,10 +90,11 @@ def rebuild(
                              f"{PARALLEL_FROM:,} notifications or more, else 1; 1: one process, the views share each page)"),
 ) -> None:
     """Empty the read models and rebuild them from the first event, in batches; the views are
-    rebuilt in parallel processes, each tracking its own position (ADR 0008)."""
-    runner = _runner(names, batch)
+    rebuilt in parallel processes, each a partition of the recipients tracking its own position;
+    a rebuild cut short is finished by the next `ledger projections run` (ADR 0008)."""
+    runner = _runner(names, batch, float(os.environ.get("LEDGER_PROJECTIONS_PAUSE_IN_BATCH", "0") or 0))
     if not jobs:  # a process costs ~1.5 s of start-up (imports, connections): worth it on a long log only
-        jobs = min(os.cpu_count() or 1, len(runner.projections)) if runner.head() >= PARALLEL_FROM else 1
+        jobs = default_jobs(runner.head())
     if jobs > 1:
         _rebuild_parallel(runner, jobs)
         return
@@ -133,7 +132,7 @@ def _rebuild_parallel(runner: Runner, jobs: int) -> None:
     total = runner.rebuild_parallel(projection_url(get_settings().sqlalchemy_url()), store_source(), jobs=jobs, progress=done)
     elapsed = time.perf_counter() - started
     rate = total / elapsed if elapsed > 0 else 0.0
-    typer.echo(f"rebuilt {', '.join(p.name for p in runner.projections)} in {jobs} processes: {total} events (summed over views) "
+    typer.echo(f"rebuilt {', '.join(p.name for p in runner.projections)} in {jobs} processes: {total} events (summed over processes) "
                f"up to position {head} in {elapsed:.2f}s ({rate:,.0f} events/s)")
     _exit_if_stopped(runner)
 

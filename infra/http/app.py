@@ -31,7 +31,7 @@ from commands import models as m
 from commands.app import LedgerApp, Result, WriteConflict, recipient_of
 from infra.http import schemas as s
 from infra.http import list_schemas as ls
-from infra.http import views
+from infra.http import transfers, views
 from infra.http.auth import Principal, Role, TokenError, verify
 from infra.http.guard import RequestGuard
 from infra.http.store import HttpStore
@@ -78,6 +78,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "approve_write_off": frozenset({R.APPROVER, R.DISTRICT_OFFICER}),
     "refuse_write_off": frozenset({R.APPROVER, R.DISTRICT_OFFICER}),
     "run_clearing": frozenset({R.CLEARING_OFFICER, R.DISTRICT_OFFICER}),
+    "transfer": frozenset({R.DISTRICT_OFFICER}),  # a person moves district (R-CAP-4, ADR 0020)
     # a month's settlement file (R-PH-2 [002 3.2]; a street handler's rows: their own street only)
     "import_expenses": frozenset({R.STREET_HANDLER, R.SYSTEM, R.DISTRICT_OFFICER}),
     # reads of one person's data (each one recorded in the access log)
@@ -711,6 +712,22 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
     @op("POST", "/clearing/run", "run_clearing", response_model=s.Accepted, summary="Recompute every decided expense with today's knowledge (R-CLR-2)")
     def run_clearing(request: Request, p: Caller, body: s.ClearingRunBody, key: IdempotencyKey = None) -> JSONResponse:
         return _command(request, p, key, body, m.ClearingRun, {})
+
+    # ------------------------------------------------------------------ districts (ADR 0020)
+    @op("POST", "/transfers", "transfer", status_code=201, response_model=s.Accepted,
+        summary="A person moves from this district to another (R-CAP-4): city cap usage and aided receipts carried",
+        description=(transfers.__doc__ or "").split("\n\n", 1)[1].strip())
+    def transfer(request: Request, p: Caller, body: transfers.TransferBody, key: IdempotencyKey = None) -> JSONResponse:
+        svc = _service(request)
+        _aware(body.at, "at")
+
+        def run(command_id: str | None) -> tuple[int, dict[str, Any]]:
+            try:
+                return _result_response(transfers.run_transfer(svc.ledger, body, command_id), True)
+            except transfers.Refused as exc:
+                raise ApiError(422, exc.code, exc.message, rule=exc.rule, field=exc.field) from None
+
+        return _write(request, p, key, body, run)
 
     @op("GET", "/clearing/cases", "clearing_cases", response_model=list[dict[str, Any]], summary="Clearing cases, population-wide (R-CLR-2, R-CLR-3)")
     def clearing_cases(request: Request, p: Caller, status: Literal["open", "settled", "written_off"] | None = None) -> Any:

@@ -423,7 +423,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per page reads best
         return await _find(request, s, form.get("q", ""), form.get("by", "auto"))
 
     async def _find(request: Request, s: Session, q: str, by: str) -> Response:
-        found: list[data.Person] = []
+        found: list[Any] = []  # commands.lookup.Person
         read_as, message = by, None
         if q.strip():
             street = s.principal.street if s.principal.role is Role.STREET_HANDLER else None

@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from eventsourcing.utils import get_topic
 
@@ -29,8 +29,10 @@ from ledger.eligibility import category_periods
 from ledger.money import ZERO, fmt
 from ledger.values import CATEGORY_ZH, CST, ERASED, SCHEME_ZH, VISIT_ZH, local_date, same_identity, validate_id_number
 
+if TYPE_CHECKING:
+    from commands.lookup import Person
+
 BATCH = 1000
-_ENROLLED = get_topic(Recipient.Enrolled)
 _PAID = get_topic(Recipient.AidPaid)
 
 
@@ -50,33 +52,10 @@ def _notifications(app: Any, topics: list[str], after: int = 0, stop: int | None
 
 
 # ------------------------------------------------------------------------------------ finding
-@dataclass(frozen=True)
-class Person:
-    recipient: str
-    name: str
-    street: str
-    id_number: str
-    enrolled_at: str
-
-    @property
-    def masked_id(self) -> str:
-        """The id number as a result list shows it: region and check digit only."""
-        n = self.id_number
-        return n if n == ERASED or len(n) < 10 else f"{n[:6]}{'*' * (len(n) - 10)}{n[-4:]}"
-
-
 SEARCH_BY = ("auto", "id_number", "name", "street")
 
 
-def people(app: Any) -> Iterator[Person]:
-    """Every enrolled person, from the enrolment events (name and street are set only there).
-    Read afresh each time: plaintext personal data is never kept by the console (ADR 0015)."""
-    for n in _notifications(app, [_ENROLLED]):
-        e = app.mapper.to_domain_event(n)
-        yield Person(str(e.originator_id), e.name, e.street, e.id_number, local_time(e.timestamp))
-
-
-def search(app: Any, query: str, by: str = "auto", *, street: str | None = None, limit: int = 200) -> tuple[str, list[Person]]:
+def search(app: Any, query: str, by: str = "auto", *, street: str | None = None, limit: int = 200) -> tuple[str, list["Person"]]:
     """Find recipients through :func:`commands.lookup.search_people` (ADR 0019), the one place
     the CLI, the API and the console resolve people: by resident id number (through the ledger's
     keyed hash, ADR 0015: the number itself is never compared or stored), by name (contains,
@@ -90,7 +69,7 @@ def search(app: Any, query: str, by: str = "auto", *, street: str | None = None,
     read_as, found = search_people(app, query, by=by, street=street, limit=limit)
     if read_as == "recipient":
         read_as = "auto"
-    return read_as, [Person(x.recipient, x.name, x.street, x.id_number, local_time(datetime.fromisoformat(x.enrolled_at))) for x in found]
+    return read_as, [dataclasses.replace(x, enrolled_at=local_time(datetime.fromisoformat(x.enrolled_at))) for x in found]
 
 
 # ------------------------------------------------------------------------------------ timeline

@@ -107,12 +107,28 @@ class PolicyBook:
             return self
         return PolicyBook([v for v in self.versions if v.published_at <= t])
 
+    #: Answers ``lookup`` remembers per book (then it starts again).
+    LOOKUPS_MAX = 20_000
+
     def lookup(self, name: str, on: date) -> ParameterVersion | None:
-        """The version of ``name`` in force on ``on`` (latest publication wins)."""
+        """The version of ``name`` in force on ``on`` (latest publication wins).
+
+        Remembered with the index it was found in (a pass asks the same few names on the same few
+        dates for every expense it assesses, issue 16): ``add``/``extend`` drop both. Kept beside
+        the dataclass's fields, so a book's snapshot, equality and repr are as before."""
+        index = self._index()
+        memo = self.__dict__.get("_lookups")
+        if memo is None or memo[0] is not index or len(memo[1]) >= self.LOOKUPS_MAX:
+            memo = self.__dict__["_lookups"] = (index, {})
+        answers = memo[1]
+        key = (name, on)
+        if key in answers:
+            return answers[key]
         found: ParameterVersion | None = None
-        for v in self._index().get(name, ()):  # publication order: later entries win
+        for v in index.get(name, ()):  # publication order: later entries win
             if v.covers(on):
                 found = v
+        answers[key] = found
         return found
 
     def names(self) -> set[str]:

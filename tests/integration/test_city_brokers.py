@@ -186,6 +186,7 @@ def test_kill_9_of_the_city_view_process_loses_nothing_and_counts_nothing_twice(
         **os.environ,
         "LEDGER_DISTRICTS": ",".join(codes.values()),
         "LEDGER_CITY_DATABASE_URL": city_url,
+        "LEDGER_CITY_BATCH_SIZE": "2",  # small batches: the kill lands mid-stream, between two of them
         "LEDGER_BROKER": "nats",
         "LEDGER_BROKER_URL": NATS_URL,
         **{f"LEDGER_DISTRICT_{d.code.upper()}_DATABASE_URL": d.database_url for d in districts.values()},
@@ -202,12 +203,12 @@ def test_kill_9_of_the_city_view_process_loses_nothing_and_counts_nothing_twice(
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         partial = view.positions()
+        assert partial != heads, "the view was killed before it had applied everything"
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: view.positions() == heads, 60, "the restarted city view to reach both heads")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         proc = None
-        assert partial != heads, "the view was killed before it had applied everything"
         assert view.fund_totals() == fund_facts(apps, codes)
         used, _ = view.cap_usage(moved, 2026)
         assert {c: used[codes[n]] for n, c in codes.items()} == {c: district_facts(apps[n])["due"][(moved, 2026)] for n, c in codes.items()}
@@ -217,3 +218,132 @@ def test_kill_9_of_the_city_view_process_loses_nothing_and_counts_nothing_twice(
             proc.wait(10)
         view.close()
         asyncio.run(_delete_streams([d.stream for d in districts.values()]))
+
+
+INGEST = """
+import sys
+from datetime import timedelta
+from infra.sample_ledger import START, build
+from infra.settings import Settings
+from infra.wiring import build_app, ensure_policy
+app = build_app(Settings(database_url=sys.argv[1]), publish_policy=False)
+ensure_policy(app, START - timedelta(days=1))
+build(app, int(sys.argv[2]), seed=int(sys.argv[3]), months=3)
+app.close()
+"""
+
+
+def _snapshot_paid(url: str) -> dict[str, Any]:
+    """A district's own (V, T) snapshot (commands.snapshot): aid paid per fund, every payment in."""
+    from datetime import date
+    from decimal import Decimal
+
+    from commands.snapshot import take_snapshot
+    from infra.wiring import build_app
+
+    app = build_app(Settings(database_url=url), publish_policy=False)
+    try:
+        paid: dict[str, Decimal] = {}
+        for row in take_snapshot(app, valid=date(2030, 12, 31)).rows:
+            if row["aid_paid"]:
+                paid[row["fund"]] = paid.get(row["fund"], Decimal("0.00")) + row["aid_paid"]
+        return paid
+    finally:
+        app.close()
+
+
+def _public_head(url: str) -> int:
+    from infra.relay import StoreReader, reader_app
+
+    app = reader_app(Settings(database_url=url))
+    try:
+        reader, position, newest = StoreReader(app), 0, 0
+        while (page := reader.read(position, 1000)).last != position:
+            newest = max([newest, *(m.position for m in page.messages)])
+            position = page.last
+        return newest
+    finally:
+        app.close()
+
+
+def test_kill_9_of_a_district_its_relay_and_the_city_view_during_ingest_loses_nothing_and_counts_nothing_twice(another_pg_database, monkeypatch, tmp_path):
+    """Two districts on PostgreSQL ingest at once, each in a process of its own, while their relays
+    (``ledger --district X relay run``) publish to JetStream and ``ledger city run`` folds both
+    streams into a city view on PostgreSQL. Mid-ingest, SIGKILL of district one's ingest process,
+    its relay and the city view; the relay and the view are started again and district one ingests
+    more people. Then the city's aid paid per district and fund equals each district's own
+    snapshot to the fen, and the view stands at each district's newest public event."""
+    tag = "p" + secrets.token_hex(3)
+    monkeypatch.setenv("LEDGER_DATA_KEY", "city-kill-key")
+    with another_pg_database() as one_url, another_pg_database() as two_url, another_pg_database() as city_url:
+        urls = {f"{tag}one": one_url, f"{tag}two": two_url}
+        victim, other = urls
+        districts = [District(code, url) for code, url in urls.items()]
+        env = {
+            **os.environ,
+            "LEDGER_DISTRICTS": ",".join(urls),
+            "LEDGER_CITY_DATABASE_URL": city_url,
+            "LEDGER_BROKER": "nats",
+            "LEDGER_BROKER_URL": NATS_URL,
+            "LEDGER_RELAY_NAME": "city",
+            "LEDGER_RELAY_POLL_INTERVAL": "0.1",
+            **{f"LEDGER_DISTRICT_{code.upper()}_DATABASE_URL": url for code, url in urls.items()},
+        }
+        cli = [sys.executable, "-c", "from infra.cli import main; main()"]
+
+        logs = iter(range(100))
+
+        def start(*args: str) -> subprocess.Popen:  # each process's stderr in tmp_path, for a failure's diagnosis
+            with open(tmp_path / f"{next(logs):02d}-{args[-1]}.log", "w") as err:
+                return subprocess.Popen([*args], env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+        def ingest(code: str, recipients: int, seed: int) -> subprocess.Popen:
+            return start(sys.executable, "-c", INGEST, urls[code], str(recipients), str(seed))
+
+        def relay(code: str) -> subprocess.Popen:
+            return start(*cli, "--district", code, "relay", "run")
+
+        procs: dict[str, subprocess.Popen] = {}
+        view = None
+
+        def running(*names: str) -> bool:  # a process that died on its own fails the test at once, with its stderr
+            for name in names:
+                if procs[name].poll() is not None:
+                    raise AssertionError(f"{name} exited {procs[name].returncode}: {[f.read_text()[-500:] for f in sorted(tmp_path.glob('*.log'))]}")
+            return True
+
+        try:
+            asyncio.run(_create_streams(districts))
+            procs = {"ingest": ingest(victim, 40, 3), "other": ingest(other, 12, 4), "relay": relay(victim), "relay2": relay(other), "view": start(*cli, "city", "run")}
+            view = CityView(city_url)
+            wait_until(lambda: running("relay", "relay2", "view") and min(view.positions().get(c, 0) for c in urls) > 100, 120, "the city view to apply some of both districts")
+            assert procs["ingest"].poll() is None, "district one should still be ingesting when it is killed"
+            for name in ("ingest", "relay", "view"):
+                procs[name].send_signal(signal.SIGKILL)
+                procs[name].wait(10)
+            partial = view.positions()
+            procs["relay"], procs["view"] = relay(victim), start(*cli, "city", "run")
+            procs["ingest"] = ingest(victim, 6, 9)  # district one goes on: more people after the restart
+            for name in ("ingest", "other"):
+                assert procs[name].wait(300) == 0
+            heads = {code: _public_head(url) for code, url in urls.items()}
+            assert partial[victim] < heads[victim]
+            wait_until(lambda: running("relay", "relay2", "view") and view.positions() == heads, 120, "the restarted city view to reach both districts' newest public events")
+            for name in ("relay", "relay2", "view"):
+                procs[name].send_signal(signal.SIGTERM)
+                assert procs[name].wait(30) == 0
+
+            totals = view.fund_totals()
+            for code, url in urls.items():
+                paid = _snapshot_paid(url)
+                assert paid, f"district {code} should have paid aid"
+                assert {f: v for (d, f), v in totals.items() if d == code} == paid
+            assert set(d for d, _ in totals) == set(urls)
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(10)
+            if view is not None:
+                view.close()
+            asyncio.run(_delete_streams([d.stream for d in districts]))

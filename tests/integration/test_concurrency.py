@@ -9,7 +9,6 @@ the same version before either saves.
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -21,6 +20,7 @@ from commands import queries
 from commands.app import LedgerApp
 from infra import integrity
 from infra.settings import Settings
+from aggregate_support import count_conflicts
 from infra.wiring import build_app
 from integrity_story import CST, id_number, ok
 
@@ -40,23 +40,6 @@ def _race_on_first_load(app: LedgerApp, barrier: threading.Barrier) -> None:
         return r
 
     app.recipient = recipient  # type: ignore[method-assign]
-
-
-def _count_conflicts(app: LedgerApp) -> Counter:
-    from eventsourcing.persistence import IntegrityError
-
-    seen: Counter = Counter()
-    save = app.save
-
-    def counted(*objs, **kw):
-        try:
-            return save(*objs, **kw)
-        except IntegrityError:
-            seen["conflict"] += 1
-            raise
-
-    app.save = counted  # type: ignore[method-assign]
-    return seen
 
 
 def _expense(rid: str, invoice_no: str, total: str, in_scope: str, served: str, facility: dict | None = None) -> m.RecordExpense:
@@ -97,7 +80,7 @@ def test_two_writers_on_one_recipient_lose_no_event(apps, database_url):
     rid = _enrolled(a, "31010519600101201")
     served = (datetime.now(CST) - timedelta(days=10)).date().isoformat()
     barrier = threading.Barrier(2)
-    conflicts = [_count_conflicts(a), _count_conflicts(b)]
+    conflicts = [count_conflicts(a), count_conflicts(b)]
     for app in apps:
         _race_on_first_load(app, barrier)
     per_writer = 12
@@ -138,7 +121,7 @@ def test_two_claims_racing_for_the_last_of_a_cap_never_both_get_it(apps, databas
         ok(a.run(m.Review(claim=cid, reviewer="reviewer-1")))
         claims.append(cid)
     barrier = threading.Barrier(2)
-    conflicts = [_count_conflicts(a), _count_conflicts(b)]
+    conflicts = [count_conflicts(a), count_conflicts(b)]
     for app in apps:
         _race_on_first_load(app, barrier)
 

@@ -44,6 +44,7 @@ EXPECTED: dict[str, set[str]] = {
     "approve_write_off": {"approver", "district_officer"},
     "refuse_write_off": {"approver", "district_officer"},
     "run_clearing": {"clearing_officer", "district_officer"},
+    "transfer": {"district_officer"},  # a person moves district (R-CAP-4, ADR 0020)
     # a month's settlement file (docs/import.md); a street handler's rows: their own street only
     "import_expenses": {"street_handler", "system", "district_officer"},
     # reads

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from infra.settings import Settings
 from infra.wiring import build_app
 from ledger.aggregates import Recipient
 from ledger.snapshots import StateSnapshot, decode, encode
+from aggregate_support import extra_events
 from scenario_store import SCENARIOS, play, runner_on, text_of
 
 KINDS = {
@@ -38,24 +38,6 @@ KINDS = {
 
 def _state(r: Recipient) -> dict[str, Any]:
     return {k: v for k, v in vars(r).items() if k != "_pending_events"}
-
-
-def _extra_events(r: Recipient, at: datetime) -> None:
-    """The kinds no scenario records: an insurance enrolment ended, a write-off proposed and
-    refused (on a case if there is one), a move in and out of the district."""
-    r.trigger_event(Recipient.InsuranceEnrolmentEnded, timestamp=at, scheme="resident", valid_to="2026-12-31")
-    case = next(iter(r.cases), None)
-    cases = [{"case": case, "amount": "1.00"}] if case else []
-    r.trigger_event(Recipient.WriteOffProposed, timestamp=at + timedelta(seconds=1), proposal_id="p1", officer="o1", reason="test", amount=Decimal("1.00"), cases=cases)
-    r.trigger_event(Recipient.WriteOffRefused, timestamp=at + timedelta(seconds=2), proposal_id="p1", officer="o2", reason="no")
-    # a move between districts (R-CAP-4): what arrives with a person, and what leaves with them
-    caps = [{"scheme": "shanghai.medical_aid", "year": 2026, "kind": "outpatient", "used": "900.00"}]
-    r.trigger_event(Recipient.TransferredIn, timestamp=at + timedelta(seconds=3), from_district="xuhui", source_recipient="s1",
-                    source_position=7, categories=[{"kind": "grant", "category": "dibao", "valid_from": "2020-01-01"}],
-                    insurance=[{"kind": "start", "scheme": "resident", "valid_from": "2015-01-01"}], carried_caps=caps,
-                    aided_receipts=[["x-code", "inv-1"]])
-    r.trigger_event(Recipient.TransferredOut, timestamp=at + timedelta(seconds=4), to_district="jingan", from_district="changning",
-                    position=9, carried_caps=caps, aided_receipts=[["x-code", "inv-1"]], in_flight=[])
 
 
 def _round_trip(app: LedgerApp, r: Recipient) -> Recipient:
@@ -106,7 +88,7 @@ def test_every_state_of_every_scenario_recipient_round_trips_through_a_snapshot(
                 assert (back.version, _state(back)) == (state.version, _state(state)), (path.name, event)
                 checked += 1
             if n == 0:
-                _extra_events(state, events[-1].timestamp + timedelta(seconds=1))
+                extra_events(state, events[-1].timestamp + timedelta(seconds=1))
                 for event in state.collect_events():
                     seen.add(type(event).__name__)
                 back = _round_trip(app, state)
@@ -116,7 +98,7 @@ def test_every_state_of_every_scenario_recipient_round_trips_through_a_snapshot(
     assert KINDS - {"Created", "Event"} <= seen, sorted(KINDS - seen)
 
 
-#: Between them, every kind of recipient event (with ``_extra_events``).
+#: Between them, every kind of recipient event (with ``aggregate_support.extra_events``).
 STORE_SCENARIOS = [
     "clearing-offsets-oldest-first",
     "four-linkage-retroactive-suspension",
@@ -139,7 +121,7 @@ def test_a_recipient_loads_from_its_snapshot_in_the_store(database_url: str, nam
         rids = list(dict.fromkeys(app.recipient_ids()))
         for rid in rids:
             r = app.recipient(rid)
-            _extra_events(r, datetime.now().astimezone())
+            extra_events(r, datetime.now().astimezone())
             app.save(r)
             app.take_snapshot(rid)
             STORED_KINDS.setdefault(backend, set()).update(type(e).__name__ for e in app.events.get(rid))

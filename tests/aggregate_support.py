@@ -1,0 +1,47 @@
+"""Support shared by the aggregate tests: the recipient events no scenario records, and a
+counter of the saves the store refused."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from eventsourcing.persistence import IntegrityError
+
+from ledger.aggregates import Recipient
+
+
+def extra_events(r: Recipient, at: datetime) -> None:
+    """The kinds no scenario records: an insurance enrolment ended, a write-off proposed and
+    refused (on a case if there is one), a move in and out of the district."""
+    r.trigger_event(Recipient.InsuranceEnrolmentEnded, timestamp=at, scheme="resident", valid_to="2026-12-31")
+    case = next(iter(r.cases), None)
+    cases = [{"case": case, "amount": "1.00"}] if case else []
+    r.trigger_event(Recipient.WriteOffProposed, timestamp=at + timedelta(seconds=1), proposal_id="p1", officer="o1", reason="test", amount=Decimal("1.00"), cases=cases)
+    r.trigger_event(Recipient.WriteOffRefused, timestamp=at + timedelta(seconds=2), proposal_id="p1", officer="o2", reason="no")
+    # a move between districts (R-CAP-4): what arrives with a person, and what leaves with them
+    caps = [{"scheme": "shanghai.medical_aid", "year": 2026, "kind": "outpatient", "used": "900.00"}]
+    r.trigger_event(Recipient.TransferredIn, timestamp=at + timedelta(seconds=3), from_district="xuhui", source_recipient="s1",
+                    source_position=7, categories=[{"kind": "grant", "category": "dibao", "valid_from": "2020-01-01"}],
+                    insurance=[{"kind": "start", "scheme": "resident", "valid_from": "2015-01-01"}], carried_caps=caps,
+                    aided_receipts=[["x-code", "inv-1"]])
+    r.trigger_event(Recipient.TransferredOut, timestamp=at + timedelta(seconds=4), to_district="jingan", from_district="changning",
+                    position=9, carried_caps=caps, aided_receipts=[["x-code", "inv-1"]], in_flight=[])
+
+
+def count_conflicts(app: Any) -> Counter:
+    """Count the saves the store refuses (a stale aggregate, written or read)."""
+    seen: Counter = Counter()
+    save = app.save
+
+    def counted(*objs, **kw):
+        try:
+            return save(*objs, **kw)
+        except IntegrityError:
+            seen["conflict"] += 1
+            raise
+
+    app.save = counted  # type: ignore[method-assign]
+    return seen

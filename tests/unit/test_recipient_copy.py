@@ -1,0 +1,74 @@
+"""A recipient's copy (``Recipient.__deepcopy__``, issue 16): made without walking its expenses,
+and still independent of the recipient it was copied from.
+
+Given every state a recipient of the project's scenarios passes through (every kind of recipient
+event among them, with the kinds no scenario records added at the end), when a copy takes all the
+later events, then the recipient copied is exactly as it was (compared with the same state rebuilt
+from its events) and the copy is exactly the recipient rebuilt from all of them.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+
+from infra import scenario as sc
+from ledger.aggregates import Recipient
+from ledger.snapshots import StateSnapshot
+from aggregate_support import extra_events
+from scenario_store import SCENARIOS
+
+KINDS = {
+    name
+    for name, value in vars(Recipient).items()
+    if isinstance(value, type) and issubclass(value, Aggregate.Event) and not issubclass(value, StateSnapshot)
+}
+
+
+def _state(r: Recipient) -> dict[str, Any]:
+    return {k: v for k, v in vars(r).items() if k != "_pending_events"}
+
+
+def _replay(events: list[Any]) -> Recipient:
+    state = None
+    for event in events:
+        state = event.mutate(state)
+    return state
+
+
+def _history(app: Any, rid: Any, extra: bool) -> list[Any]:
+    """The recipient's stored events, then (``extra``) the kinds no scenario records."""
+    events = list(app.events.get(rid))
+    if extra:
+        r = _replay(events)
+        extra_events(r, events[-1].timestamp + timedelta(seconds=1))
+        events += r.collect_events()
+    return events
+
+
+def test_a_copy_takes_later_events_without_changing_the_recipient_copied() -> None:
+    seen: set[str] = set()
+    checked = 0
+    for path in sorted(SCENARIOS.glob("*.yaml")):
+        _, runner = sc.replay(path.read_text(encoding="utf-8"))
+        app = runner.app
+        for n, rid in enumerate(dict.fromkeys(app.recipient_ids())):
+            events = _history(app, rid, n == 0)
+            whole = _replay(events)
+            seen.update(type(e).__name__ for e in events)
+            state = None
+            for k, event in enumerate(events):
+                state = event.mutate(state)
+                twin = copy.deepcopy(state)
+                assert twin is not state and twin.expenses is not state.expenses
+                for later in events[k + 1:]:
+                    twin = later.mutate(twin)
+                # the recipient copied is as it was; the copy is the recipient after every event
+                assert _state(state) == _state(_replay(events[: k + 1])), (path.name, k, event)
+                assert (twin.version, _state(twin)) == (whole.version, _state(whole)), (path.name, k, event)
+                checked += 1
+    assert checked > 500
+    assert KINDS - {"Created", "Event"} <= seen, sorted(KINDS - seen)
