@@ -30,21 +30,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def read_and_decode(recorder, mapper, topics: list[str], batch: int) -> tuple[int, float]:
-    began = time.perf_counter()
-    count, start = 0, 1
-    head = recorder.max_notification_id() or 0
-    while start <= head:
-        page = recorder.select_notifications(start, batch, stop=head, topics=topics)
-        if not page:
-            break
-        for n in page:
-            mapper.to_domain_event(n)
-        count += len(page)
-        start = page[-1].id + 1
-    return count, time.perf_counter() - began
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--database-url", help="the event store (default: a temporary SQLite file)")
@@ -118,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(app, engine, proj_url, source, topics, batches, args, figures) -> None:  # noqa: ANN001
+    from bench.run import select_and_decode
     from projections.runner import Runner
 
     cpu = _cpu()
-    n, t = read_and_decode(app.recorder, app.mapper, topics, max(batches))
+    n, t = select_and_decode(app.recorder, app.mapper, topics, max(batches))
     cpu = _cpu() - cpu
-    n2, t2 = read_and_decode(app.recorder, app.mapper, topics, max(batches))
+    n2, t2 = select_and_decode(app.recorder, app.mapper, topics, max(batches))
     read_rate = max(n / t if t else 0.0, n2 / t2 if t2 else 0.0)
     print(f"select+decode                          : {n:>9} events {read_rate:>10,.0f} events/s  cpu {cpu:6.1f}s")
     figures.append({"name": "select_decode", "value": round(read_rate), "unit": "events/s"})

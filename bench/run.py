@@ -251,6 +251,23 @@ def _settings(url: str) -> Any:
 # -- the raw baselines -------------------------------------------------------------------------
 
 
+def select_and_decode(recorder: Any, mapper: Any, topics: Iterable[str], page: int) -> tuple[int, float]:
+    """Every notification of ``topics`` (all if empty) up to the log's head, selected in pages and
+    decoded with ``mapper``; (events, seconds)."""
+    began = time.perf_counter()
+    count, start, topics = 0, 1, list(topics)
+    head = recorder.max_notification_id() or 0
+    while start <= head:
+        batch = recorder.select_notifications(start, page, stop=head, topics=topics)
+        if not batch:
+            break
+        for n in batch:
+            mapper.to_domain_event(n)
+        count += len(batch)
+        start = batch[-1].id + 1
+    return count, time.perf_counter() - began
+
+
 class Raw:
     """A plain eventsourcing Application on the same database (its own ``baseline_events``): the
     library's default mapper and JSON transcoder, none of the ledger's settings (no compression,
@@ -323,18 +340,7 @@ class Raw:
 
     def select_decode(self, page: int = 1000) -> tuple[int, float]:
         """Every stored baseline event, selected in pages and decoded; (events, seconds)."""
-        recorder, mapper = self.app.recorder, self.app.mapper
-        t0 = time.perf_counter()
-        count, start = 0, 1
-        while True:
-            batch = recorder.select_notifications(start=start, limit=page)
-            if not batch:
-                break
-            for n in batch:
-                mapper.to_domain_event(n)
-            count += len(batch)
-            start = batch[-1].id + 1
-        return count, time.perf_counter() - t0
+        return select_and_decode(self.app.recorder, self.app.mapper, (), page)
 
     def close(self) -> None:
         self.app.close()

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -155,6 +157,26 @@ def ensure_store(d: District) -> None:
     admin = urlunsplit(parts._replace(path="/postgres"))
     if not pg.database_exists(admin, name):
         pg.create_database(admin, name)
+
+
+@contextmanager
+def district_ledger(d: District, *, create: bool = True) -> Iterator[Any]:
+    """District ``d``'s ledger (its store created if new and ``create``), closed afterwards with
+    its city port: what a move between districts opens on either side (``ledger transfer``,
+    ``POST /transfers``)."""
+    from infra.settings import Settings
+    from infra.wiring import build_app
+
+    if create:
+        ensure_store(d)
+    app = build_app(Settings(database_url=d.database_url))
+    try:
+        yield app
+    finally:
+        port = getattr(app, "city", None)
+        if port is not None and hasattr(port, "close"):
+            port.close()
+        app.close()
 
 
 def _check_code(code: str) -> None:

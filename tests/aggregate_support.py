@@ -1,5 +1,5 @@
-"""Support shared by the aggregate tests: the recipient events no scenario records, and a
-counter of the saves the store refused."""
+"""Support shared by the aggregate tests: the kinds of recipient event, a recipient's state, the
+recipient events no scenario records, and a counter of the saves the store refused."""
 
 from __future__ import annotations
 
@@ -8,9 +8,23 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from ledger.aggregates import Recipient
+from ledger.snapshots import StateSnapshot
+
+#: Every kind of recipient event (snapshots aside).
+KINDS = {
+    name
+    for name, value in vars(Recipient).items()
+    if isinstance(value, type) and issubclass(value, Aggregate.Event) and not issubclass(value, StateSnapshot)
+}
+
+
+def state_of(r: Recipient) -> dict[str, Any]:
+    """A recipient's state as two replays must agree on it (pending events aside)."""
+    return {k: v for k, v in vars(r).items() if k != "_pending_events"}
 
 
 def extra_events(r: Recipient, at: datetime) -> None:

@@ -35,10 +35,8 @@ def transfer_cmd(
     from commands.app import WriteConflict
     from commands.handlers.transfer import transfer
     from commands.lookup import resolve_fields
-    from infra.districts import DistrictError, district, ensure_store
+    from infra.districts import DistrictError, district, district_ledger
     from infra.input_errors import describe_ledger_error
-    from infra.settings import Settings
-    from infra.wiring import build_app
     from ledger import errors
 
     source_code = from_district or os.environ.get("LEDGER_DISTRICT")
@@ -57,24 +55,16 @@ def transfer_cmd(
             when = datetime.fromisoformat(at)
         except ValueError:
             _answer(2, {"status": "invalid", "problems": [{"field": "at", "message": f"{at!r} is not an ISO 8601 time", "rule": "SCENARIOS.md at"}]})
-    ensure_store(target_d)
-    source = build_app(Settings(database_url=source_d.database_url))
-    try:
-        target = build_app(Settings(database_url=target_d.database_url))
+    with district_ledger(source_d, create=False) as source, district_ledger(target_d) as target:
         try:
-            try:
-                rid = resolve_fields(source, {"recipient": recipient})["recipient"]
-                result = transfer(source, target, rid, from_district=source_d.code, to_district=target_d.code, at=when, command_id=command_id)
-            except ValidationError as exc:
-                _answer(2, {"status": "invalid", "problems": [{"field": ".".join(map(str, e["loc"])), "message": e["msg"], "rule": "R-CAP-4"} for e in exc.errors()]})
-            except WriteConflict as exc:
-                _answer(3, {"status": "conflict", "code": "CONFLICT", "message": str(exc)})
-            except errors.LedgerError as exc:
-                _answer(2, {"status": "invalid", "problems": describe_ledger_error(exc)})
-        finally:
-            target.close()
-    finally:
-        source.close()
+            rid = resolve_fields(source, {"recipient": recipient})["recipient"]
+            result = transfer(source, target, rid, from_district=source_d.code, to_district=target_d.code, at=when, command_id=command_id)
+        except ValidationError as exc:
+            _answer(2, {"status": "invalid", "problems": [{"field": ".".join(map(str, e["loc"])), "message": e["msg"], "rule": "R-CAP-4"} for e in exc.errors()]})
+        except WriteConflict as exc:
+            _answer(3, {"status": "conflict", "code": "CONFLICT", "message": str(exc)})
+        except errors.LedgerError as exc:
+            _answer(2, {"status": "invalid", "problems": describe_ledger_error(exc)})
     _answer(0 if result.status == "accepted" else 1, {"command": "transfer", **result.as_dict()})
 
 

@@ -58,9 +58,7 @@ def run_transfer(source: LedgerApp, body: TransferBody, command_id: str | None) 
     """Both steps of the move from this service's district to ``body.to_district``."""
     from commands.handlers.transfer import transfer
     from commands.lookup import resolve_fields
-    from infra.districts import DistrictError, district, ensure_store
-    from infra.settings import Settings
-    from infra.wiring import build_app
+    from infra.districts import DistrictError, district, district_ledger
 
     here = os.environ.get("LEDGER_DISTRICT")
     if not here:
@@ -77,13 +75,6 @@ def run_transfer(source: LedgerApp, body: TransferBody, command_id: str | None) 
     except errors.UnknownEntity as exc:
         raise Refused(f"recipient: {exc.message}; only a person held in district {here} can move from it ({RULE} {CLAUSE})",
                       field="recipient", rule=RULE, code=exc.code) from None
-    ensure_store(target_d)
-    target = build_app(Settings(database_url=target_d.database_url))
-    try:
+    with district_ledger(target_d) as target:
         return transfer(source, target, rid, from_district=here, to_district=target_d.code, at=body.at, command_id=body.command_id or command_id)
-    finally:
-        port = getattr(target, "city", None)
-        if port is not None and hasattr(port, "close"):
-            port.close()
-        target.close()
 

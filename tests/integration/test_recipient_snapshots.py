@@ -15,30 +15,17 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from eventsourcing.domain import Aggregate
 
 from commands.app import LedgerApp
 from infra import scenario as sc
 from infra.settings import Settings
 from infra.wiring import build_app
 from ledger.aggregates import Recipient
-from ledger.snapshots import StateSnapshot, decode, encode
-from aggregate_support import extra_events
+from ledger.snapshots import decode, encode
+from aggregate_support import KINDS, extra_events, state_of
 from scenario_store import SCENARIOS, play, runner_on, text_of
-
-KINDS = {
-    name
-    for name, value in vars(Recipient).items()
-    if isinstance(value, type) and issubclass(value, Aggregate.Event) and not issubclass(value, StateSnapshot)
-}
-
-
-def _state(r: Recipient) -> dict[str, Any]:
-    return {k: v for k, v in vars(r).items() if k != "_pending_events"}
-
 
 def _round_trip(app: LedgerApp, r: Recipient) -> Recipient:
     snapshot = Recipient.Snapshot.take(r)
@@ -85,14 +72,14 @@ def test_every_state_of_every_scenario_recipient_round_trips_through_a_snapshot(
                 state = event.mutate(state)
                 seen.add(type(event).__name__)
                 back = _round_trip(app, state)
-                assert (back.version, _state(back)) == (state.version, _state(state)), (path.name, event)
+                assert (back.version, state_of(back)) == (state.version, state_of(state)), (path.name, event)
                 checked += 1
             if n == 0:
                 extra_events(state, events[-1].timestamp + timedelta(seconds=1))
                 for event in state.collect_events():
                     seen.add(type(event).__name__)
                 back = _round_trip(app, state)
-                assert _state(back) == _state(state)
+                assert state_of(back) == state_of(state)
                 assert back.write_off_proposals()["p1"]["status"] == "refused"
     assert checked > 500
     assert KINDS - {"Created", "Event"} <= seen, sorted(KINDS - seen)
@@ -141,12 +128,12 @@ def test_a_recipient_loads_from_its_snapshot_in_the_store(database_url: str, nam
                 # from the snapshot: only the events after it were asked for
                 assert [r.get("gt") for r in reads] == [snap.originator_version]
                 assert snap.originator_version == loaded.version == from_events.version
-                assert _state(loaded) == _state(from_events)
+                assert state_of(loaded) == state_of(from_events)
                 past = other.recipient(rid, version=loaded.version - 3)
                 early = None
                 for event in other.events.get(rid, lte=loaded.version - 3):
                     early = event.mutate(early)
-                assert _state(past) == _state(early)
+                assert state_of(past) == state_of(early)
         finally:
             other.close()
     finally:
@@ -177,7 +164,7 @@ def test_the_ledger_snapshots_a_recipient_every_interval(database_url: str) -> N
         assert versions and all(v % interval == 0 for v in versions)
         fresh = build_app(Settings(database_url=database_url), jurisdiction=app.jurisdiction)
         try:
-            assert _state(fresh.recipient(rid)) == _state(app.recipient(rid))
+            assert state_of(fresh.recipient(rid)) == state_of(app.recipient(rid))
         finally:
             fresh.close()
     finally:

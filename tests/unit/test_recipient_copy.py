@@ -13,24 +13,11 @@ import copy
 from datetime import timedelta
 from typing import Any
 
-from eventsourcing.domain import Aggregate
 
 from infra import scenario as sc
 from ledger.aggregates import Recipient
-from ledger.snapshots import StateSnapshot
-from aggregate_support import extra_events
+from aggregate_support import KINDS, extra_events, state_of
 from scenario_store import SCENARIOS
-
-KINDS = {
-    name
-    for name, value in vars(Recipient).items()
-    if isinstance(value, type) and issubclass(value, Aggregate.Event) and not issubclass(value, StateSnapshot)
-}
-
-
-def _state(r: Recipient) -> dict[str, Any]:
-    return {k: v for k, v in vars(r).items() if k != "_pending_events"}
-
 
 def _replay(events: list[Any]) -> Recipient:
     state = None
@@ -67,8 +54,8 @@ def test_a_copy_takes_later_events_without_changing_the_recipient_copied() -> No
                 for later in events[k + 1:]:
                     twin = later.mutate(twin)
                 # the recipient copied is as it was; the copy is the recipient after every event
-                assert _state(state) == _state(_replay(events[: k + 1])), (path.name, k, event)
-                assert (twin.version, _state(twin)) == (whole.version, _state(whole)), (path.name, k, event)
+                assert state_of(state) == state_of(_replay(events[: k + 1])), (path.name, k, event)
+                assert (twin.version, state_of(twin)) == (whole.version, state_of(whole)), (path.name, k, event)
                 checked += 1
     assert checked > 500
     assert KINDS - {"Created", "Event"} <= seen, sorted(KINDS - seen)
