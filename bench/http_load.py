@@ -11,7 +11,9 @@ for a fixed ``--duration``: 70% reads (``GET /clearing/cases``, a recipient's st
 the duplicate index, projection status; ``--snapshots`` adds ``GET /snapshots``) and 30% claim
 flows (expense → claim → review → approve → pay, and now and then a late insurance payment that
 opens a clearing case), each request one operation. Prints requests/s, p50/p99 latency of reads and
-of writes, errors (5xx, timeouts, transport errors) and the RSS of every server process at the end.
+of writes, errors (5xx, timeouts, transport errors), the CPU time the server processes and the
+load generator spent per request (a figure that a busy machine disturbs less than latency), and the
+RSS of every server process at the end.
 Bounded: at most 500 clients, 600 s, a 60 s client timeout. A measurement, not a test.
 """
 
@@ -63,6 +65,13 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
 def _what(pid: int) -> str:
     try:
         args = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
@@ -70,6 +79,15 @@ def _what(pid: int) -> str:
         return "?"
     text = " ".join(a for a in args if a)
     return "(worker)" if "multiprocessing" in text and "spawn_main" in text else "(serve)" if "serve" in text else f"({text[:30]})"
+
+
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of one process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tree(pid: int) -> list[int]:
@@ -249,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(built.stderr[-2000:], file=sys.stderr)
                 return 2
         stats = Stats()
+        serving = _tree(server.pid)
+        server_cpu, own_cpu = sum(_cpu_s(p) for p in serving), time.process_time()
         began = time.perf_counter()
         deadline = began + duration
 
@@ -259,20 +279,31 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - began
         total = len(stats.reads) + len(stats.writes)
         rss = {pid: _rss_kb(pid) for pid in _tree(server.pid)}
+        server_cpu = sum(_cpu_s(p) for p in serving) - server_cpu
+        own_cpu = time.process_time() - own_cpu
         print(f"store: {url.split('@')[-1]}  workers {args.workers}  clients {clients}  {elapsed:.1f}s  people {len(people)}")
         print(f"requests/s      : {total / elapsed:,.1f}  ({total} requests: {len(stats.reads)} reads, {len(stats.writes)} writes, {stats.refused} refused 4xx)")
         print(f"read  latency   : p50 {_pct(stats.reads, 0.5) * 1000:,.0f} ms  p99 {_pct(stats.reads, 0.99) * 1000:,.0f} ms")
         print(f"write latency   : p50 {_pct(stats.writes, 0.5) * 1000:,.0f} ms  p99 {_pct(stats.writes, 0.99) * 1000:,.0f} ms")
         print(f"errors          : {sum(stats.errors.values())} {stats.errors if stats.errors else ''}")
+        print(f"CPU per request : server {server_cpu / max(total, 1) * 1000:,.2f} ms  load generator {own_cpu / max(total, 1) * 1000:,.2f} ms")
         for route, took in sorted(stats.by_route.items()):
             print(f"  {route:<42} {len(took):>6}  p50 {_pct(took, 0.5) * 1000:>7,.0f} ms  p99 {_pct(took, 0.99) * 1000:>7,.0f} ms")
         print("RSS per process : " + ", ".join(f"pid {p} {_what(p)} {kb / 1024:,.0f} MB" for p, kb in rss.items() if kb))
     finally:
+        workers = {pid: _cmdline(pid) for pid in _tree(server.pid)[1:]}
         server.terminate()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
+            for pid, cmdline in workers.items():  # workers left behind would keep the database open
+                if cmdline and _cmdline(pid) == cmdline:
+                    try:
+                        os.kill(pid, 9)
+                    except OSError:
+                        pass
         if tmp is not None:
             tmp.cleanup()
     return 0

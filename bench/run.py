@@ -422,8 +422,9 @@ def ingest(run: Run) -> None:
     tally, commands = Tally(app), Commands(app)
     t_ledger = 0.0
     chain_s = 0.0
-    cpu0 = time.process_time()
     gc.collect()
+    collector = _GcTime()  # the cyclic collector's CPU in this phase (commands.group._Collector)
+    cpu0 = time.process_time()
     for i in range(0, len(batch_steps), per_chunk):
         chunk = batch_steps[i : i + per_chunk]
         if profiler:
@@ -445,6 +446,7 @@ def ingest(run: Run) -> None:
             run.say(f"  {done}/{len(batch_steps)} steps: ledger {t_ledger:.1f}s ({tally.events} events in {tally.transactions} "
                     f"transactions), raw {raw_ten.t + raw_one.t:.1f}s")
     cpu = time.process_time() - cpu0
+    collector.stop()
     tally.undo()
     commands.undo()
     chain.run()
@@ -455,6 +457,8 @@ def ingest(run: Run) -> None:
         ledger_seconds=round(t_ledger, 2),
         process_cpu_seconds=round(cpu, 2),
         chain_seconds=round(chain_s, 2),
+        gc_cpu_seconds=round(collector.seconds, 2),
+        gc_full_collections=collector.full,
         events=batch_events,
         transactions=batch_tx,
         events_per_transaction=round(batch_events / max(1, batch_tx), 1),
@@ -547,6 +551,26 @@ def ingest(run: Run) -> None:
         out = RESULTS / f"profile-{s.name}-ingest.txt"
         out.write_text(profiler.output_text(show_all=False), encoding="utf-8")
         run.say(f"ingest profile written to {out.relative_to(ROOT)}")
+
+
+class _GcTime:
+    """The CPU seconds the cyclic collector takes (``gc.callbacks``) until :meth:`stop`, and its
+    full collections."""
+
+    def __init__(self) -> None:
+        self.seconds, self.full, self._began = 0.0, 0, 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.process_time()
+        else:
+            self.seconds += time.process_time() - self._began
+            self.full += info["generation"] == 2
+
+    def stop(self) -> None:
+        if self._note in gc.callbacks:
+            gc.callbacks.remove(self._note)
 
 
 def _profiler() -> Any:

@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import BaseAggregate
+from eventsourcing.domain import BaseAggregate, DomainEvent
 from eventsourcing.persistence import IntegrityError, OperationalError
 from eventsourcing.utils import get_topic
 
@@ -167,8 +167,12 @@ class LedgerCore(Application):
         self._unit = threading.local()
         #: recipient id -> (what the recipient's decisions and reassessments stood at, the pass
         #: that matches them): the next pass resumes from it (``_pass``, ADR 0017).
-        self._memos: dict[uuid.UUID, tuple[tuple, engine.PassMemo]] = {}
+        self._memos: dict[uuid.UUID, tuple[tuple, engine.PassMemo]] = _Memos()
         self._memos_lock = threading.Lock()
+        # how many passes it keeps: the env may say more (an import's, infra.demo.demo_env)
+        for bound in ("MEMOS_MAX", "MEMO_EXPENSES_MAX"):
+            if self.env.get(f"PASS_{bound}"):
+                setattr(self, bound, int(self.env.get(f"PASS_{bound}")))
 
     def construct_repository(self) -> Any:
         """The library's repository with a cheaper projector (commands.repository, ADR 0017),
@@ -272,9 +276,10 @@ class LedgerCore(Application):
         per-object ``runtime_checkable`` Protocol checks (``DomainEventProtocol``,
         ``CollectEventsProtocol``): on Python 3.11 each walks the protocol's attributes, about
         three per cent of an online command's CPU (issue 16). An ``Aggregate`` is never a domain
-        event and always collects its events, so it is collected as the library would; anything
-        else goes through the library's own ``collect_events``. The rest is the library's: record,
-        snapshots, ``_notify``."""
+        event and always collects its events, so it is collected as the library would, and so is
+        a ``DomainEvent`` given itself (a group's commit: appended); anything else goes through
+        the library's own ``collect_events``. The rest is the library's: record, snapshots,
+        ``_notify``."""
         processing_event: ProcessingEvent[Any] = ProcessingEvent()
         events, aggregates, others = processing_event.events, processing_event.aggregates, []
         for obj in objs:
@@ -283,7 +288,12 @@ class LedgerCore(Application):
                 aggregates[obj.id] = obj
             elif obj is not None:
                 others.append(obj)
-        processing_event.collect_events(*others, **kwargs)
+        for obj in others:  # in order, as the library collects them
+            if isinstance(obj, DomainEvent):  # an event given itself (a group's commit, commands.group)
+                events.append(obj)
+            else:
+                processing_event.collect_events(obj)
+        processing_event.collect_events(**kwargs)
         recordings = self._record(processing_event)
         self._take_snapshots(processing_event)
         self._notify(recordings)
@@ -607,10 +617,8 @@ class LedgerCore(Application):
             return
         with self._memos_lock:
             self._memos.pop(r.id, None)
-            held = sum(len(m.entries) for _, m in self._memos.values())
-            while self._memos and (len(self._memos) >= self.MEMOS_MAX or held + size > self.MEMO_EXPENSES_MAX):
-                _, dropped = self._memos.pop(next(iter(self._memos)))
-                held -= len(dropped.entries)
+            while self._memos and (len(self._memos) >= self.MEMOS_MAX or self._memos.held + size > self.MEMO_EXPENSES_MAX):
+                self._memos.pop(next(iter(self._memos)))
             self._memos[r.id] = (self._standing(r), result.memo)
 
     def claim_order(self, r: Recipient, expense_ids: list[str]) -> list[str]:
@@ -1112,6 +1120,35 @@ def _amounts(summary: dict[str, Any]) -> tuple:
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary.get(k) for k in ("granted", "code", "rule", "category", "self_pay", "total", "by_scheme", "by_fund")}
+
+
+class _Memos(dict):
+    """``LedgerCore._memos``, counting the expenses its passes hold as they are kept and dropped
+    (``held``), so that ``_remember`` does not add them up over every kept pass each time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[Any, int] = {}
+        self.held = 0
+
+    def __setitem__(self, key: Any, value: tuple[tuple, engine.PassMemo]) -> None:
+        self.pop(key, None)
+        super().__setitem__(key, value)
+        self.sizes[key] = size = len(value[1].entries)
+        self.held += size
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key in self.sizes:
+            self.held -= self.sizes.pop(key)
+        return super().pop(key, *default)
+
+    def __delitem__(self, key: Any) -> None:
+        self.pop(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self.sizes.clear()
+        self.held = 0
 
 
 class _Reads(dict):

@@ -13,11 +13,16 @@
    is skipped and its events are read from the start. If another process has since taken it
    past the interval, this reads more events than it had to, and the result is the same: a
    snapshot is only a shortcut.
+3. Otherwise the library asks the snapshot table, waits, then asks the event table: two round
+   trips for every aggregate a process reads first. The PostgreSQL recorder answers both in one
+   statement (``select_latest``: the latest snapshot and the events after it), with the same
+   rows, and the data key that decoding them needs in the same round trip (issue 16).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import zlib
 from copy import deepcopy
 from typing import Any, Iterable
@@ -132,9 +137,30 @@ class LedgerRepository(Repository):
         return aggregate
 
     def _reconstruct_aggregate(self, aggregate_id: Any, version: int | None, projector_func: Any) -> Any:
-        if self.snapshot_store is None or version is not None or not self.__dict__.get("_no_snapshot_yet", {}).get(aggregate_id):
+        if self.snapshot_store is None or version is not None:
             return super()._reconstruct_aggregate(aggregate_id, version, projector_func)
+        if not self.__dict__.get("_no_snapshot_yet", {}).get(aggregate_id):
+            return self._latest(aggregate_id, projector_func)
         aggregate = projector_func(None, self.event_store.get(originator_id=aggregate_id))
+        if aggregate is None:
+            raise AggregateNotFoundError(f"Aggregate {aggregate_id!r} version None not found.")
+        return aggregate
+
+    def _latest(self, aggregate_id: Any, projector_func: Any) -> Any:
+        """The latest snapshot and the events after it (3.): in one statement when the recorder
+        reads both at once (``select_latest``, PostgreSQL), else as the library reads them."""
+        select_latest = getattr(self.event_store.recorder, "select_latest", None)
+        if select_latest is None:
+            return super()._reconstruct_aggregate(aggregate_id, None, projector_func)
+        prefetch = getattr(self.event_store.mapper, "prefetch", None)  # the data key decoding needs: same round trip
+        found = select_latest(aggregate_id, self.snapshot_store.recorder, also=prefetch(aggregate_id) if prefetch is not None else None)
+        if found is None:
+            return super()._reconstruct_aggregate(aggregate_id, None, projector_func)
+        snapshot, stored = found
+        events: Iterable[Any] = map(self.event_store.mapper.to_domain_event, stored)
+        if snapshot is not None:
+            events = itertools.chain((self.snapshot_store.mapper.to_domain_event(snapshot),), events)
+        aggregate = projector_func(None, events)
         if aggregate is None:
             raise AggregateNotFoundError(f"Aggregate {aggregate_id!r} version None not found.")
         return aggregate

@@ -38,6 +38,7 @@ import shutil
 import tempfile
 import uuid
 import zipfile
+from json.encoder import encode_basestring as _json_text  # json.dumps(text, ensure_ascii=False)
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -312,16 +313,24 @@ def _nest(obj: Any, level: int) -> bytes:
 
 def _flat(obj: dict[str, Any], level: int) -> bytes:
     """A flat dict of scalars as ``_nest`` gives it, without the pure-Python indenting encoder
-    (json builds it anew on every call with ``indent``: most of the export's time)."""
+    (json builds it anew on every call with ``indent``: most of the export's time); text goes
+    straight to json's own string encoder (what ``json.dumps(text, ensure_ascii=False)`` calls)."""
     if not obj:
         return b"{}"
     pad = "\n" + "  " * (level + 1)
-    body = ",".join(f"{pad}{json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in sorted(obj.items()))
+    body = ",".join(f"{pad}{_json_text(k)}: {_json_scalar(v)}" for k, v in sorted(obj.items()))
     return (f"{{{body}\n" + "  " * level + "}").encode("utf-8")
 
 
+def _json_scalar(value: Any) -> str:
+    return _json_text(value) if type(value) is str else json.dumps(value, ensure_ascii=False)
+
+
+_MONEY_SET = frozenset(MONEY_COLUMNS)
+
+
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (fmt(v) if k in MONEY_COLUMNS else v) for k, v in row.items()}
+    return {k: (fmt(v) if k in _MONEY_SET else v) for k, v in row.items()}
 
 
 class _Hashing:
@@ -344,10 +353,10 @@ class JsonWriter:
         self.totals = {k: ZERO for k in MONEY_COLUMNS}
         out.write(b'{\n  "columns": ' + _nest([{"key": k, "zh": zh, "label": label(k)} for k, zh in COLUMNS], 1) + b',\n  "rows": [')
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any], plain: dict[str, Any] | None = None) -> None:
         for k in MONEY_COLUMNS:
             self.totals[k] += row[k]
-        self.out.write((b"\n    " if self.first else b",\n    ") + _flat(_plain(row), 2))
+        self.out.write((b"\n    " if self.first else b",\n    ") + _flat(plain if plain is not None else _plain(row), 2))
         self.first = False
 
     def close(self) -> None:
@@ -360,16 +369,20 @@ class CsvWriter:
 
     def __init__(self, head: Snapshot, out: Any):
         self.out = out
+        self.buf = io.StringIO(newline="")
+        self.writer = csv.writer(self.buf, lineterminator="\r\n")
         self.out.write(b"\xef\xbb\xbf")
         self._line([label(k) for k, _ in COLUMNS])
 
     def _line(self, values: list[Any]) -> None:
-        buf = io.StringIO(newline="")
-        csv.writer(buf, lineterminator="\r\n").writerow(values)
-        self.out.write(buf.getvalue().encode("utf-8"))
+        self.buf.seek(0)
+        self.buf.truncate()
+        self.writer.writerow(values)
+        self.out.write(self.buf.getvalue().encode("utf-8"))
 
-    def add(self, row: dict[str, Any]) -> None:
-        plain = _plain(row)
+    def add(self, row: dict[str, Any], plain: dict[str, Any] | None = None) -> None:
+        if plain is None:
+            plain = _plain(row)
         self._line([plain[k] for k, _ in COLUMNS])
 
     def close(self) -> None:
@@ -381,9 +394,14 @@ _WIDTHS = {"recipient": 38, "street": 14, "category": 24, "category_zh": 20, "fu
 
 
 class XlsxWriter:
-    """The XLSX export in openpyxl's write-only mode (rows go to a temporary file as they come):
-    amounts as numbers with two decimals, a 合计 totals row, column widths and an autofilter on
-    each sheet; entry and document times fixed (T), so the bytes repeat."""
+    """The XLSX export: amounts as numbers with two decimals, a 合计 totals row, column widths and
+    an autofilter on each sheet; entry and document times fixed (T), so the bytes repeat.
+
+    openpyxl (write-only mode) makes the package: the header row, the styles, the "about" sheet,
+    the workbook with its filter names. The data rows, ~18,000 of 16 cells for a district, would
+    cost several seconds through openpyxl's per-cell objects: they are encoded here, as the XML
+    openpyxl writes for the same values (:func:`_xlsx_row`), into a temporary file, and spliced
+    into the sheet with the totals row when the zip is rewritten (:func:`_normalise_zip`)."""
 
     def __init__(self, head: Snapshot, out: Any):
         from openpyxl import Workbook
@@ -398,6 +416,22 @@ class XlsxWriter:
             self.ws.column_dimensions[get_column_letter(i)].width = _WIDTHS.get(k, 18)
         self.ws.freeze_panes = "A2"
         self.ws.append([self._cell(label(k), bold=True) for k, _ in COLUMNS])
+        # The style ids of the cells written here, registered in openpyxl's order of first use
+        # (bold: the header; 0.00: the first amount; bold 0.00: the totals), as openpyxl would.
+        self.bold = self._cell("", bold=True).style_id
+        self.amount: int | None = None
+        self.cols = [(get_column_letter(i), k, k in MONEY_COLUMNS) for i, (k, _) in enumerate(COLUMNS, start=1)]
+        self.rows = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self._text: dict[str, str] = {}
+        # A data row of text then amounts (what _row_dicts makes) in one format: the same XML.
+        n_text = len(COLUMNS) - len(MONEY_COLUMNS)
+        self._kinds = (str,) * n_text + (Decimal,) * len(MONEY_COLUMNS)
+        self._plain_row = "".join(
+            ['<row r="{0}">']
+            + [f'<c r="{col}{{0}}" t="inlineStr">{{{i}}}</c>' for i, (col, _, _) in enumerate(self.cols[:n_text], start=1)]
+            + [f'<c r="{col}{{0}}" s="{{{len(COLUMNS) + 1}}}" t="n"><v>{{{i}}}</v></c>' for i, (col, _, _) in enumerate(self.cols[n_text:], start=n_text + 1)]
+            + ["</row>"]
+        )
 
     def _cell(self, value: Any, *, bold: bool = False, money: bool = False) -> Any:
         from openpyxl.cell import WriteOnlyCell
@@ -410,18 +444,54 @@ class XlsxWriter:
             cell.number_format = "0.00"
         return cell
 
-    def add(self, row: dict[str, Any]) -> None:
+    def _string(self, value: str) -> str:
+        """The ``<is>`` part of an inline-string cell (memoised: streets, categories, funds repeat)."""
+        done = self._text.get(value)
+        if done is None:
+            done = _xlsx_inline(value)
+            if len(self._text) < 4096:
+                self._text[value] = done
+        return done
+
+    def _row(self, n: int, values: list[Any], style: int, money_style: int) -> bytes:
+        """Row ``n`` as openpyxl writes it: no cell for None, strings inline, numbers ``%.16g`` (exact
+        for amounts under 10^12 with two decimals)."""
+        parts = [f'<row r="{n}">']
+        s = f' s="{style}"' if style else ""
+        ms = f' s="{money_style}"'
+        for (col, _, _), value in zip(self.cols, values):
+            kind = type(value)
+            if kind is Decimal or (kind in (int, float)):
+                parts.append(f'<c r="{col}{n}"{ms} t="n"><v>{"%.16g" % value}</v></c>')
+            elif isinstance(value, str):
+                parts.append(f'<c r="{col}{n}"{s} t="inlineStr">{self._string(value)}</c>')
+            elif value is not None:
+                raise ValueError(f"Cannot convert {value!r} to Excel")
+        parts.append("</row>")
+        return "".join(parts).encode("ascii")
+
+    def add(self, row: dict[str, Any], plain: dict[str, Any] | None = None) -> None:
         for k in MONEY_COLUMNS:
             self.totals[k] += row[k]
         self.count += 1
-        self.ws.append([self._cell(row[k], money=True) if k in MONEY_COLUMNS else row[k] for k, _ in COLUMNS])
+        if self.amount is None:
+            self.amount = self._cell(0, money=True).style_id
+        values = [row[k] for _, k, _ in self.cols]
+        if tuple(map(type, values)) == self._kinds:
+            n_text = len(self._kinds) - len(MONEY_COLUMNS)
+            self.rows.write(self._plain_row.format(
+                self.count + 1, *map(self._string, values[:n_text]), *("%.16g" % x for x in values[n_text:]), self.amount,
+            ).encode("ascii"))
+        else:
+            self.rows.write(self._row(self.count + 1, values, 0, self.amount))
 
     def close(self) -> None:
         s = self.head
         first_money = len(COLUMNS) - len(MONEY_COLUMNS)
-        self.ws.append(
-            [self._cell("合计 total", bold=True)] + [None] * (first_money - 1)
-            + [self._cell(money(self.totals[k]), bold=True, money=True) for k in MONEY_COLUMNS]
+        totals_row = self._row(
+            self.count + 2,
+            ["合计 total"] + [None] * (first_money - 1) + [money(self.totals[k]) for k in MONEY_COLUMNS],
+            self.bold, self._cell(0, bold=True, money=True).style_id,
         )
         self.ws.auto_filter.ref = f"A1:{self.last_col}{self.count + 1}"
         about = self.wb.create_sheet("about 说明")
@@ -446,18 +516,46 @@ class XlsxWriter:
         fixed = (s.resolved_known_at or datetime(2000, 1, 1, tzinfo=timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None, microsecond=0)
         self.wb.properties.creator = "medical-aid ledger"
         self.wb.properties.created = fixed
-        with tempfile.TemporaryFile() as tmp:
-            self.wb.save(tmp)
-            tmp.seek(0)
-            _normalise_zip(tmp, self.out, fixed)
+        try:
+            self.rows.write(totals_row)
+            self.rows.seek(0)
+            with tempfile.TemporaryFile() as tmp:
+                self.wb.save(tmp)
+                tmp.seek(0)
+                _normalise_zip(tmp, self.out, fixed, {self.ws.path.lstrip("/"): self.rows})
+        finally:
+            self.rows.close()
+
+
+#: XML text as lxml writes it in openpyxl's sheets: ASCII, ``&<>`` and CR escaped, other
+#: characters beyond ASCII as decimal character references.
+_XML_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+
+
+def _xlsx_inline(value: str) -> str:
+    """An inline string as openpyxl writes it: at most 32,767 characters, none of the control
+    characters a worksheet refuses, ``xml:space`` kept when it starts or ends with white space.
+    (openpyxl would make a text starting with ``=`` a formula: the ledger's text is text.)"""
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+    from openpyxl.utils.exceptions import IllegalCharacterError
+
+    value = value[:32767]
+    if ILLEGAL_CHARACTERS_RE.search(value):
+        raise IllegalCharacterError(f"{value} cannot be used in worksheets.")
+    if value == "":
+        return ""
+    text = value.translate(_XML_TEXT).encode("ascii", "xmlcharrefreplace").decode("ascii")
+    space = ' xml:space="preserve"' if value != value.strip() else ""
+    return f"<is><t{space}>{text}</t></is>"
 
 
 _MODIFIED = re.compile(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)")
 
 
-def _normalise_zip(src_file: Any, out: Any, fixed: datetime) -> None:
+def _normalise_zip(src_file: Any, out: Any, fixed: datetime, rows: dict[str, BinaryIO] | None = None) -> None:
     """Copy the XLSX zip with fixed entry times and a fixed modified time (openpyxl stamps the
-    clock's time into both), keeping the entries' order and contents; entry by entry."""
+    clock's time into both), keeping the entries' order and contents; entry by entry. ``rows``:
+    sheet entry → a file of encoded rows, copied in just before the end of that sheet's data."""
     stamp = fixed.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
     target = io.BytesIO() if not hasattr(out, "seek") else out
     with zipfile.ZipFile(src_file) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
@@ -467,6 +565,14 @@ def _normalise_zip(src_file: Any, out: Any, fixed: datetime) -> None:
             entry.external_attr = 0o600 << 16
             if info.filename == "docProps/core.xml":
                 dst.writestr(entry, _MODIFIED.sub(rb"\g<1>" + stamp + rb"\g<2>", src.read(info.filename)))
+                continue
+            if rows and info.filename in rows:
+                sheet = src.read(info.filename)
+                end = sheet.index(b"</sheetData>")
+                with dst.open(entry, "w") as b:
+                    b.write(sheet[:end])
+                    shutil.copyfileobj(rows[info.filename], b, 1 << 20)
+                    b.write(sheet[end:])
                 continue
             with src.open(info) as a, dst.open(entry, "w") as b:
                 shutil.copyfileobj(a, b, 1 << 20)
@@ -491,12 +597,14 @@ def write_export(
         writers = {f: WRITERS[f](head, sinks[f]) for f in chosen}
         count = 0
         totals = {k: ZERO for k in MONEY_COLUMNS}
+        texts = [w for f, w in writers.items() if f != "xlsx"]  # they share the row's text form
         for row in rows:
             count += 1
             for k in MONEY_COLUMNS:
                 totals[k] += row[k]
+            plain = _plain(row) if texts else None
             for w in writers.values():
-                w.add(row)
+                w.add(row, plain)
         for w in writers.values():
             w.close()
     finally:
@@ -511,7 +619,9 @@ def write_export(
 # --------------------------------------------------------------------------- from persisted cuts
 
 
-def snapshot_from_cuts(app: LedgerApp, engine: Any, valid: date | None = None, known_at: datetime | None = None) -> tuple[Snapshot, Iterator[dict[str, Any]]]:
+def snapshot_from_cuts(
+    app: LedgerApp, engine: Any, valid: date | None = None, known_at: datetime | None = None, *, catch_up: bool = True
+) -> tuple[Snapshot, Iterator[dict[str, Any]]]:
     """R-TIME-3 from the persisted cuts (``projections.cuts``, ADR 0010): the same rows as
     :func:`take_snapshot`, recipient by recipient. The cuts view is first brought to the log's
     head; "known at T" is then range reads on the recorded-time table; each recipient's latest cut
@@ -521,7 +631,8 @@ def snapshot_from_cuts(app: LedgerApp, engine: Any, valid: date | None = None, k
     from ledger.policy import packs as policy_packs
     from projections import cuts
 
-    cuts.catch_up(engine, app.recorder, app.mapper)
+    if catch_up:  # else the caller has just brought the view to the head (the service's followed runner)
+        cuts.catch_up(engine, app.recorder, app.mapper)
     with engine.connect().execution_options(sqlite_deferred=True) as conn:
         k = cuts.known_at(conn, known_at)
     policy = app.policy(version=k.policy_version) if k.policy_version else None
@@ -533,7 +644,7 @@ def snapshot_from_cuts(app: LedgerApp, engine: Any, valid: date | None = None, k
     rebuilt: dict[str, list[dict[str, Any]]] = {}
     for rid, (version, c) in k.recipients.items():
         if reuse and c is not None and c["recipient_version"] == version and c["policy_version"] == k.policy_version:
-            order.append((c["street"], rid, c["month"]))
+            order.append((c["street"], rid, c["period"]))
         else:
             r = app.repository.get(uuid.UUID(rid), version=version)
             rebuilt[rid] = _recipient_rows(r, v, the_cut, book, app.schemes)
@@ -554,9 +665,9 @@ def snapshot_from_cuts(app: LedgerApp, engine: Any, valid: date | None = None, k
     def rows() -> Iterator[dict[str, Any]]:
         with engine.connect().execution_options(sqlite_deferred=True) as conn:
             for part in cuts.iter_chunks(order, 500):
-                states = cuts.states(conn, [(rid, month) for _, rid, month in part if month is not None])
-                for street, rid, month in part:
-                    if month is None:
+                states = cuts.states(conn, [(rid, period) for _, rid, period in part if period is not None])
+                for street, rid, period in part:
+                    if period is None:
                         yield from rebuilt.pop(rid)
                     else:
                         st = states[rid]

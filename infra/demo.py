@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 
 import chinese_calendar
 
+from commands import group as group_commit
 from commands import models as m
 from commands.app import LedgerApp, Result
 from infra import integrity
@@ -972,10 +973,24 @@ def demo_env(store: Settings | dict[str, str]) -> dict[str, str]:
       state, so a cache hit needs no query for newer events (a third of the demo's reads).
       Group commit (``LedgerApp.group``) evicts what a rolled-back or failed command touched.
     - A SQLite file is written with ``synchronous=NORMAL`` (:mod:`infra.sqlite_bulk`).
+    - The engine's last pass kept for every recipient (``LedgerCore.MEMOS_MAX``, as many as the
+      cache holds aggregates, up to a million expenses in all): an online process keeps 512, but
+      an import decides for every recipient in turn, so with fewer each decision late in the year
+      would assess the recipient's whole year again rather than resume (ADR 0017).
+    - The cyclic collector of an import process (``commands.group.GC_ENV``): what is alive after
+      each group commit is frozen, and the whole heap collected only as the import grows
+      fourfold, so the collector does not walk the ever larger cache a constant number of times
+      per event.
+    - PostgreSQL's idle-in-transaction timeout at 60 s instead of the library's 5 s: a group
+      commit links a few hundred events between its two round trips, and on a starved machine
+      (seen at load average 10 on two cores) that took longer than 5 s, the server cut the
+      transaction and the group's commands ran again one by one.
     """
     env = store.eventsourcing_env(APP_NAME) if isinstance(store, Settings) else dict(store)
     env = bulk_env(env)
-    env.update({"AGGREGATE_CACHE_MAXSIZE": "100000", "DEEPCOPY_FROM_AGGREGATE_CACHE": "n", "AGGREGATE_CACHE_FASTFORWARD": "n"})
+    env.update({"AGGREGATE_CACHE_MAXSIZE": "100000", "DEEPCOPY_FROM_AGGREGATE_CACHE": "n", "AGGREGATE_CACHE_FASTFORWARD": "n",
+                "PASS_MEMOS_MAX": "100000", "PASS_MEMO_EXPENSES_MAX": "1000000", group_commit.GC_ENV: "freeze",
+                "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "60"})
     return env
 
 

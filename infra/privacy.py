@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -406,7 +407,7 @@ class SqlKeyStore:
         personal fields, is dropped when it moves (ADR 0021), so an erasure reaches every process
         as it does for keys."""
         if self._must_check():
-            with self.datastore.transaction(commit=False) as c:
+            with self._key_cursor(False) as c:
                 generation = self._generation(c)
             self._cache.observe(generation)
             scope = _scope.get()
@@ -414,12 +415,21 @@ class SqlKeyStore:
                 scope.checked.add(id(self))
         return self._cache.generation
 
+    def _key_cursor(self, create: bool) -> Any:
+        """A cursor for reading a key: PostgreSQL answers the one ``SELECT`` of a read in
+        autocommit (one statement is one snapshot) in one round trip, where a transaction block
+        costs three (``BEGIN``, the query, ``ROLLBACK``; issue 16). Creating one, and SQLite,
+        keep the transaction."""
+        if create or not self.postgres or not hasattr(self.datastore, "get_connection"):
+            return self.datastore.transaction(commit=create)
+        return _autocommit_cursor(self.datastore)
+
     def data_key(self, recipient_id: str, *, create: bool) -> bytes | None:
         if not create and not self._must_check():
             hit, key = self._cache.get(recipient_id)
             if hit:
                 return key
-        with self.datastore.transaction(commit=create) as c:
+        with self._key_cursor(create) as c:
             if create:
                 # Always asked of the store: an erasure in another process refuses new personal
                 # data at once (PERSONAL_DATA_ERASED), never seals it under a shredded key.
@@ -430,12 +440,19 @@ class SqlKeyStore:
                 )
             # The generation and the key in one statement (one snapshot): if the key is still
             # there, no erasure of it had committed, so the generation read is older than any.
-            c.execute(
-                f"SELECT g.generation, k.wrapped_key, k.key_id FROM {self.GENERATION} g "
-                f"LEFT JOIN {self.TABLE} k ON k.recipient_id = {self.p} WHERE g.id = 1",
-                (recipient_id,),
-            )
+            c.execute(self._key_query, (recipient_id,))
             row = c.fetchone()
+        return self._absorb(recipient_id, row, create)
+
+    @property
+    def _key_query(self) -> str:
+        return (
+            f"SELECT g.generation, k.wrapped_key, k.key_id FROM {self.GENERATION} g "
+            f"LEFT JOIN {self.TABLE} k ON k.recipient_id = {self.p} WHERE g.id = 1"
+        )
+
+    def _absorb(self, recipient_id: str, row: Any, create: bool) -> bytes | None:
+        """The key (or None) from the row of :attr:`_key_query`, cached with its generation."""
         generation = int(row["generation"])
         self._cache.observe(generation)
         scope = _scope.get()
@@ -457,6 +474,23 @@ class SqlKeyStore:
         key = self.master.unwrap(recipient_id, bytes(wrapped))
         self._cache.put(recipient_id, key, generation)
         return key
+
+    def prefetch(self, recipient_id: str) -> tuple[str, tuple[Any, ...], Callable[[Any], None]] | None:
+        """The read of ``recipient_id``'s key as a statement to send with another read in one
+        round trip (``PersonalDataMapper.prefetch``): (query, params, what to do with its row),
+        or None when the key is cached and current, or on SQLite. The row goes through the same
+        checks as :meth:`data_key`'s; a key that does not exist (yet) is not cached."""
+        if not self.postgres:
+            return None
+        if not self._must_check() and self._cache.get(recipient_id)[0]:
+            return None
+
+        def absorb(row: Any) -> None:
+            if row is not None:
+                with contextlib.suppress(PersonalDataError):  # a wrong master key is reported by the read itself
+                    self._absorb(recipient_id, row, False)
+
+        return self._key_query, (recipient_id,), absorb
 
     def erase(self, recipient_id: str, reason: str = "") -> bool:
         with self.datastore.transaction(commit=True) as c:
@@ -548,6 +582,13 @@ def _now() -> str:
     return datetime.now(CST).isoformat()  # people's clock, +08:00
 
 
+@contextmanager
+def _autocommit_cursor(datastore: Any) -> Iterator[Any]:
+    """A cursor of the PostgreSQL datastore's pool (autocommit) with the library's errors."""
+    with datastore.get_connection() as conn, conn.cursor() as c:
+        yield c
+
+
 # ---------------------------------------------------------------------------------------------
 # The mapper
 
@@ -628,6 +669,13 @@ class PersonalDataMapper(Mapper):
             raise MapperDeserialisationError(msg) from e
         self._open_state(cls, stored_event.topic, str(stored_event.originator_id), event_state)
         return self._build(cls, stored_event, event_state)
+
+    def prefetch(self, originator_id: Any) -> tuple[str, tuple[Any, ...], Callable[[Any], None]] | None:
+        """The read of the data key that decoding ``originator_id``'s events (a recipient's) will
+        need, for the recorder to send with the events' own read in one round trip; None when
+        the key is cached and current, or the key store cannot say (issue 16)."""
+        fetch = getattr(self.keys, "prefetch", None)
+        return fetch(str(originator_id)) if fetch is not None else None
 
     def _build(self, cls: Any, stored_event: StoredEvent, event_state: dict[str, Any]) -> Any:
         from eventsourcing.persistence import find_id_convertor

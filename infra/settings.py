@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     #: store library's way to wake a LISTENing reader). Off: nothing in the ledger LISTENs, and
     #: every notifying commit takes the server's notification-queue lock (ADR 0021).
     postgres_notify: bool = False
+    #: HTTP: endpoint threads per worker process (ADR 0023); more requests wait their turn.
+    http_threads: int = Field(8, gt=0, le=256)
 
     @field_validator("database_url")
     @classmethod

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from ledger.aggregates import PolicyLedger, Recipient
 from ledger.money import ZERO, money
 from ledger.values import Scheme
-from projections.common import Item, Projection, Store, dumps, fen, insert_new, loads, metadata, yuan_str
+from projections.common import Item, Parsed, Projection, Store, dumps, fen, insert_new, loads, metadata, yuan_str
 
 CAPPED = {Scheme.SHANGHAI_MEDICAL_AID.value, Scheme.LIANYUNGANG.value}
 
@@ -86,6 +86,9 @@ class Caps(Projection):
     tables = (caps_state, caps_parameter, caps)
     events = (*_RECIPIENT_EVENTS, PolicyLedger.PackPublished, PolicyLedger.ParameterAmended)
 
+    def __init__(self) -> None:
+        self._parsed = Parsed()  # the recipients' working states, parsed, between batches
+
     def apply(self, conn: Connection, items: Sequence[Item]) -> None:
         rids = {str(e.originator_id) for _, e in items if isinstance(e, _RECIPIENT_EVENTS)}
         states = Store(conn, caps_state)
@@ -95,7 +98,7 @@ class Caps(Projection):
         def state(rid: str) -> dict[str, Any]:
             if rid not in parsed:
                 row = states.get(rid)
-                parsed[rid] = loads(row["state"]) if row else {"seq": 0, "expenses": {}}
+                parsed[rid] = self._parsed.take(rid, row["state"]) if row else {"seq": 0, "expenses": {}}
             return parsed[rid]
 
         touched: set[str] = set()
@@ -147,7 +150,9 @@ class Caps(Projection):
                 state(rid)
             touched |= more
         for rid, st in parsed.items():
-            states.put({"recipient": rid, "state": dumps(st)})
+            text = dumps(st)
+            states.put({"recipient": rid, "state": text})
+            self._parsed.keep(rid, text, st)
         states.flush()
         if not touched:
             return

@@ -351,6 +351,29 @@ class Store:
         self.stored = {k: dict(r) for k, r in self.rows.items()}
 
 
+class Parsed:
+    """Working states (JSON text in a view's table, one per recipient) kept parsed between batches,
+    so that a batch parses only the states another batch did not leave here. An entry is used only
+    when the stored text is the very text it was written as (``take``): a batch rolled back, or
+    another runner's batch, leaves other text and the state is parsed again; an entry is taken out
+    while a batch changes it and put back with the text it is written as (``keep``)."""
+
+    def __init__(self, size: int = 12_000):
+        from collections import OrderedDict
+
+        self.size = size
+        self._kept: OrderedDict[Any, tuple[str, Any]] = OrderedDict()
+
+    def take(self, key: Any, stored: str) -> Any:
+        hit = self._kept.pop(key, None)
+        return hit[1] if hit is not None and hit[0] == stored else loads(stored)
+
+    def keep(self, key: Any, text: str, state: Any) -> None:
+        self._kept[key] = (text, state)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+
+
 # --------------------------------------------------------------------------- partitions
 
 #: Topics every partition of a partitioned rebuild reads (the policy: caps and cuts need the book
@@ -392,6 +415,10 @@ class Projection:
     #: (k, parts): this instance keeps only partition k of a partitioned rebuild (its own tracking
     #: row ``name@k/parts``); None: the whole log.
     part: tuple[int, int] | None = None
+    #: Set by the runner before each ``apply``: False while more pages follow before the head it
+    #: is catching up to (a view may then carry work over to the next page in rows of its own,
+    #: committed with the position, as the cuts view does), True for the page that reaches it.
+    last_page: bool = True
 
     @classmethod
     def topics(cls) -> frozenset[str]:

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from ledger.aggregates import Recipient
 from ledger.money import ZERO
 from ledger.values import Scheme
-from projections.common import Item, Projection, Store, dumps, fen, loads, metadata, utc, yuan_str
+from projections.common import Item, Parsed, Projection, Store, dumps, fen, metadata, utc, yuan_str
 
 FOUR_LINKAGE = Scheme.FOUR_LINKAGE.value
 
@@ -86,6 +86,9 @@ class CommunityMonths(Projection):
     tables = (community_state, community_month, suspension)
     events = (Recipient.AidDecided, Recipient.AidReassessed, Recipient.SuspensionStarted, Recipient.SuspensionLifted, Recipient.SuspensionEnded)
 
+    def __init__(self) -> None:
+        self._parsed = Parsed()  # the recipients' working states, parsed, between batches
+
     def apply(self, conn: Connection, items: Sequence[Item]) -> None:
         rids = {str(e.originator_id) for _, e in items}
         states = Store(conn, community_state)
@@ -98,7 +101,7 @@ class CommunityMonths(Projection):
         def state(rid: str) -> dict[str, Any]:
             if rid not in parsed:
                 row = states.get(rid)
-                parsed[rid] = loads(row["state"]) if row else {"expenses": {}}
+                parsed[rid] = self._parsed.take(rid, row["state"]) if row else {"expenses": {}}
             return parsed[rid]
 
         for position, e in items:
@@ -141,7 +144,9 @@ class CommunityMonths(Projection):
                         r.update(lifted_on=date.fromisoformat(e.ended_on), reviewer=None, lifted_position=position)
         susp.flush()
         for rid, st in parsed.items():
-            states.put({"recipient": rid, "state": dumps(st)})
+            text = dumps(st)
+            states.put({"recipient": rid, "state": text})
+            self._parsed.keep(rid, text, st)
         states.flush()
         if not touched:
             return

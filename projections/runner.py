@@ -51,9 +51,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1000
 #: Notifications per page when rebuilding from zero (bench/rebuild.py: larger pages load and
-#: rewrite each recipient's working state fewer times, and the cuts view summarises a recipient
-#: once per page and month it appears in: at 2,000 recipients pages of 5,000 summarised 23% more
-#: than the months alone need, pages of 20,000 6%).
+#: rewrite each recipient's working state fewer times; the cuts view takes a recipient's cut once
+#: per period (day) whatever the pages, carrying it over in ``proj_cut_owed``, ADR 0022).
 REBUILD_BATCH = 20000
 
 #: From this many notifications a rebuild uses one process per core by default (bench/rebuild.py:
@@ -456,7 +455,11 @@ class Runner:
         if counts:
             for n in notes:
                 owner[n.id] = {c: partition_of(n.originator_id, c) for c in counts}
-        decoded = [self._decode(n) for n in notes if any(given(p, n) for p in todo)]
+        readers: dict[str, list[Projection]] = {}  # topic → the views that read it
+        for p in todo:
+            for t in wanted[p.name]:
+                readers.setdefault(t, []).append(p)
+        decoded = [self._decode(n) for n in notes if any(given(p, n) for p in readers.get(n.topic, ()))]
         skipped: dict[str, set[int]] = {}
         for f in recorded:
             if f.status == "skipped":
@@ -466,13 +469,13 @@ class Runner:
             page = [n for n in decoded if n.id not in leave_out and given(p, n)]
             if not any(isinstance(n.event, _Undecodable) for n in page):
                 try:
-                    self._apply(p, page, low, upto)
+                    self._apply(p, page, low, upto, last=upto >= head)
                     continue
                 except Exception as exc:  # noqa: BLE001 - sorted below: retry, or find the poison
                     if transient(exc):
                         raise
                     log.warning("projection %r: page %s..%s failed (%s); applying it one event at a time", p.name, low, upto, _describe(exc))
-            self._apply_one_by_one(p, page, low, upto)
+            self._apply_one_by_one(p, page, low, upto, last=upto >= head)
         return len(notes), upto
 
     def _decode(self, n: Any) -> _Note:
@@ -484,9 +487,10 @@ class Runner:
             event = _Undecodable(exc)
         return _Note(int(n.id), n.topic, str(n.originator_id), int(n.originator_version), event)
 
-    def _apply(self, p: Projection, page: Sequence[_Note], low: int, upto: int) -> bool:
+    def _apply(self, p: Projection, page: Sequence[_Note], low: int, upto: int, *, last: bool = True) -> bool:
         """One transaction: apply the page's notifications after the view's position and move it
-        to ``upto``. False when another runner got there first (or a reset happened under us)."""
+        to ``upto``. False when another runner got there first (or a reset happened under us).
+        ``last``: whether ``upto`` is the head this catch-up goes to (``Projection.last_page``)."""
         with self.engine.begin() as conn:
             if is_postgres(conn):
                 # Derived data: an asynchronous commit may lose the last pages after a crash, rows
@@ -501,6 +505,7 @@ class Runner:
             for _, e in items:
                 if isinstance(e, _Undecodable):
                     raise e.error
+            p.last_page = last
             p.apply(conn, items)
             if self.pause_in_batch:
                 sys.stderr.write(f"projections: {p.name} applied {position}..{upto}, pausing before commit\n")
@@ -515,18 +520,18 @@ class Runner:
                 raise PositionMoved(f"projection {p.name!r}: the tracking position moved during the batch")
         return True
 
-    def _apply_one_by_one(self, p: Projection, page: Sequence[_Note], low: int, upto: int) -> None:
+    def _apply_one_by_one(self, p: Projection, page: Sequence[_Note], low: int, upto: int, *, last: bool = True) -> None:
         """The page again, one notification per transaction: the first that fails on its own is
         recorded and the view stops before it; if none does, the view reaches ``upto``."""
         for n in page:
             try:
-                self._apply(p, [n], low, n.id)
+                self._apply(p, [n], low, n.id, last=False)
             except Exception as exc:  # noqa: BLE001
                 if transient(exc):
                     raise
                 self._record_failure(p, n, exc)
                 return
-        self._apply(p, [], low, upto)
+        self._apply(p, [], low, upto, last=last)
 
     def catch_up(
         self,
@@ -554,7 +559,7 @@ class Runner:
         self.setup()
         for p in self.projections:
             self.reset(p)
-        return self.catch_up(progress)
+        return _rebuilding(self, progress)
 
     def rebuild_parallel(
         self,
@@ -593,7 +598,7 @@ class Runner:
             jobs = 1  # nothing to split
         if jobs <= 1:  # one process: the views share each page (read and decoded once)
             started = time.perf_counter()
-            total = self.catch_up(head=head)
+            total = _rebuilding(self, head=head)
             if progress:
                 progress(", ".join(names), total, time.perf_counter() - started)
             return total
@@ -722,8 +727,35 @@ def _rebuild_views(
     views += select_projections(whole) if whole else []
     runner = Runner(engine, app.recorder, app.mapper, views, batch_size=batch_size, pause_in_batch=pause_in_batch,
                     on_failure=lambda f: sys.stderr.write(f"projections: {f.message()}\n"))
-    read = runner.catch_up(head=head)
+    read = _rebuilding(runner, head=head)
     return ", ".join(v.tracking_name for v in views), read, time.perf_counter() - started
+
+
+def _rebuilding(runner: Runner, progress: Callable[[int, int, int], None] | None = None, *, head: int | None = None) -> int:
+    """``runner.catch_up`` for a rebuild from zero without the cyclic garbage collector walking
+    the views' caches (the recipients, their working states and assessment passes: most of a
+    process that rebuilds a district) again and again as they grow: it is off during the rebuild
+    and what is alive after each page is frozen out of it (``gc.freeze``). Without this, half the
+    CPU of a rebuild at 1,000 recipients, and seconds-long pauses at a district.
+    Reference counting frees garbage as ever; the few cycles that die during a rebuild (about
+    2,000 objects a page) wait for the first collection after it, when the collector is back as
+    it was."""
+    import gc
+
+    enabled = gc.isenabled()
+
+    def page(upto: int, head_: int, read: int) -> None:
+        gc.freeze()
+        if progress:
+            progress(upto, head_, read)
+
+    gc.disable()
+    try:
+        return runner.catch_up(page, head=head)
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 #: In a worker process of :meth:`Runner.rebuild_parallel`: the store and engine it opened (one).

@@ -9,9 +9,12 @@ duties (R-PH-4 [002 3.4], R-CLR-3) is decided by ``commands.app`` on authenticat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
+import inspect
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
@@ -21,10 +24,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError, ResponseValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from commands import models as m
@@ -194,13 +197,35 @@ class Service:
     def __init__(self, settings: Settings, ledger: LedgerApp, store: HttpStore, *, owns: bool):
         self.settings, self.ledger, self.store, self.owns = settings, ledger, store, owns
         self._projection_engine: Any = None
+        self._engine_lock = threading.Lock()
         self._read_models_ready: set[str] = set()  # views set up by this process (bounded by the views)
+        self.followers = views.Followers()  # each view's runner, kept between requests
+        self.names = views.EnrolledNames()  # the people GET /clearing/cases names, decoded once
 
     def read_model(self, name: str) -> tuple[Any, Any]:
         """The read-model engine and the status of view ``name``, caught up to the log's head
         (``views.caught_up``, ADR 0008)."""
-        self.projections()
-        return self._projection_engine, views.caught_up(self._projection_engine, self.ledger, name, self._read_models_ready)
+        engine = self.projection_engine()
+        return engine, views.caught_up(engine, self.ledger, name, self._read_models_ready, self.followers)
+
+    def projection_engine(self) -> Any:
+        """The read models' engine (created on first use)."""
+        if self._projection_engine is None:
+            from projections.common import make_engine, projection_url
+
+            with self._engine_lock:  # one engine (one pool) per process, however many threads ask first
+                if self._projection_engine is None:
+                    self._projection_engine = make_engine(projection_url(self.settings.sqlalchemy_url()))
+        return self._projection_engine
+
+    def built(self, name: str) -> bool:
+        """Whether view ``name`` has been built in this store (set up by this process, or found
+        with a stored version): a read then answers from it."""
+        if name in self._read_models_ready:
+            return True
+        runner = self.projections()
+        status = next((x for x in runner.status() if x.name == name), None) if runner is not None else None
+        return status is not None and status.stored_version is not None
 
     def projections(self) -> Any:
         """A runner over the read models (for their status and the duplicate index), or None
@@ -208,11 +233,7 @@ class Service:
         runner_mod = _optional_module("projections.runner")
         if runner_mod is None:
             return None
-        from projections.common import make_engine, projection_url
-
-        if self._projection_engine is None:
-            self._projection_engine = make_engine(projection_url(self.settings.sqlalchemy_url()))
-        return _ReadOnlyRunner(runner_mod.Runner(self._projection_engine, self.ledger.recorder, self.ledger.mapper))
+        return _ReadOnlyRunner(runner_mod.Runner(self.projection_engine(), self.ledger.recorder, self.ledger.mapper))
 
     def close(self) -> None:
         self.store.close()
@@ -249,8 +270,9 @@ def _service(request: Request) -> Service:
 _bearer = HTTPBearer(auto_error=False, description="`ledger token issue --officer X --role R [--street S]`")
 
 
-def current(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    """The authenticated caller; 401 without a valid, unexpired token."""
+async def current(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    """The authenticated caller; 401 without a valid, unexpired token. A check of a few
+    microseconds, made on the event loop (a worker thread is taken by the endpoint only)."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if creds is None or creds.scheme.lower() != "bearer":
         raise ApiError(401, "UNAUTHENTICATED", "a bearer token is required", headers=challenge)
@@ -266,7 +288,7 @@ Caller = Annotated[Principal, Depends(current)]
 def _allow(operation: str) -> Callable[[Principal], Principal]:
     roles = PERMISSIONS[operation]
 
-    def check(p: Caller) -> Principal:
+    async def check(p: Caller) -> Principal:
         if p.role not in roles:
             raise ApiError(403, "FORBIDDEN", f"role {p.role.value} may not {operation.replace('_', ' ')}", field="role")
         return p
@@ -301,6 +323,52 @@ _SNAPSHOT_MEDIA = {
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     "json": "application/json",
 }
+
+
+def _json(content: Any, *, headers: dict[str, str] | None = None) -> Response:
+    """``JSONResponse(jsonable_encoder(content))`` for content that is JSON already but for a few
+    values (those go through ``jsonable_encoder``): the same bytes, without walking every row."""
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"), default=jsonable_encoder)
+    return Response(body.encode("utf-8"), media_type="application/json", headers=headers)
+
+
+def _rendered_in_thread(endpoint: Callable[..., Any], model: Any, status_code: int) -> Callable[..., Any]:
+    """A sync endpoint whose answer is checked against its response model and rendered in the
+    worker thread that ran it, as FastAPI would (``validate_python``, then ``dump_json`` by alias):
+    FastAPI takes a thread of the pool a second time to check a sync endpoint's answer, and
+    under load that second turn waits behind every request queued since. An endpoint that returns
+    a ``Response`` is left as it is; the route keeps its model for the OpenAPI document."""
+    if model is None or inspect.iscoroutinefunction(endpoint):
+        return endpoint
+    adapter: TypeAdapter[Any] = TypeAdapter(model)
+
+    @functools.wraps(endpoint)
+    def rendered(*args: Any, **kwargs: Any) -> Any:
+        out = endpoint(*args, **kwargs)
+        if isinstance(out, Response):
+            return out
+        try:
+            value = adapter.validate_python(out, from_attributes=True)
+        except ValidationError as exc:
+            raise ResponseValidationError(errors=[{**e, "loc": ("response", *e["loc"])} for e in exc.errors(include_url=False)], body=out) from None
+        return Response(adapter.dump_json(value, by_alias=True), status_code=status_code, media_type="application/json")
+
+    return rendered
+
+
+#: What the read endpoints import on first use: imported at start-up instead, so that the first
+#: requests of a new worker do not wait seconds behind the imports of another.
+_READ_PATH_MODULES = ("projections.runner", "projections.clearing", "projections.duplicates", "projections.cuts",
+                      "commands.snapshot", "commands.clearing_views", "commands.lookup", "commands.explain", "commands.replay",
+                      "infra.http.snapshot_files")
+
+
+def _import_read_paths() -> None:
+    for name in _READ_PATH_MODULES:
+        _optional_module(name)
+    runner = _optional_module("projections.runner")
+    if runner is not None:
+        runner.all_projections()  # imports every view's module
 
 
 def _optional_module(name: str) -> ModuleType | None:
@@ -410,6 +478,15 @@ def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Iterator[None]:
+        import anyio.to_thread
+
+        # Endpoints (and streamed bodies) run in at most ``settings.http_threads`` threads of a
+        # worker process (LEDGER_HTTP_THREADS, ADR 0023); more requests wait their turn, first come
+        # first served. A worker is one Python process (one core at a time): more threads only
+        # share it out thinner, a request taking longer the more others run beside it, and each
+        # running thread holds database connections (the server's limit is shared by every worker).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.http_threads
+        await anyio.to_thread.run_sync(_import_read_paths)
         yield
         service.close()
 
@@ -488,7 +565,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads best here
     def op(method: str, path: str, operation: str, *, status_code: int = 200, responses: dict | None = None, **kw: Any):
         roles = sorted(r.value for r in PERMISSIONS[operation])
-        return app.api_route(
+        route = app.api_route(
             path,
             methods=[method],
             operation_id=operation,
@@ -499,6 +576,8 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
             description=(kw.pop("description", "") + f"\n\nRoles: {', '.join(roles)}.").strip(),
             **kw,
         )
+        model = kw.get("response_model")
+        return lambda endpoint: route(_rendered_in_thread(endpoint, model, status_code))
 
     def public(path: str, operation: str, **kw: Any):
         app.state.public_paths.add(path)  # no token asked at the door (infra.http.guard)
@@ -735,9 +814,9 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         # From the clearing_cases read model caught up to the head, never a replay of every
         # recipient per request (R-CLR-2, R-CLR-3 [000 第七条]; ADR 0008).
         engine, state = svc.read_model("clearing_cases")
-        rows = views.clearing_cases(engine, svc.ledger, status)
+        rows = views.clearing_cases(engine, svc.ledger, status, svc.names)
         _log_read(svc, p, "clearing_cases", f"clearing/cases?status={status or ''}", [row["recipient"] for row in rows])
-        return JSONResponse(jsonable_encoder(rows), headers={"X-Read-Model-Position": str(state.position), "X-Read-Model-Lag": str(state.lag)})
+        return _json(rows, headers={"X-Read-Model-Position": str(state.position), "X-Read-Model-Lag": str(state.lag)})
 
     @op("GET", "/clearing/cases/{case_id}", "clearing_case", response_model=dict[str, Any],
         summary="One clearing case or supplementary payout: both decisions side by side, the trigger and its rule")
@@ -825,13 +904,11 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         description="From the `duplicates` read model when it has been built (with its position and lag), else from the recipients' aggregates.")
     def duplicate_index(request: Request, p: Caller, kind: Annotated[str | None, Query(max_length=40)] = None) -> Any:
         svc = _service(request)
-        runner = svc.projections()
-        status = next((x for x in runner.status() if x.name == "duplicates"), None) if runner else None
-        if status is not None and status.stored_version is not None:
+        if svc.built("duplicates"):
             from projections.duplicates import index
 
-            _, status = svc.read_model("duplicates")  # brought to the head first (ADR 0008)
-            with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
+            engine, status = svc.read_model("duplicates")  # brought to the head first (ADR 0008)
+            with engine.connect().execution_options(sqlite_deferred=True) as conn:
                 findings = index(conn, kind)
             out = {"source": "projection", "position": status.position, "head": status.head, "lag": status.lag, "findings": findings}
         else:
@@ -851,7 +928,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         responses={**_COMMON, 200: {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in _SNAPSHOT_MEDIA.values()},
                                      "description": "the snapshot file"}})
     def snapshot(request: Request, p: Caller, valid_on: date, known_at: datetime | None = None,
-                 format: Literal["csv", "xlsx", "json"] = "csv") -> StreamingResponse:
+                 format: Literal["csv", "xlsx", "json"] = "csv") -> Response:
         svc = _service(request)
         _aware(known_at, "known_at")
         if _optional_module("commands.snapshot") is None or _optional_module("projections.cuts") is None:
@@ -859,17 +936,22 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         from infra.http import snapshot_files
 
         # From the persisted cuts, never a replay of the log per request (ADR 0010); the file is
-        # written row by row to a temporary directory and streamed from there.
+        # written row by row to a temporary directory, then sent in one piece when small
+        # (``snapshot_files.WHOLE``), else streamed from there.
         out = snapshot_files.temporary_directory()
         try:
             written = snapshot_files.write(svc, valid_on, known_at, (format,), out)
-            chunks, cleanup, size = snapshot_files.stream(written.path(format), out)
             _log_read(svc, p, "snapshot", f"snapshot?valid_on={valid_on}&known_at={known_at.isoformat() if known_at else ''}&format={format}", None)
+            disposition = {"Content-Disposition": f'attachment; filename="{written.head.stem}.{format}"'}
+            body = snapshot_files.whole(written.path(format), out)
+            if body is not None:
+                return Response(body, media_type=_SNAPSHOT_MEDIA[format], headers=disposition)
+            chunks, cleanup, size = snapshot_files.stream(written.path(format), out)
         except BaseException:
             snapshot_files.remove(out)
             raise
         return StreamingResponse(chunks, media_type=_SNAPSHOT_MEDIA[format], background=cleanup,
-                                 headers={"Content-Disposition": f'attachment; filename="{written.head.stem}.{format}"', "Content-Length": str(size)})
+                                 headers={**disposition, "Content-Length": str(size)})
 
     @op("GET", "/projections/status", "projections_status", response_model=s.ProjectionsStatus, summary="Read models: position and lag")
     def projections_status(request: Request, p: Caller) -> Any:

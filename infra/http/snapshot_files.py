@@ -21,6 +21,9 @@ from typing import Any
 from starlette.background import BackgroundTask
 
 CHUNK = 64 * 1024
+#: A file up to this size is sent in one piece, read by the thread that wrote it; a larger one
+#: is streamed in chunks (each chunk a turn of the worker's thread pool).
+WHOLE = 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -43,8 +46,10 @@ def write(service: Any, valid: date | None, known_at: datetime | None, formats: 
     kept for display."""
     from commands import snapshot
 
-    engine, _status = service.read_model("cuts")
-    head, rows = snapshot.snapshot_from_cuts(service.ledger, engine, valid, known_at)
+    engine, status = service.read_model("cuts")
+    if status.position < status.head:  # stopped at an event it could not apply: no snapshot from a stale view
+        raise RuntimeError(f"the cuts view stopped at position {status.position} of {status.head}: see `ledger projections status`")
+    head, rows = snapshot.snapshot_from_cuts(service.ledger, engine, valid, known_at, catch_up=False)
     first: list[dict[str, Any]] = []
 
     def kept(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -63,6 +68,17 @@ def temporary_directory() -> Path:
 
 def remove(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def whole(path: Path, directory: Path) -> bytes | None:
+    """The file's bytes when it is at most ``WHOLE`` bytes long, ``directory`` then removed;
+    None for a larger file (left for :func:`stream`)."""
+    if path.stat().st_size > WHOLE:
+        return None
+    try:
+        return path.read_bytes()
+    finally:
+        remove(directory)
 
 
 def stream(path: Path, directory: Path) -> tuple[Iterator[bytes], BackgroundTask, int]:

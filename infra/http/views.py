@@ -131,7 +131,47 @@ _catch_up_locks: dict[str, threading.Lock] = {}  # one per view name: bounded by
 _locks_guard = threading.Lock()
 
 
-def caught_up(engine: Any, app: LedgerApp, name: str, ready: set[str]) -> Any:
+def erasure_generation(app: LedgerApp) -> int | None:
+    """The store's erasure generation as this request reads it (ADR 0015: once per request scope,
+    ``infra.privacy.fresh_keys``), or None for an application without a key store. What a process
+    keeps decoded between requests is dropped when it moves."""
+    keys = getattr(app.mapper, "keys", None)
+    return None if keys is None else keys.generation_now()
+
+
+class Followers:
+    """The views a service process follows, one runner each, kept between requests.
+
+    A runner keeps what its view holds in memory between pages (the cuts view: the recipients it
+    folded, so a catch-up applies a new event to the recipient it has instead of reading the
+    recipient's whole stream again). Used under the view's catch-up lock only. The runners are
+    dropped when the store's erasure generation moves (what they hold is decoded)."""
+
+    #: Recipients a followed cuts view keeps folded in this process (the view's own default is a
+    #: district's worth, sized for a rebuild; a service worker keeps fewer).
+    CUTS_CACHE = 1000
+
+    def __init__(self) -> None:
+        self._runners: dict[str, Any] = {}
+        self._generation: int | None = None
+
+    def runner(self, engine: Any, app: LedgerApp, name: str) -> Any:
+        from projections.runner import Runner, select_projections
+
+        generation = erasure_generation(app)
+        if generation != self._generation:
+            self._runners.clear()
+            self._generation = generation
+        runner = self._runners.get(name)
+        if runner is None or runner.engine is not engine:
+            [view] = select_projections([name])
+            if hasattr(view, "CACHE"):
+                view.CACHE = min(view.CACHE, self.CUTS_CACHE)
+            runner = self._runners[name] = Runner(engine, app.recorder, app.mapper, [view])
+        return runner
+
+
+def caught_up(engine: Any, app: LedgerApp, name: str, ready: set[str], followers: Followers | None = None) -> Any:
     """The read model ``name`` brought to the log's head as seen now, then its status.
 
     A district-wide read answers from a read model, never from a replay of every recipient per
@@ -140,53 +180,128 @@ def caught_up(engine: Any, app: LedgerApp, name: str, ready: set[str]) -> Any:
     catching up at once apply nothing twice), which gives each officer their own writes back.
     When the view is already at the head this costs two small reads (the head, the position).
     The view's tables are created on first use in this process (``ready``); a view never built
-    before is built by that first request (``ledger projections rebuild`` builds it ahead)."""
-    from sqlalchemy import select
-
-    from projections.common import tracking
+    before is built by that first request (``ledger projections rebuild`` builds it ahead).
+    ``followers``: the service's runners, kept between requests (else one for this call)."""
     from projections.runner import Runner, Status, select_projections
-
-    [view] = select_projections([name])
 
     def position() -> int:
         with engine.connect().execution_options(sqlite_deferred=True) as conn:
-            return int(conn.execute(select(tracking.c.position).where(tracking.c.name == name)).scalar_one_or_none() or 0)
+            return int(conn.execute(_position_query(), {"name": name}).scalar_one_or_none() or 0)
+
+    def status(at: int, head: int) -> Any:
+        return Status(name, _version(name), _version(name), at, max(head, at), None)
 
     head = int(app.recorder.max_notification_id() or 0)
     if name in ready:
         at = position()
         if at >= head:
-            return Status(name, view.version, view.version, at, head, None)
+            return status(at, head)
     with _locks_guard:
         lock = _catch_up_locks.setdefault(name, threading.Lock())
     with lock:  # one thread of this process catches up; the others then find it done
         if name in ready:
             at = position()
             if at >= head:
-                return Status(name, view.version, view.version, at, head, None)
-        runner = Runner(engine, app.recorder, app.mapper, [view])
+                return status(at, head)
+        if followers is not None:
+            runner = followers.runner(engine, app, name)
+        else:
+            [view] = select_projections([name])
+            runner = Runner(engine, app.recorder, app.mapper, [view])
         if name not in ready:
             runner.setup()
             ready.add(name)
-        runner.catch_up()
+        # up to the head this request saw: what was recorded after it is the next reader's to fold
+        runner.catch_up(head=head)
         at = position()
-    return Status(name, view.version, view.version, at, max(head, at), None)
+    return status(at, head)
 
 
-def clearing_cases(engine: Any, app: LedgerApp, status: str | None) -> list[dict[str, Any]]:
-    """``GET /clearing/cases`` from the ``clearing_cases`` read model (R-CLR-2, R-CLR-3), with each
-    recipient's name and street from their ``Enrolled`` event (decoded by the application's mapper:
-    an erased person shows as erased, ADR 0015): one small read per recipient listed."""
+_versions: dict[str, int] = {}
+_queries: dict[str, Any] = {}
+
+
+def _position_query() -> Any:
+    """A view's position, as plain SQL: asked once or twice by every read of a read model, and a
+    Core ``select`` costs several times the round trip in building its cache key."""
+    if "position" not in _queries:
+        from sqlalchemy import text
+
+        from projections.common import tracking
+
+        _queries["position"] = text(f"SELECT position FROM {tracking.name} WHERE name = :name")
+    return _queries["position"]
+
+
+def _version(name: str) -> int:
+    """A view's version (its class attribute), looked up once per process."""
+    if name not in _versions:
+        from projections.runner import select_projections
+
+        [view] = select_projections([name])
+        _versions[name] = view.version
+    return _versions[name]
+
+
+class EnrolledNames:
+    """Each recipient's name and street as their ``Enrolled`` event records them (that event never
+    changes), decoded once per process and kept for one erasure generation of the store: an
+    erasure in any process drops them all, and the erased person then reads as erased (ADR 0015).
+    Bounded: emptied when it reaches ``LIMIT`` people."""
+
+    LIMIT = 50_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._people: dict[str, tuple[Any, Any]] = {}
+        self._generation: int | None = None
+
+    def lookup(self, app: LedgerApp, recipients: Any) -> dict[str, tuple[Any, Any]]:
+        generation = erasure_generation(app)
+        with self._lock:
+            if generation != self._generation:
+                self._people.clear()
+                self._generation = generation
+            known = dict(self._people)
+        out: dict[str, tuple[Any, Any]] = {}
+        found: dict[str, tuple[Any, Any]] = {}
+        for rid in recipients:
+            if rid in out:
+                continue
+            person = known.get(rid)
+            if person is None:
+                person = found[rid] = _enrolled(app, rid)
+            out[rid] = person
+        if found:
+            with self._lock:
+                if generation == self._generation:
+                    if len(self._people) + len(found) > self.LIMIT:
+                        self._people.clear()
+                    self._people.update(found)
+        return out
+
+
+def _enrolled(app: LedgerApp, rid: str) -> tuple[Any, Any]:
     import uuid
 
+    first = next(iter(app.repository.event_store.get(uuid.UUID(rid), lte=1)), None)
+    return getattr(first, "name", None), getattr(first, "street", None)
+
+
+def clearing_cases(engine: Any, app: LedgerApp, status: str | None, names: EnrolledNames | None = None) -> list[dict[str, Any]]:
+    """``GET /clearing/cases`` from the ``clearing_cases`` read model (R-CLR-2, R-CLR-3), with each
+    recipient's name and street from their ``Enrolled`` event (decoded by the application's mapper:
+    an erased person shows as erased, ADR 0015): one small read per recipient listed, or none for
+    those ``names`` already holds."""
     from projections import clearing
 
     with engine.connect().execution_options(sqlite_deferred=True) as conn:
         rows = clearing.cases(conn, status)
-    people: dict[str, tuple[str, str]] = {}
-    for rid in dict.fromkeys(r["recipient"] for r in rows):
-        first = next(iter(app.repository.event_store.get(uuid.UUID(rid), lte=1)), None)
-        people[rid] = (getattr(first, "name", None), getattr(first, "street", None))
+    recipients = dict.fromkeys(r["recipient"] for r in rows)
+    if names is not None:
+        people = names.lookup(app, recipients)
+    else:
+        people = {rid: _enrolled(app, rid) for rid in recipients}
     from commands.clearing_views import TRIGGERS
 
     out = []
