@@ -122,7 +122,7 @@ class Scale:
     raw_one_per_chunk: int = 40
     raw_ten_per_chunk: int = 10
     #: Notifications per page in the fallback rebuild.
-    rebuild_batch: int = 20_000  # projections.runner.REBUILD_BATCH
+    rebuild_batch: int = 50_000  # projections.runner.REBUILD_BATCH
     seed: int = 2026
 
 
