@@ -1,18 +1,22 @@
 """Support shared by the aggregate tests: the kinds of recipient event, a recipient's state, the
-recipient events no scenario records, and a counter of the saves the store refused."""
+recipient events no scenario records, a counter of the saves the store refused, and every
+recipient of every public scenario."""
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timedelta
 from decimal import Decimal
+from collections.abc import Iterator
 from typing import Any
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
+from infra import scenario as sc
 from ledger.aggregates import Recipient
 from ledger.snapshots import StateSnapshot
+from scenario_store import SCENARIOS
 
 #: Every kind of recipient event (snapshots aside).
 KINDS = {
@@ -59,3 +63,12 @@ def count_conflicts(app: Any) -> Counter:
 
     app.save = counted  # type: ignore[method-assign]
     return seen
+
+
+def scenario_recipients() -> Iterator[tuple[str, Any, int, str]]:
+    """(scenario file, the application it was replayed into, n, recipient id) for every recipient of
+    every public scenario, each scenario replayed once."""
+    for path in sorted(SCENARIOS.glob("*.yaml")):
+        _, runner = sc.replay(path.read_text(encoding="utf-8"))
+        for n, rid in enumerate(dict.fromkeys(runner.app.recipient_ids())):
+            yield path.name, runner.app, n, rid

@@ -4,6 +4,7 @@ projections."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -67,3 +68,19 @@ def canonical(rows: list[dict[str, Any]]) -> list[str]:
     import json
 
     return sorted(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rows)
+
+
+def pauses_before_commit(proc: Any, count: int, timeout: float) -> int:
+    """Read a runner's stderr (``LEDGER_PROJECTIONS_PAUSE_IN_BATCH`` set) until it has paused
+    before ``count`` commits, or ended, or ``timeout`` seconds passed; the pauses seen. The caller
+    kills it then: a page applied and not yet committed."""
+    pauses = 0
+    deadline = time.monotonic() + timeout
+    assert proc.stderr is not None
+    while pauses < count and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        if "pausing before commit" in line:
+            pauses += 1
+    return pauses

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -24,23 +23,16 @@ from commands.app import LedgerApp
 from infra.city import CityView, DistrictCityIndex, run_city_view
 from infra.cli.ops import execute
 from infra.districts import District
-from infra.settings import Settings
-from infra.wiring import build_app, ensure_policy
-from ledger.values import CST
 from relay_support import BackgroundLoop, wait_until
 from test_city_brokers import NATS_URL, _create_streams, _delete_streams, publish
 from test_city_view import stream_of
+from district_support import district_app
 
 ID_NUMBER = "310105195803122013"
 CHC = {"kind": "community_health_centre", "level": 1, "district_designated": True, "code": "SH-CHC-TS"}
 CLI_KEYS = ("LEDGER_DISTRICTS", "LEDGER_DATABASE_URL", "LEDGER_DISTRICT", "LEDGER_RELAY_EXCHANGE", "LEDGER_RELAY_STREAM",
             "LEDGER_CITY_BASE_URL", "LEDGER_CITY_DATABASE_URL")
 
-
-def _app(url: str) -> LedgerApp:
-    app = build_app(Settings(database_url=url), publish_policy=False)
-    ensure_policy(app, published_at=datetime(2023, 12, 31, 8, tzinfo=CST))
-    return app
 
 
 def ok(app: LedgerApp, command: str, **payload: Any) -> dict[str, Any]:
@@ -74,7 +66,7 @@ def city(another_pg_database, monkeypatch):
         monkeypatch.setenv("LEDGER_DISTRICTS", ",".join(d.code for d in districts.values()))
         for d in districts.values():
             monkeypatch.setenv(f"LEDGER_DISTRICT_{d.code.upper()}_DATABASE_URL", d.database_url)
-        apps = {name: _app(d.database_url) for name, d in districts.items()}
+        apps = {name: district_app(d.database_url) for name, d in districts.items()}
         try:
             yield districts, apps, city_url
         finally:

@@ -26,22 +26,18 @@ from infra.city import CityView, DistrictCityIndex, run_city_view
 from infra.cli.ops import execute
 from infra.districts import District
 from infra.settings import Settings
-from infra.wiring import build_app, city_index, ensure_policy
+from infra.wiring import build_app, city_index
 from ledger.aggregates import Recipient
 from ledger.values import CST
 from relay_support import BackgroundLoop, wait_until
 from test_city_view import stream_of
+from district_support import district_app
 
 ID_NUMBER = "310105195803122013"
 TERTIARY = {"kind": "hospital", "level": 3, "district_designated": False, "code": "SH-H3-RUIJIN"}
 CITY = "shanghai.medical_aid"
 D = Decimal
 
-
-def _app(url: str) -> Any:
-    app = build_app(Settings(database_url=url), publish_policy=False)
-    ensure_policy(app, published_at=datetime(2023, 12, 31, 8, tzinfo=CST))
-    return app
 
 
 @pytest.fixture
@@ -52,7 +48,7 @@ def city(database_url: str, tmp_path, another_pg_database) -> Iterator[dict[str,
             urls = [database_url, f"sqlite:///{tmp_path / 'xuhui.db'}", f"sqlite:///{tmp_path / 'city.db'}"]
         else:
             urls = [database_url, stack.enter_context(another_pg_database()), stack.enter_context(another_pg_database())]
-        apps = {"changning": _app(urls[0]), "xuhui": _app(urls[1])}
+        apps = {"changning": district_app(urls[0]), "xuhui": district_app(urls[1])}
         view = CityView(urls[2])
         index = DistrictCityIndex(urls[2], "xuhui")
         try:
@@ -245,7 +241,7 @@ def test_through_jetstream_a_changning_payment_refuses_the_receipt_and_bounds_th
     tag = "d" + secrets.token_hex(3)
     stores = {name: f"sqlite:///{tmp_path / f'{name}.db'}" for name in ("changning", "xuhui")}
     districts = {name: District(f"{tag}{name[:2]}", url) for name, url in stores.items()}
-    changning, xuhui = _app(stores["changning"]), _app(stores["xuhui"])
+    changning, xuhui = district_app(stores["changning"]), district_app(stores["xuhui"])
     city_url = f"sqlite:///{tmp_path / 'city.db'}"
     view = CityView(city_url)
     xuhui.city = DistrictCityIndex(city_url, districts["xuhui"].code)

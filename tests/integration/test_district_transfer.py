@@ -18,9 +18,8 @@ from commands.handlers.transfer import transfer
 from commands.replay import audit
 from infra.cli.ops import execute
 from infra.districts import configured
-from infra.settings import Settings
-from infra.wiring import build_app, ensure_policy
 from ledger.values import CST
+from district_support import district_app
 
 ID_NUMBER = "310105195803122013"
 TERTIARY = {"kind": "hospital", "level": 3, "district_designated": False, "code": "SH-H3-RUIJIN"}
@@ -28,11 +27,6 @@ CHC = {"kind": "community_health_centre", "level": 1, "district_designated": Tru
 CITY = "shanghai.medical_aid"
 FOUR = "changning.four_linkage"
 
-
-def _app(url: str) -> LedgerApp:
-    app = build_app(Settings(database_url=url), publish_policy=False)
-    ensure_policy(app, published_at=datetime(2023, 12, 31, 8, tzinfo=CST))
-    return app
 
 
 @pytest.fixture
@@ -42,13 +36,13 @@ def districts(database_url: str, tmp_path, another_pg_database) -> Iterator[tupl
         found = configured({"LEDGER_DISTRICTS": "changning,xuhui", "LEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'city.db'}"})
         urls = [found["changning"].database_url, found["xuhui"].database_url]
         assert urls[0] != urls[1]
-        apps = [_app(u) for u in urls]
+        apps = [district_app(u) for u in urls]
         yield apps[0], apps[1]
         for a in apps:
             a.close()
         return
     with another_pg_database() as other:
-        apps = [_app(database_url), _app(other)]
+        apps = [district_app(database_url), district_app(other)]
         yield apps[0], apps[1]
         for a in apps:
             a.close()

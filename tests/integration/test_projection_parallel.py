@@ -16,7 +16,7 @@ from infra.http import views
 from infra.projection_source import store_source
 from infra.settings import Settings
 from projections.common import projection_url
-from projections_support import dump, engine_for, runner
+from projections_support import dump, engine_for, pauses_before_commit, runner
 
 
 @pytest.fixture
@@ -144,7 +144,6 @@ def test_a_partitioned_rebuild_killed_half_way_resumes_to_the_rows_of_a_sequenti
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     app, engine = told
@@ -159,18 +158,8 @@ def test_a_partitioned_rebuild_killed_half_way_resumes_to_the_rows_of_a_sequenti
     proc = subprocess.Popen([ledger, "projections", "rebuild", "--jobs", "2", "--batch", "9"],
                             env={**env, "LEDGER_PROJECTIONS_PAUSE_IN_BATCH": "0.1"}, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    pauses = 0
-    deadline = time.monotonic() + 120
-    assert proc.stderr is not None
     try:
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            if "pausing before commit" in line:
-                pauses += 1
-                if pauses == 40:  # both processes well into their partitions, a page not yet committed
-                    break
+        pauses = pauses_before_commit(proc, 40, 120)  # both processes well into their partitions
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the rebuild and its worker processes
         proc.wait(30)

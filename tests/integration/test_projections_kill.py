@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -19,7 +18,7 @@ import projections_dataset as ds
 from infra.cli import app as cli_app
 from infra.settings import Settings
 from projections import funds
-from projections_support import dump, engine_for
+from projections_support import dump, engine_for, pauses_before_commit
 
 LEDGER = shutil.which("ledger", path=str(Path(sys.executable).parent)) or "ledger"
 
@@ -41,18 +40,9 @@ def test_sigkill_mid_batch_then_restart_gives_the_same_rows(database_url: str) -
             stderr=subprocess.PIPE,
             text=True,
         )
-        pauses = 0
-        deadline = time.monotonic() + 60
-        assert proc.stderr is not None
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            if "pausing before commit" in line:
-                pauses += 1
-                if pauses == 5:  # well into the run, with a batch applied and not yet committed
-                    proc.send_signal(signal.SIGKILL)
-                    break
+        pauses = pauses_before_commit(proc, 5, 60)  # well into the run, a batch applied and not yet committed
+        if pauses == 5:
+            proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         assert proc.returncode == -signal.SIGKILL, f"the runner was not killed mid-batch (pauses seen: {pauses})"
 

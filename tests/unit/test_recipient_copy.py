@@ -14,10 +14,8 @@ from datetime import timedelta
 from typing import Any
 
 
-from infra import scenario as sc
 from ledger.aggregates import Recipient
-from aggregate_support import KINDS, extra_events, state_of
-from scenario_store import SCENARIOS
+from aggregate_support import KINDS, extra_events, scenario_recipients, state_of
 
 def _replay(events: list[Any]) -> Recipient:
     state = None
@@ -39,23 +37,20 @@ def _history(app: Any, rid: Any, extra: bool) -> list[Any]:
 def test_a_copy_takes_later_events_without_changing_the_recipient_copied() -> None:
     seen: set[str] = set()
     checked = 0
-    for path in sorted(SCENARIOS.glob("*.yaml")):
-        _, runner = sc.replay(path.read_text(encoding="utf-8"))
-        app = runner.app
-        for n, rid in enumerate(dict.fromkeys(app.recipient_ids())):
-            events = _history(app, rid, n == 0)
-            whole = _replay(events)
-            seen.update(type(e).__name__ for e in events)
-            state = None
-            for k, event in enumerate(events):
-                state = event.mutate(state)
-                twin = copy.deepcopy(state)
-                assert twin is not state and twin.expenses is not state.expenses
-                for later in events[k + 1:]:
-                    twin = later.mutate(twin)
-                # the recipient copied is as it was; the copy is the recipient after every event
-                assert state_of(state) == state_of(_replay(events[: k + 1])), (path.name, k, event)
-                assert (twin.version, state_of(twin)) == (whole.version, state_of(whole)), (path.name, k, event)
-                checked += 1
+    for name, app, n, rid in scenario_recipients():
+        events = _history(app, rid, n == 0)
+        whole = _replay(events)
+        seen.update(type(e).__name__ for e in events)
+        state = None
+        for k, event in enumerate(events):
+            state = event.mutate(state)
+            twin = copy.deepcopy(state)
+            assert twin is not state and twin.expenses is not state.expenses
+            for later in events[k + 1:]:
+                twin = later.mutate(twin)
+            # the recipient copied is as it was; the copy is the recipient after every event
+            assert state_of(state) == state_of(_replay(events[: k + 1])), (name, k, event)
+            assert (twin.version, state_of(twin)) == (whole.version, state_of(whole)), (name, k, event)
+            checked += 1
     assert checked > 500
     assert KINDS - {"Created", "Event"} <= seen, sorted(KINDS - seen)
