@@ -157,6 +157,7 @@ class LedgerCore(Application):
         self._clock_lock = threading.Lock()
         self._last_at: datetime | None = None
         self._policy_cache: PolicyLedger | None = None
+        self._policy_versions: dict[int, PolicyLedger] = {}  # policy(version=…): a few recorded versions
         #: Keyed hash of a resident id number (ADR 0015), installed by the wiring; unset, the
         #: recipient id is the plain uuid5 of the number.
         self.id_number_digest: Callable[[str], str] | None = None
@@ -269,6 +270,7 @@ class LedgerCore(Application):
         self.save(*[a for a in aggregates if a is not None], *companions)
         if any(isinstance(a, PolicyLedger) for a in aggregates):
             self._policy_cache = None
+            self._policy_versions.clear()
         return result
 
     def _save_collected(self, objs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -462,6 +464,7 @@ class LedgerCore(Application):
                     raise
                 self._forget(reads.seen)
                 self._policy_cache = None
+                self._policy_versions.clear()
                 replay = self._replayed(cmd)
                 if replay is not None:
                     return replay
@@ -501,7 +504,14 @@ class LedgerCore(Application):
 
     def policy(self, version: int | None = None) -> PolicyLedger:
         if version is not None:
-            return self.repository.get(PolicyLedger.ID, version=version)
+            # a version of the policy ledger never changes once recorded: kept, a few of them
+            kept = self._policy_versions.get(version)
+            if kept is None:
+                kept = self.repository.get(PolicyLedger.ID, version=version)
+                if len(self._policy_versions) >= 8:
+                    self._policy_versions.pop(next(iter(self._policy_versions)), None)
+                self._policy_versions[version] = kept
+            return kept
         if self._policy_cache is None:
             try:
                 self._policy_cache = self.repository.get(PolicyLedger.ID)
@@ -542,6 +552,7 @@ class LedgerCore(Application):
             )
         self.save(ledger)
         self._policy_cache = None
+        self._policy_versions.clear()
         return Result(ids={"packs": [f"{p.scheme}@{p.version}" for p in packs]})
 
 

@@ -129,6 +129,7 @@ class Group:
         app = self.app
         app._take_companions()  # noqa: SLF001 - the failed command's receipt-index changes
         app._policy_cache = None  # noqa: SLF001
+        app._policy_versions.clear()  # noqa: SLF001
         for key in list(self.held):
             entry = self.held[key]
             agg = entry.aggregate
@@ -250,9 +251,11 @@ class Group:
                 if not retryable_write_error(exc):
                     raise
                 app._policy_cache = None  # noqa: SLF001
+                app._policy_versions.clear()  # noqa: SLF001
                 pending = [self._alone(cmd, before) for cmd, before in zip(commands, pending)]
         if any(isinstance(e.aggregate, _policy_types()) for e in held.values()):
             app._policy_cache = None  # noqa: SLF001
+            app._policy_versions.clear()  # noqa: SLF001
         self.outcomes.extend(pending)
 
     def _alone(self, cmd: m.Command, before: Any) -> Any:

@@ -36,9 +36,11 @@ import json
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 import zipfile
 from json.encoder import encode_basestring as _json_text  # json.dumps(text, ensure_ascii=False)
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -619,15 +621,43 @@ def write_export(
 # --------------------------------------------------------------------------- from persisted cuts
 
 
+class KeptRows:
+    """Each recipient's snapshot rows as one process computed them from a cut, for a service that
+    answers many snapshots (``infra.http``): under a key naming the cut (recipient, period, the
+    recipient and policy versions it was taken at, when it was recorded) and the valid date, so a
+    recipient whose cut has not moved since the last snapshot is not decoded and summed again.
+    Equal keys, equal rows: a cut's state is a function of those versions. Bounded: the oldest
+    recipients go first past ``LIMIT``."""
+
+    LIMIT = 50_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: OrderedDict[tuple, tuple[dict[str, Any], ...]] = OrderedDict()
+
+    def get(self, key: tuple) -> tuple[dict[str, Any], ...] | None:
+        with self._lock:
+            return self._rows.get(key)
+
+    def put(self, key: tuple, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._rows[key] = tuple(rows)
+            self._rows.move_to_end(key)
+            while len(self._rows) > self.LIMIT:
+                self._rows.popitem(last=False)
+
+
 def snapshot_from_cuts(
-    app: LedgerApp, engine: Any, valid: date | None = None, known_at: datetime | None = None, *, catch_up: bool = True
+    app: LedgerApp, engine: Any, valid: date | None = None, known_at: datetime | None = None, *, catch_up: bool = True,
+    kept: KeptRows | None = None,
 ) -> tuple[Snapshot, Iterator[dict[str, Any]]]:
     """R-TIME-3 from the persisted cuts (``projections.cuts``, ADR 0010): the same rows as
     :func:`take_snapshot`, recipient by recipient. The cuts view is first brought to the log's
     head; "known at T" is then range reads on the recorded-time table; each recipient's latest cut
     at or before T is used when it was taken at the recipient and policy versions T knew, and a
     recipient touched since (or under other policy) is rebuilt from its own stream up to T.
-    Returns the header (``rows`` left empty) and the rows in the export's order."""
+    Returns the header (``rows`` left empty) and the rows in the export's order. ``kept``: rows
+    computed from cuts by earlier snapshots of this process (:class:`KeptRows`), used and filled."""
     from ledger.policy import packs as policy_packs
     from projections import cuts
 
@@ -642,9 +672,11 @@ def snapshot_from_cuts(
     the_cut = Cut(known_at=known_at, position=k.position, last_recorded_at=k.last_recorded_at)
     order: list[tuple[str, str, str | None]] = []
     rebuilt: dict[str, list[dict[str, Any]]] = {}
+    cut_keys: dict[str, tuple] = {}
     for rid, (version, c) in k.recipients.items():
         if reuse and c is not None and c["recipient_version"] == version and c["policy_version"] == k.policy_version:
             order.append((c["street"], rid, c["period"]))
+            cut_keys[rid] = (rid, c["period"], c["recipient_version"], c["policy_version"], c["recorded_us"], c["street"], v)
         else:
             r = app.repository.get(uuid.UUID(rid), version=version)
             rebuilt[rid] = _recipient_rows(r, v, the_cut, book, app.schemes)
@@ -665,12 +697,19 @@ def snapshot_from_cuts(
     def rows() -> Iterator[dict[str, Any]]:
         with engine.connect().execution_options(sqlite_deferred=True) as conn:
             for part in cuts.iter_chunks(order, 500):
-                states = cuts.states(conn, [(rid, period) for _, rid, period in part if period is not None])
+                known = {rid: kept.get(cut_keys[rid]) for _, rid, period in part if period is not None} if kept is not None else {}
+                states = cuts.states(conn, [(rid, period) for _, rid, period in part if period is not None and known.get(rid) is None])
                 for street, rid, period in part:
                     if period is None:
                         yield from rebuilt.pop(rid)
+                    elif known.get(rid) is not None:
+                        yield from (dict(row) for row in known[rid])
                     else:
                         st = states[rid]
-                        yield from _row_dicts(rid, street, cuts.held_on(st, v), cuts.money_on(st, v))
+                        computed = _row_dicts(rid, street, cuts.held_on(st, v), cuts.money_on(st, v))
+                        if kept is not None:
+                            kept.put(cut_keys[rid], computed)
+                            computed = [dict(row) for row in computed]
+                        yield from computed
 
     return head, rows()

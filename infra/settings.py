@@ -108,7 +108,10 @@ class Settings(BaseSettings):
     #: every notifying commit takes the server's notification-queue lock (ADR 0021).
     postgres_notify: bool = False
     #: HTTP: endpoint threads per worker process (ADR 0023); more requests wait their turn.
-    http_threads: int = Field(8, gt=0, le=256)
+    http_threads: int = Field(4, gt=0, le=256)
+    #: HTTP: seconds between a worker's full collections of its heap (ADR 0023, ``infra.http.collector``);
+    #: 0 leaves Python's cyclic collector as it is.
+    http_gc_full_seconds: float = Field(60.0, ge=0, le=86400)
 
     @field_validator("database_url")
     @classmethod

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Column, String, Table, Text, select
+from sqlalchemy import BigInteger, Boolean, Column, String, Table, Text, func, select, text
 from sqlalchemy.engine import Connection
 
 from ledger.aggregates import Recipient
@@ -58,6 +58,16 @@ clearing_expense = Table(
     Column("handle", String(200), nullable=False),
 )
 
+#: The notification of the last change to the case rows (one row, the view's). Equal stamps mean equal
+#: rows (a case's rows are a function of the log up to its last change), so a reader may keep what
+#: it rendered from the rows for as long as the stamp stays where it was (``GET /clearing/cases``).
+clearing_stamp = Table(
+    "proj_clearing_stamp",
+    metadata,
+    Column("name", String(120), primary_key=True),
+    Column("changed", BigInteger, nullable=False),
+)
+
 
 def _status(balance_fen: int, written_off: bool) -> str:
     """As ``CaseState.status``: open while anything is owed (R-CLR-3), else written off or settled."""
@@ -69,7 +79,7 @@ def _status(balance_fen: int, written_off: bool) -> str:
 class ClearingCases(Projection):
     name = "clearing_cases"
     version = 1
-    tables = (clearing_recipient, clearing_expense, clearing_case)
+    tables = (clearing_recipient, clearing_expense, clearing_case, clearing_stamp)
     events = (
         Recipient.Enrolled,
         Recipient.ExpenseRecorded,
@@ -90,6 +100,8 @@ class ClearingCases(Projection):
         cases.fetch("case_id", wanted)
         people: list[dict[str, Any]] = []
         handles: list[dict[str, Any]] = []
+        changed = 0  # the last notification that changed a case row (an enrolment or an expense's
+        # handle never does: no case can name a recipient or an expense before they are recorded)
         for position, e in items:
             rid = str(e.originator_id)
             if isinstance(e, Recipient.Enrolled):
@@ -109,24 +121,48 @@ class ClearingCases(Projection):
                         "status": _status(sum(balance.values()), False), "opened_at": e.timestamp.isoformat(), "position": position,
                     }
                 )
+                changed = position
             elif isinstance(e, Recipient.AidPaid):
-                _recover(cases, e.offsets, "offset")
+                changed = position if _recover(cases, e.offsets, "offset") else changed
             elif isinstance(e, Recipient.RepaymentReceived):
-                _recover(cases, e.allocations, "repayment")
+                changed = position if _recover(cases, e.allocations, "repayment") else changed
             elif isinstance(e, Recipient.WriteOffApproved):
-                _recover(cases, e.allocations, "write_off")
+                changed = position if _recover(cases, e.allocations, "write_off") else changed
         insert_rows(conn, clearing_recipient, people)
         insert_rows(conn, clearing_expense, handles)
         cases.flush()
+        if changed:
+            _stamp(conn, self.name, changed)
 
 
-def _recover(cases: Store, allocations: Iterable[dict[str, Any]], kind: str) -> None:
+#: Raised, never lowered: the partitions of a parallel rebuild share the row (SQLite and PostgreSQL
+#: both take ``ON CONFLICT … DO UPDATE``; plain text, so it is not compiled again each time).
+_STAMP = text(
+    f"INSERT INTO {clearing_stamp.name} (name, changed) VALUES (:name, :changed) ON CONFLICT (name) DO UPDATE "
+    f"SET changed = CASE WHEN {clearing_stamp.name}.changed < excluded.changed THEN excluded.changed ELSE {clearing_stamp.name}.changed END"
+)
+
+
+def _stamp(conn: Connection, name: str, changed: int) -> None:
+    """The view's row of ``proj_clearing_stamp`` moved up to ``changed``, in the transaction of the rows."""
+    conn.execute(_STAMP, {"name": name, "changed": changed})
+
+
+def stamp(conn: Connection) -> int | None:
+    """Where the case rows last changed (None: not known, e.g. a view built before the stamp)."""
+    value = conn.execute(select(func.max(clearing_stamp.c.changed))).scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+def _recover(cases: Store, allocations: Iterable[dict[str, Any]], kind: str) -> bool:
     """R-CLR-3 [000 第七条]: a recovery lowers the case's balance per fund; a write-off recovers
-    nothing but marks the case written off."""
+    nothing but marks the case written off. Whether a row changed."""
+    changed = False
     for a in allocations:
         row = cases.get(a["case"])
         if row is None:  # a case opened before a skipped event: the fund check shows it
             continue
+        changed = True
         balance = loads(row["balance_by_fund"])
         for f, v in a["by_fund"].items():
             balance[f] = balance.get(f, 0) - fen(v)
@@ -140,6 +176,7 @@ def _recover(cases: Store, allocations: Iterable[dict[str, Any]], kind: str) -> 
             written_off=written_off,
             status=_status(sum(balance.values()), written_off),
         )
+    return changed
 
 
 # --------------------------------------------------------------------------- reading
@@ -149,10 +186,10 @@ def _money(d: dict[str, int]) -> dict[str, str | None]:
     return {k: fmt(yuan(v)) for k, v in sorted(d.items())}
 
 
-def cases(conn: Connection, status: str | None = None) -> list[dict[str, Any]]:
-    """The rows of ``GET /clearing/cases`` without name and street (the caller adds them from the
-    recipients' ``Enrolled`` events): population in enrolment order, each recipient's cases oldest
-    first (as ``commands.clearing_views.clearing_cases``)."""
+def case_rows(conn: Connection, status: str | None = None) -> list[Any]:
+    """The stored rows behind ``GET /clearing/cases`` (each a plain tuple of its columns, the
+    recipient's enrolment position and the expense's handle), in the answer's order: population
+    in enrolment order, each recipient's cases oldest first (as ``commands.clearing_views``)."""
     q = (
         select(clearing_case, clearing_recipient.c.position.label("enrolled"), clearing_expense.c.handle)
         .join(clearing_recipient, clearing_recipient.c.recipient == clearing_case.c.recipient, isouter=True)
@@ -162,25 +199,30 @@ def cases(conn: Connection, status: str | None = None) -> list[dict[str, Any]]:
         q = q.where(clearing_case.c.status == status)
     rows = list(conn.execute(q))
     rows.sort(key=lambda r: (r.enrolled if r.enrolled is not None else r.position, r.recipient, datetime.fromisoformat(r.opened_at), r.case_id))
-    out = []
-    for r in rows:
-        balance = loads(r.balance_by_fund)
-        out.append(
-            {
-                "case": r.case_id,
-                "recipient": r.recipient,
-                "expense": r.expense_id,
-                "handle": r.handle,
-                "trigger": r.trigger,
-                "amount": fmt(yuan(r.amount_fen)),
-                "recovered": fmt(yuan(r.recovered_fen)),
-                "written_off": fmt(yuan(r.written_off_fen)),
-                "balance": fmt(yuan(sum(balance.values()))),
-                "status": r.status,
-                "by_fund": _money(loads(r.by_fund)),
-                "balance_by_fund": _money(balance),
-                "opened_at": r.opened_at,
-            }
-        )
-    return out
+    return rows
 
+
+def case_dict(r: Any) -> dict[str, Any]:
+    """One row of :func:`case_rows` as the answer shows it (without name and street)."""
+    balance = loads(r.balance_by_fund)
+    return {
+        "case": r.case_id,
+        "recipient": r.recipient,
+        "expense": r.expense_id,
+        "handle": r.handle,
+        "trigger": r.trigger,
+        "amount": fmt(yuan(r.amount_fen)),
+        "recovered": fmt(yuan(r.recovered_fen)),
+        "written_off": fmt(yuan(r.written_off_fen)),
+        "balance": fmt(yuan(sum(balance.values()))),
+        "status": r.status,
+        "by_fund": _money(loads(r.by_fund)),
+        "balance_by_fund": _money(balance),
+        "opened_at": r.opened_at,
+    }
+
+
+def cases(conn: Connection, status: str | None = None) -> list[dict[str, Any]]:
+    """The rows of ``GET /clearing/cases`` without name and street (the caller adds them from the
+    recipients' ``Enrolled`` events)."""
+    return [case_dict(r) for r in case_rows(conn, status)]

@@ -378,6 +378,11 @@ class Cuts(Projection):
 
     def _recipient(self, rid: str, version: int) -> Recipient | None:
         agg = self._cache.get(rid)
+        if agg is not None and agg.version < version:
+            # Behind (another process of a service applied the last events): only what follows.
+            # The cached aggregate is this instance's own, so it is brought forward in place.
+            for stored in self.recorder.select_events(uuid.UUID(rid), gt=agg.version, lte=version):
+                agg = self.mapper.to_domain_event(stored).mutate(agg)
         if agg is None or agg.version != version:
             agg = self._load(uuid.UUID(rid), version)
         return agg
@@ -408,9 +413,10 @@ class Cuts(Projection):
         version = self._policy_version_at(conn, position)
         if not version:
             return None
-        if self._policy is not None and self._policy.version == version:
-            return self._policy
-        return self._load(PolicyLedger.ID, int(version))
+        if self._policy is None or self._policy.version != version:
+            # kept for the next page (a follower catches up a few events at a time)
+            self._policy = self._load(PolicyLedger.ID, int(version))
+        return self._policy
 
     def _owed(self, conn: Connection) -> dict[str, dict[str, Any]]:
         """The cuts earlier pages left owed (this instance's recipients), taken off the table:

@@ -52,7 +52,10 @@ def serve(
     if workers > 1 and not settings.is_memory:
         # Each worker imports the factory and reads the same environment (LEDGER_*): the store,
         # the keys and the token secret are the parent's.
-        uvicorn.run(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info")
+        from infra.http.operations import log_format, uvicorn_log_config
+
+        uvicorn.run(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info",
+                    log_config=uvicorn_log_config(), access_log=log_format() != "json")
         return
     if workers > 1:
         typer.echo("warning: an in-memory store cannot be shared between processes: serving with one worker", err=True)

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -122,6 +123,8 @@ ExpenseRef = Annotated[
     Path(description="the expense: its id `<recipient uuid>:<n>` or its handle as recorded (e.g. `E004997`)", min_length=1, max_length=200),
 ]
 
+log = logging.getLogger("ledger.http")
+
 
 # the finding lists' query parameters (ADR 0019)
 Cursor = Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")]
@@ -201,12 +204,34 @@ class Service:
         self._read_models_ready: set[str] = set()  # views set up by this process (bounded by the views)
         self.followers = views.Followers()  # each view's runner, kept between requests
         self.names = views.EnrolledNames()  # the people GET /clearing/cases names, decoded once
+        self.kept = views.Kept(8)  # district-wide answers while their read model's rows stay as they were
+        self.kept_rows = views.Kept(50_000)  # rows of those answers, each rendered once
+        self.rows = _snapshot_rows()  # snapshot rows per recipient cut (commands.snapshot.KeptRows), or None
 
     def read_model(self, name: str) -> tuple[Any, Any]:
         """The read-model engine and the status of view ``name``, caught up to the log's head
         (``views.caught_up``, ADR 0008)."""
         engine = self.projection_engine()
         return engine, views.caught_up(engine, self.ledger, name, self._read_models_ready, self.followers)
+
+    #: The read models district-wide reads answer from (ADR 0008), brought to the head by
+    #: :meth:`warm` before a worker takes its first request.
+    FOLLOWED = ("clearing_cases", "duplicates", "cuts")
+
+    def warm(self) -> None:
+        """Each followed read model that has been built caught up in this process, and the
+        clearing list rendered once (its names decoded): what the first requests of a new worker
+        would otherwise all wait for at once. A view never built is left to ``ledger projections
+        rebuild`` (or its first read); a failure here is logged and left to the requests."""
+        for name in self.FOLLOWED:
+            try:
+                if not self.built(name):
+                    continue
+                engine, _ = self.read_model(name)
+                if name == "clearing_cases":
+                    views.clearing_cases_answer(engine, self.ledger, None, self.names, self.kept, _json_bytes, self.kept_rows)
+            except Exception as exc:  # noqa: BLE001 - the service still starts; the read will say what is wrong
+                log.warning("warming the %s read model failed: %s", name, exc)
 
     def projection_engine(self) -> Any:
         """The read models' engine (created on first use)."""
@@ -325,11 +350,10 @@ _SNAPSHOT_MEDIA = {
 }
 
 
-def _json(content: Any, *, headers: dict[str, str] | None = None) -> Response:
-    """``JSONResponse(jsonable_encoder(content))`` for content that is JSON already but for a few
-    values (those go through ``jsonable_encoder``): the same bytes, without walking every row."""
-    body = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"), default=jsonable_encoder)
-    return Response(body.encode("utf-8"), media_type="application/json", headers=headers)
+def _json_bytes(content: Any) -> bytes:
+    """The bytes of ``JSONResponse(jsonable_encoder(content))`` for content that is JSON already
+    but for a few values (those go through ``jsonable_encoder``), without walking every row."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"), default=jsonable_encoder).encode("utf-8")
 
 
 def _rendered_in_thread(endpoint: Callable[..., Any], model: Any, status_code: int) -> Callable[..., Any]:
@@ -361,6 +385,11 @@ def _rendered_in_thread(endpoint: Callable[..., Any], model: Any, status_code: i
 _READ_PATH_MODULES = ("projections.runner", "projections.clearing", "projections.duplicates", "projections.cuts",
                       "commands.snapshot", "commands.clearing_views", "commands.lookup", "commands.explain", "commands.replay",
                       "infra.http.snapshot_files")
+
+
+def _snapshot_rows() -> Any:
+    snapshot = _optional_module("commands.snapshot")
+    return snapshot.KeptRows() if snapshot is not None and hasattr(snapshot, "KeptRows") else None
 
 
 def _import_read_paths() -> None:
@@ -487,8 +516,16 @@ def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = N
         # running thread holds database connections (the server's limit is shared by every worker).
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.http_threads
         await anyio.to_thread.run_sync(_import_read_paths)
-        yield
-        service.close()
+        await anyio.to_thread.run_sync(service.warm)
+        from infra.http.collector import WorkerCollector
+
+        collector = WorkerCollector(settings.http_gc_full_seconds)
+        collector.start()
+        try:
+            yield
+        finally:
+            collector.stop()
+            service.close()
 
     app = FastAPI(
         title="Medical-aid ledger (医疗救助台账)",
@@ -814,9 +851,10 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         # From the clearing_cases read model caught up to the head, never a replay of every
         # recipient per request (R-CLR-2, R-CLR-3 [000 第七条]; ADR 0008).
         engine, state = svc.read_model("clearing_cases")
-        rows = views.clearing_cases(engine, svc.ledger, status, svc.names)
-        _log_read(svc, p, "clearing_cases", f"clearing/cases?status={status or ''}", [row["recipient"] for row in rows])
-        return _json(rows, headers={"X-Read-Model-Position": str(state.position), "X-Read-Model-Lag": str(state.lag)})
+        body, listed = views.clearing_cases_answer(engine, svc.ledger, status, svc.names, svc.kept, _json_bytes, svc.kept_rows)
+        _log_read(svc, p, "clearing_cases", f"clearing/cases?status={status or ''}", listed)
+        return Response(body, media_type="application/json",
+                        headers={"X-Read-Model-Position": str(state.position), "X-Read-Model-Lag": str(state.lag)})
 
     @op("GET", "/clearing/cases/{case_id}", "clearing_case", response_model=dict[str, Any],
         summary="One clearing case or supplementary payout: both decisions side by side, the trigger and its rule")

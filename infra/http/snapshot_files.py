@@ -49,7 +49,7 @@ def write(service: Any, valid: date | None, known_at: datetime | None, formats: 
     engine, status = service.read_model("cuts")
     if status.position < status.head:  # stopped at an event it could not apply: no snapshot from a stale view
         raise RuntimeError(f"the cuts view stopped at position {status.position} of {status.head}: see `ledger projections status`")
-    head, rows = snapshot.snapshot_from_cuts(service.ledger, engine, valid, known_at, catch_up=False)
+    head, rows = snapshot.snapshot_from_cuts(service.ledger, engine, valid, known_at, catch_up=False, kept=getattr(service, "rows", None))
     first: list[dict[str, Any]] = []
 
     def kept(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

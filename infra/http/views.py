@@ -6,7 +6,10 @@ what the aggregates already hold. No rule is decided here.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from commands import queries
@@ -211,14 +214,52 @@ def caught_up(engine: Any, app: LedgerApp, name: str, ready: set[str], followers
         if name not in ready:
             runner.setup()
             ready.add(name)
-        # up to the head this request saw: what was recorded after it is the next reader's to fold
-        runner.catch_up(head=head)
-        at = position()
+        with _one_process_at_a_time(engine, name):
+            at = position()
+            if at < head:
+                # Up to the head as it is now, past the one this request saw: the readers that
+                # queued behind this catch-up (a burst of writes leaves many) then find their own
+                # head reached, instead of each folding the next few notifications in turn.
+                head = max(head, int(app.recorder.max_notification_id() or 0))
+                runner.catch_up(head=head)
+                at = position()
     return status(at, head)
+
+
+@contextlib.contextmanager
+def _one_process_at_a_time(engine: Any, name: str) -> Iterator[None]:
+    """On PostgreSQL, a session advisory lock per view held while one process catches it up: the
+    workers of a service would otherwise each select, decode and fold the same new notifications
+    at once, all but one only to find the position moved when they come to commit (the runner's
+    tracking row keeps that safe, not cheap). The lock is taken on a connection of its own outside
+    any transaction; a worker that dies lets it go with its session. SQLite: one process writes
+    at a time anyway."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    key = int.from_bytes(hashlib.sha256(f"ledger.read_model.{name}".encode()).digest()[:8], "big", signed=True)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(_lock_query(), {"key": key})
+        try:
+            yield
+        finally:
+            conn.execute(_unlock_query(), {"key": key})
 
 
 _versions: dict[str, int] = {}
 _queries: dict[str, Any] = {}
+
+
+def _lock_query() -> Any:
+    from sqlalchemy import text
+
+    return _queries.setdefault("lock", text("SELECT pg_advisory_lock(:key)"))
+
+
+def _unlock_query() -> Any:
+    from sqlalchemy import text
+
+    return _queries.setdefault("unlock", text("SELECT pg_advisory_unlock(:key)"))
 
 
 def _position_query() -> Any:
@@ -288,6 +329,77 @@ def _enrolled(app: LedgerApp, rid: str) -> tuple[Any, Any]:
     return getattr(first, "name", None), getattr(first, "street", None)
 
 
+class Kept:
+    """Answers of district-wide reads as a process rendered them, each under a key that holds the
+    read model's stamp (where its rows last changed) and the store's erasure generation: equal keys,
+    equal answers, so a read whose key is kept sends the kept bytes instead of rendering the rows
+    again. Bounded: the oldest answers go first past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._answers: dict[tuple, Any] = {}
+
+    def get(self, key: tuple) -> Any:
+        with self._lock:
+            return self._answers.get(key)
+
+    def put(self, key: tuple, answer: Any) -> None:
+        with self._lock:
+            self._answers.pop(key, None)
+            while len(self._answers) >= self.limit:
+                self._answers.pop(next(iter(self._answers)))
+            self._answers[key] = answer
+
+
+def clearing_cases_answer(engine: Any, app: LedgerApp, status: str | None, names: EnrolledNames | None, kept: Kept | None,
+                          render: Callable[[Any], bytes], kept_rows: Kept | None = None) -> tuple[bytes, list[str]]:
+    """``GET /clearing/cases`` rendered (``render``: a JSON value's bytes) with the recipients it
+    lists. A process keeps (1) in ``kept`` the whole answer while the case rows' stamp
+    (``projections.clearing.stamp``) and the erasure generation stay where they were, and (2) in
+    ``kept_rows`` each row's rendering under the row as stored with its recipient's name and
+    street (and the erasure generation), so an answer
+    after a change renders only the rows that changed. The stamp is read before the rows: an
+    answer kept under a stamp is never older than that stamp (at worst newer, when a change
+    commits in between), so a reader still gets at least what it saw written. A view without a
+    stamp yet is never kept whole."""
+    from projections import clearing
+
+    generation = erasure_generation(app)
+    with engine.connect().execution_options(sqlite_deferred=True) as conn:
+        stamp = clearing.stamp(conn)
+        key = ("clearing_cases", status, stamp, generation)
+        if kept is not None and stamp is not None:
+            answer = kept.get(key)
+            if answer is not None:
+                return answer
+        stored = clearing.case_rows(conn, status)
+    listed = list(dict.fromkeys(r.recipient for r in stored))
+    people = names.lookup(app, listed) if names is not None else {rid: _enrolled(app, rid) for rid in listed}
+    parts = []
+    for r in stored:
+        name, street = people[r.recipient]
+        row_key = ("clearing_case", tuple(r), name, street, generation)
+        part = kept_rows.get(row_key) if kept_rows is not None else None
+        if part is None:
+            part = render(_case_answer(clearing.case_dict(r), name, street))
+            if kept_rows is not None:
+                kept_rows.put(row_key, part)
+        parts.append(part)
+    answer = (b"[" + b",".join(parts) + b"]", listed)
+    if kept is not None and stamp is not None:
+        kept.put(key, answer)
+    return answer
+
+
+def _case_answer(r: dict[str, Any], name: Any, street: Any) -> dict[str, Any]:
+    from commands.clearing_views import TRIGGERS
+
+    return {"case": r["case"], "recipient": r["recipient"], "name": name, "street": street, "expense": r["expense"],
+            "handle": r["handle"], "trigger": r["trigger"], "rule": TRIGGERS.get(r["trigger"], {}).get("rule"),
+            **{k: v for k, v in r.items() if k not in ("case", "recipient", "expense", "handle", "trigger")}}
+
+
 def clearing_cases(engine: Any, app: LedgerApp, status: str | None, names: EnrolledNames | None = None) -> list[dict[str, Any]]:
     """``GET /clearing/cases`` from the ``clearing_cases`` read model (R-CLR-2, R-CLR-3), with each
     recipient's name and street from their ``Enrolled`` event (decoded by the application's mapper:
@@ -302,12 +414,4 @@ def clearing_cases(engine: Any, app: LedgerApp, status: str | None, names: Enrol
         people = names.lookup(app, recipients)
     else:
         people = {rid: _enrolled(app, rid) for rid in recipients}
-    from commands.clearing_views import TRIGGERS
-
-    out = []
-    for r in rows:
-        name, street = people[r["recipient"]]
-        out.append({"case": r["case"], "recipient": r["recipient"], "name": name, "street": street, "expense": r["expense"],
-                    "handle": r["handle"], "trigger": r["trigger"], "rule": TRIGGERS.get(r["trigger"], {}).get("rule"),
-                    **{k: v for k, v in r.items() if k not in ("case", "recipient", "expense", "handle", "trigger")}})
-    return out
+    return [_case_answer(r, *people[r["recipient"]]) for r in rows]

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 import projections_dataset as ds
 from infra.settings import Settings
+from ledger.aggregates import PolicyLedger
 from projections.cuts import Cuts, cut_table, owed, summarise
 from projections.runner import Runner
 from projections_support import engine_for
@@ -72,4 +73,48 @@ def test_a_resumed_summary_equals_a_fresh_one(database_url: str) -> None:
                 t = r.modified_on
                 assert summarise(r, policy.book, schemes, t, memos) == summarise(r, policy.book, schemes, t)
     finally:
+        app.close()
+
+
+def test_two_followers_taking_turns_bring_their_recipients_forward(database_url: str) -> None:
+    """Two runners of the cuts view taking turns at the pages (the workers of a service, each
+    catching up when it holds the view's lock): each finds the recipients it folded behind by
+    what the other applied, and reads only the events since (never the whole stream a second
+    time); the cuts are those of one runner."""
+    app = ds.app_on(Settings(database_url=database_url))
+    ds.build(app, more=2)
+    engine = engine_for(database_url)
+    try:
+        Runner(engine, app.recorder, app.mapper, [Cuts()], batch_size=100_000).rebuild()
+        expected = _cuts(engine)
+
+        views = [Cuts(), Cuts()]
+        whole: list[list[str]] = [[], []]
+        for k, view in enumerate(views):
+            real = view._load
+
+            def counted(originator, version, real=real, k=k):  # noqa: ANN001
+                whole[k].append(str(originator))
+                return real(originator, version)
+
+            view._load = counted  # type: ignore[method-assign]
+        runners = [Runner(engine, app.recorder, app.mapper, [v], batch_size=5) for v in views]
+        runners[0].setup()
+        runners[0].reset(views[0])
+        head = runners[0].head()
+        turn = 0
+        while True:
+            _, upto = runners[turn % 2].step(head)
+            turn += 1
+            if upto >= head:
+                break
+        assert turn > 4
+        assert _cuts(engine) == expected
+        policy = str(PolicyLedger.ID)
+        for loaded in whole:  # each recipient read from its first event at most once per runner
+            people = [o for o in loaded if o != policy]
+            assert people and len(people) == len(set(people))
+            assert loaded.count(policy) <= 2  # the policy ledger: per version the runner needs, not per page
+    finally:
+        engine.dispose()
         app.close()

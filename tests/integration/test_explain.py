@@ -168,3 +168,26 @@ def test_explain_over_the_configured_store(database_url: str):
         "total": "50000.00", "out_of_scope": "10000.00", "in_scope": "40000.00", "basic_insurance": "25000.00",
         "critical_illness": "0.00", "supplements": "0.00", "self_pay": "15000.00", "aid": "12000.00",
     }
+
+
+def test_a_recorded_policy_version_is_read_from_the_store_once():
+    """``policy(version=…)``: a version of the policy ledger never changes once recorded, so a
+    process reads it once (explanations and snapshots ask for it on every call)."""
+    from infra.scenario import replay
+
+    _, runner = replay(SCENARIO)
+    app = runner.app
+    head = app.policy().version
+    reads: list[int | None] = []
+    real = app.repository.get
+
+    def get(aggregate_id, version=None, **kw):  # noqa: ANN001
+        reads.append(version)
+        return real(aggregate_id, version=version, **kw)
+
+    app.repository.get = get
+    first = app.policy(version=head)
+    assert app.policy(version=head) is first and reads == [head]
+    earlier = app.policy(version=1)
+    assert earlier.version == 1 and earlier is not first and reads == [head, 1]
+    assert first.version == head and first.book.content_hash() == app.policy().book.content_hash()

@@ -15,7 +15,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
-from clearing_story import Story, app_on
+from clearing_story import CHC, Story, app_on
 from console_story import tell
 from fastapi.testclient import TestClient
 
@@ -142,3 +142,46 @@ def test_a_failed_export_leaves_no_files(database_url: str, monkeypatch: pytest.
         assert len(directories) == 1 and not directories[0].exists()
         logged = [a for a in client.app.state.service.store.accesses("-", include_population=True) if a["operation"] == "snapshot"]
         assert logged == []  # nothing left the service, so nothing is logged as read
+
+
+def test_repeated_snapshots_reuse_unchanged_recipients_and_follow_every_change(database_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                                               directories: list[Path]) -> None:
+    """A service answers many snapshots (issue 16's mixed load): a recipient whose cut has not moved
+    since the last snapshot is neither read nor summed again (``KeptRows``), and one that changed
+    is: each answer is still the full replay's, before and after a new expense and a repayment."""
+    from projections import cuts
+
+    with service_on(database_url) as (client, story):
+        regulator = _bearer("reg-1", "regulator")
+        read: list[list[str]] = []
+        real_states = cuts.states
+
+        def states(conn, keys):
+            read.append(sorted(rid for rid, _ in keys))
+            return real_states(conn, keys)
+
+        monkeypatch.setattr(cuts, "states", states)
+
+        def asked(v: date) -> bytes:
+            got = client.get("/snapshots", headers=regulator, params={"valid_on": v.isoformat(), "format": "json"})
+            assert got.status_code == 200, got.text
+            return got.content
+
+        r1, r2 = (str(story.runner.recipients[h]) for h in ("R1", "R2"))
+        v = V[0]
+        assert asked(v) == snapshot.take_snapshot(story.app, v, None).render("json")
+        assert read[-1] == sorted([r1, r2])  # both read from their cuts once
+        assert asked(v) == snapshot.take_snapshot(story.app, v, None).render("json")
+        assert read[-1] == []  # nothing changed: nothing read again
+        # another valid date is another answer: read again
+        assert asked(V[1]) == snapshot.take_snapshot(story.app, V[1], None).render("json")
+        assert read[-1] == sorted([r1, r2])
+
+        # the same day as R2's last cut (the revocation): the day's cut is taken again, at a later version
+        story.expense("E4", "R2", "2026-03-05T11:00:00+08:00", facility={**CHC, "code": "CN-CHC-TS"}, service="2026-03-04", in_scope="80.00")
+        assert asked(v) == snapshot.take_snapshot(story.app, v, None).render("json")
+        assert read[-1] == [r2]  # only the recipient whose cut moved
+        story("repay", "2026-03-25T10:00:00+08:00", recipient="R1", amount="100.00")
+        assert asked(v) == snapshot.take_snapshot(story.app, v, None).render("json")
+        assert read[-1] == [r1]
+        assert asked(v) == snapshot.take_snapshot(story.app, v, None).render("json") and read[-1] == []
