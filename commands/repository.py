@@ -166,6 +166,26 @@ class LedgerRepository(Repository):
         return aggregate
 
 
+class Kept:
+    """What a reading process keeps between requests (the HTTP service's rendered clearing rows and
+    answers, snapshot rows per cut), each under a key naming everything it depends on: equal keys,
+    equal values. The library's thread-safe LRU cache, bounded to ``limit`` entries; ``get`` gives
+    None for a key not kept."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._cache: LRUCache[Any, Any] = LRUCache(maxsize=limit)
+
+    def get(self, key: Any) -> Any:
+        try:
+            return self._cache.get(key)
+        except KeyError:
+            return None
+
+    def put(self, key: Any, value: Any) -> None:
+        self._cache.put(key, value)
+
+
 def upgrade(repository: Repository, snapshot_intervals: dict[type, int] | None) -> LedgerRepository:
     """The library's repository (as ``Application.construct_repository`` built it from the
     settings: cache, fast-forward, deep copies) turned into a :class:`LedgerRepository`."""

@@ -36,11 +36,9 @@ import json
 import re
 import shutil
 import tempfile
-import threading
 import uuid
 import zipfile
 from json.encoder import encode_basestring as _json_text  # json.dumps(text, ensure_ascii=False)
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -49,6 +47,7 @@ from decimal import Decimal
 from typing import Any, BinaryIO
 
 from commands.app import LedgerApp
+from commands.repository import Kept
 from commands.timeline import Cut, cut, policy_versions
 from ledger import engine, reconcile
 from ledger.aggregates import Recipient
@@ -621,43 +620,20 @@ def write_export(
 # --------------------------------------------------------------------------- from persisted cuts
 
 
-class KeptRows:
-    """Each recipient's snapshot rows as one process computed them from a cut, for a service that
-    answers many snapshots (``infra.http``): under a key naming the cut (recipient, period, the
-    recipient and policy versions it was taken at, when it was recorded) and the valid date, so a
-    recipient whose cut has not moved since the last snapshot is not decoded and summed again.
-    Equal keys, equal rows: a cut's state is a function of those versions. Bounded: the oldest
-    recipients go first past ``LIMIT``."""
-
-    LIMIT = 50_000
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._rows: OrderedDict[tuple, tuple[dict[str, Any], ...]] = OrderedDict()
-
-    def get(self, key: tuple) -> tuple[dict[str, Any], ...] | None:
-        with self._lock:
-            return self._rows.get(key)
-
-    def put(self, key: tuple, rows: list[dict[str, Any]]) -> None:
-        with self._lock:
-            self._rows[key] = tuple(rows)
-            self._rows.move_to_end(key)
-            while len(self._rows) > self.LIMIT:
-                self._rows.popitem(last=False)
-
-
 def snapshot_from_cuts(
     app: LedgerApp, engine: Any, valid: date | None = None, known_at: datetime | None = None, *, catch_up: bool = True,
-    kept: KeptRows | None = None,
+    kept: Kept | None = None,
 ) -> tuple[Snapshot, Iterator[dict[str, Any]]]:
     """R-TIME-3 from the persisted cuts (``projections.cuts``, ADR 0010): the same rows as
     :func:`take_snapshot`, recipient by recipient. The cuts view is first brought to the log's
     head; "known at T" is then range reads on the recorded-time table; each recipient's latest cut
     at or before T is used when it was taken at the recipient and policy versions T knew, and a
     recipient touched since (or under other policy) is rebuilt from its own stream up to T.
-    Returns the header (``rows`` left empty) and the rows in the export's order. ``kept``: rows
-    computed from cuts by earlier snapshots of this process (:class:`KeptRows`), used and filled."""
+    Returns the header (``rows`` left empty) and the rows in the export's order. ``kept``: for a
+    service answering many snapshots, each recipient's rows as earlier snapshots of this process
+    computed them from a cut, under the cut's key (recipient, period, the recipient and policy
+    versions it was taken at, when it was recorded, its street) and V: a recipient whose cut has
+    not moved is not read and summed again. Used and filled."""
     from ledger.policy import packs as policy_packs
     from projections import cuts
 
@@ -708,7 +684,7 @@ def snapshot_from_cuts(
                         st = states[rid]
                         computed = _row_dicts(rid, street, cuts.held_on(st, v), cuts.money_on(st, v))
                         if kept is not None:
-                            kept.put(cut_keys[rid], computed)
+                            kept.put(cut_keys[rid], tuple(computed))
                             computed = [dict(row) for row in computed]
                         yield from computed
 

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from commands import models as m
 from commands.app import LedgerApp, Result, WriteConflict, recipient_of
+from commands.repository import Kept
 from infra.http import schemas as s
 from infra.http import list_schemas as ls
 from infra.http import transfers, views
@@ -204,9 +205,9 @@ class Service:
         self._read_models_ready: set[str] = set()  # views set up by this process (bounded by the views)
         self.followers = views.Followers()  # each view's runner, kept between requests
         self.names = views.EnrolledNames()  # the people GET /clearing/cases names, decoded once
-        self.kept = views.Kept(8)  # district-wide answers while their read model's rows stay as they were
-        self.kept_rows = views.Kept(50_000)  # rows of those answers, each rendered once
-        self.rows = _snapshot_rows()  # snapshot rows per recipient cut (commands.snapshot.KeptRows), or None
+        self.kept = Kept(8)  # district-wide answers while their read model's rows stay as they were
+        self.kept_rows = Kept(50_000)  # rows of those answers, each rendered once
+        self.rows = Kept(50_000)  # snapshot rows per recipient cut (commands.snapshot.snapshot_from_cuts)
 
     def read_model(self, name: str) -> tuple[Any, Any]:
         """The read-model engine and the status of view ``name``, caught up to the log's head
@@ -385,11 +386,6 @@ def _rendered_in_thread(endpoint: Callable[..., Any], model: Any, status_code: i
 _READ_PATH_MODULES = ("projections.runner", "projections.clearing", "projections.duplicates", "projections.cuts",
                       "commands.snapshot", "commands.clearing_views", "commands.lookup", "commands.explain", "commands.replay",
                       "infra.http.snapshot_files")
-
-
-def _snapshot_rows() -> Any:
-    snapshot = _optional_module("commands.snapshot")
-    return snapshot.KeptRows() if snapshot is not None and hasattr(snapshot, "KeptRows") else None
 
 
 def _import_read_paths() -> None:

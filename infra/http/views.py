@@ -7,13 +7,13 @@ what the aggregates already hold. No rule is decided here.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from commands import queries
 from commands.app import LedgerApp
+from commands.repository import Kept
 from ledger.aggregates import Claim, Recipient
 from ledger.money import fmt
 
@@ -237,7 +237,7 @@ def _one_process_at_a_time(engine: Any, name: str) -> Iterator[None]:
     if engine.dialect.name != "postgresql":
         yield
         return
-    key = int.from_bytes(hashlib.sha256(f"ledger.read_model.{name}".encode()).digest()[:8], "big", signed=True)
+    key = f"ledger.read_model.{name}"  # hashed by PostgreSQL (hashtext), as the key store's lock is
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(_lock_query(), {"key": key})
         try:
@@ -253,13 +253,13 @@ _queries: dict[str, Any] = {}
 def _lock_query() -> Any:
     from sqlalchemy import text
 
-    return _queries.setdefault("lock", text("SELECT pg_advisory_lock(:key)"))
+    return _queries.setdefault("lock", text("SELECT pg_advisory_lock(hashtext(:key))"))
 
 
 def _unlock_query() -> Any:
     from sqlalchemy import text
 
-    return _queries.setdefault("unlock", text("SELECT pg_advisory_unlock(:key)"))
+    return _queries.setdefault("unlock", text("SELECT pg_advisory_unlock(hashtext(:key))"))
 
 
 def _position_query() -> Any:
@@ -327,29 +327,6 @@ def _enrolled(app: LedgerApp, rid: str) -> tuple[Any, Any]:
 
     first = next(iter(app.repository.event_store.get(uuid.UUID(rid), lte=1)), None)
     return getattr(first, "name", None), getattr(first, "street", None)
-
-
-class Kept:
-    """Answers of district-wide reads as a process rendered them, each under a key that holds the
-    read model's stamp (where its rows last changed) and the store's erasure generation: equal keys,
-    equal answers, so a read whose key is kept sends the kept bytes instead of rendering the rows
-    again. Bounded: the oldest answers go first past ``limit``."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._answers: dict[tuple, Any] = {}
-
-    def get(self, key: tuple) -> Any:
-        with self._lock:
-            return self._answers.get(key)
-
-    def put(self, key: tuple, answer: Any) -> None:
-        with self._lock:
-            self._answers.pop(key, None)
-            while len(self._answers) >= self.limit:
-                self._answers.pop(next(iter(self._answers)))
-            self._answers[key] = answer
 
 
 def clearing_cases_answer(engine: Any, app: LedgerApp, status: str | None, names: EnrolledNames | None, kept: Kept | None,

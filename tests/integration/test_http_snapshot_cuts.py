@@ -147,7 +147,7 @@ def test_a_failed_export_leaves_no_files(database_url: str, monkeypatch: pytest.
 def test_repeated_snapshots_reuse_unchanged_recipients_and_follow_every_change(database_url: str, monkeypatch: pytest.MonkeyPatch,
                                                                                directories: list[Path]) -> None:
     """A service answers many snapshots (issue 16's mixed load): a recipient whose cut has not moved
-    since the last snapshot is neither read nor summed again (``KeptRows``), and one that changed
+    since the last snapshot is neither read nor summed again (``snapshot_from_cuts(kept=…)``), and one that changed
     is: each answer is still the full replay's, before and after a new expense and a repayment."""
     from projections import cuts
 
