@@ -13,6 +13,8 @@ only what was allocated since. Reference counting still frees a frozen object th
 dropped; only reference cycles among frozen objects wait, for the full collection that runs every
 ``http_gc_full_seconds`` (``LEDGER_HTTP_GC_FULL_SECONDS``, 60 s by default: the heap stays bounded
 and the pause comes once a minute instead of every few seconds). 0 leaves the collector alone.
+The collector is the process's: an application served inside another process (a test client)
+freezes and, when it stops, unfreezes that process's heap as well.
 """
 
 from __future__ import annotations
