@@ -127,7 +127,21 @@ class LedgerRepository(Repository):
         seen[aggregate_id] = True
 
     def _get(self, aggregate_id: Any, version: int | None, projector_func: Any, **kwargs: Any) -> Any:
-        aggregate = super().get(aggregate_id, version=version, projector_func=projector_func, **kwargs)
+        # The library copies a cached aggregate after it has let go of the aggregate's
+        # fast-forward lock, so another thread fast-forwarding the same cached object (events
+        # another process saved) could be applying an event while the copy is made: a copy with
+        # the state of one version and the number of another. The copy is made here instead,
+        # under that lock, as ``_get_for_command`` makes its own.
+        wanted = kwargs.pop("deepcopy_from_cache", True)
+        copy = version is None and self.cache is not None and self.deepcopy_from_cache and wanted
+        aggregate = super().get(aggregate_id, version=version, projector_func=projector_func, deepcopy_from_cache=False, **kwargs)
+        if copy:
+            lock = self._use_fastforward_lock(aggregate_id)
+            try:
+                with lock:
+                    aggregate = deepcopy(aggregate)
+            finally:
+                self._disuse_fastforward_lock(aggregate_id)
         if version is None:
             seen = self.__dict__.setdefault("_no_snapshot_yet", {})
             if len(seen) >= self.SEEN_MAX:

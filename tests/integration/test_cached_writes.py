@@ -282,3 +282,41 @@ def test_a_payment_on_a_fresh_claim_with_a_stale_recipient_is_decided_again_not_
 
     assert paid.status == "accepted" and paid.ids["paid"] == aid, paid
     _chain_verifies(a)
+
+
+@BOTH
+def test_a_held_recipient_is_never_copied_half_way_through_bringing_it_forward(apps):
+    """One thread of a brings its held recipient forward by the events b saved, one event at a
+    time; another thread of a that reads the recipient meanwhile without waiting to bring it
+    forward itself (the library's ``fastforward_skipping``) gets a copy made under the same
+    lock: the recipient as it stands after every event, never one with some applied."""
+    a, b = apps
+    rid = _enrolled(a, "31010519600101313")
+    key = a.recipient(rid).id
+    held = a.repository.cache.get(key).version  # a holds it at this version
+    ok(b.run(_expense(rid, "F-1")))
+    ok(b.run(_expense(rid, "F-2")))
+    halfway, go = threading.Event(), threading.Event()
+
+    def one_at_a_time(aggregate, events):
+        for i, event in enumerate(events):
+            aggregate = event.mutate(aggregate)
+            if i == 0:
+                halfway.set()
+                go.wait(10)
+        return aggregate
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        forward = pool.submit(a.repository.get, key, projector_func=one_at_a_time)
+        assert halfway.wait(10)
+        copied = pool.submit(a.repository.get, key, fastforward_skipping=True)
+        try:
+            with pytest.raises(TimeoutError):
+                copied.result(timeout=0.3)  # waits for the thread bringing it forward
+        finally:
+            go.set()
+        final = forward.result(timeout=10)
+        copy = copied.result(timeout=10)
+    assert final.version > held + 1
+    assert copy.version == final.version
+    assert sorted(acc.facts.invoice_no for acc in copy.expenses.values()) == ["F-1", "F-2"]
