@@ -103,7 +103,15 @@ class PolicyBook:
         return self._by_name
 
     def known_at(self, t: datetime | None) -> "PolicyBook":
-        if t is None or all(v.published_at <= t for v in self.versions):
+        if t is None:
+            return self
+        # The latest publication, remembered with the index (``add``/``extend`` drop both): a
+        # cut or a pass asks this of the same book for every recipient, issue 16.
+        index = self._index()
+        latest = self.__dict__.get("_latest")
+        if latest is None or latest[0] is not index:
+            latest = self.__dict__["_latest"] = (index, max((v.published_at for v in self.versions), default=None))
+        if latest[1] is None or latest[1] <= t:
             return self
         return PolicyBook([v for v in self.versions if v.published_at <= t])
 

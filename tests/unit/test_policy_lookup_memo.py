@@ -1,4 +1,5 @@
-"""``PolicyBook.lookup`` remembers its answers (issue 16) and forgets them when the book changes.
+"""``PolicyBook.lookup`` remembers its answers (issue 16) and forgets them when the book changes;
+``PolicyBook.known_at`` remembers the latest publication alike.
 
 Given a book with a rate in force, when a later publication of the same parameter is added (or a
 book is copied and the copy extended), then the next lookup answers with the later version, and
@@ -51,3 +52,16 @@ def test_remembering_changes_no_field_equality_or_repr():
     used.lookup(NAME, date(2026, 5, 1))
     assert [f.name for f in dataclasses.fields(used)] == ["versions", "_by_name", "_hash"]
     assert used == fresh and repr(used) == repr(fresh)
+
+
+def test_known_at_cuts_a_publication_added_after_it_was_first_asked():
+    first, later = _v("0.70", 1), _v("0.80", 3)
+    book = PolicyBook([first])
+    between = datetime(2026, 1, 2, tzinfo=CST)
+    assert book.known_at(between) is book  # everything published by then: the book itself
+    book.add(later)
+    cut = book.known_at(between)
+    assert cut is not book and cut.versions == [first]
+    assert cut.lookup(NAME, date(2026, 5, 1)) is first and book.lookup(NAME, date(2026, 5, 1)) is later
+    assert book.known_at(datetime(2026, 1, 3, tzinfo=CST)) is book
+    assert PolicyBook().known_at(between).versions == []
