@@ -212,12 +212,13 @@ def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
         yield values[i : i + size]
 
 
-def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], *, generated: Sequence[str] = ()) -> None:
     """Insert rows in the batch's transaction: PostgreSQL ``COPY … FROM STDIN`` for more than a
-    few rows (one stream instead of a round trip per row), else one executemany INSERT."""
+    few rows (one stream instead of a round trip per row), else one executemany INSERT.
+    ``generated``: columns the database fills (an identity key), left out."""
     if not rows:
         return
-    names = [c.name for c in table.columns]
+    names = [c.name for c in table.columns if c.name not in generated]
     if len(rows) > 20 and is_postgres(conn):
         from psycopg import sql
 

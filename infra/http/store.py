@@ -41,6 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from infra.settings import Settings
+from projections.common import insert_rows
 
 metadata = MetaData()
 
@@ -134,8 +135,10 @@ class HttpStore:
             {**base, "recipient": r, "scope": "recipient"} for r in dict.fromkeys(recipients)
         ]
         if rows:
+            # A list read names every recipient in it (a district's clearing cases: hundreds or
+            # thousands): on PostgreSQL one COPY stream rather than a bound INSERT row by row.
             with self.engine.begin() as conn:
-                conn.execute(insert(access_log), rows)
+                insert_rows(conn, access_log, rows, generated=("id",))
 
     def accesses(self, recipient: str, *, include_population: bool = True, since: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         cond = access_log.c.recipient == recipient
