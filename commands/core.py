@@ -157,7 +157,7 @@ class LedgerCore(Application):
         self._clock_lock = threading.Lock()
         self._last_at: datetime | None = None
         self._policy_cache: PolicyLedger | None = None
-        self._policy_versions: dict[int, PolicyLedger] = {}  # policy(version=…): a few recorded versions
+        self._policy_versions: dict[int, PolicyLedger] = {}  # policy(version=…): POLICY_VERSIONS_KEPT recorded versions
         #: Keyed hash of a resident id number (ADR 0015), installed by the wiring; unset, the
         #: recipient id is the plain uuid5 of the number.
         self.id_number_digest: Callable[[str], str] | None = None
@@ -269,8 +269,7 @@ class LedgerCore(Application):
         companions = self._take_companions()
         self.save(*[a for a in aggregates if a is not None], *companions)
         if any(isinstance(a, PolicyLedger) for a in aggregates):
-            self._policy_cache = None
-            self._policy_versions.clear()
+            self.forget_policy()
         return result
 
     def _save_collected(self, objs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -463,8 +462,7 @@ class LedgerCore(Application):
                 if not retryable_write_error(exc):
                     raise
                 self._forget(reads.seen)
-                self._policy_cache = None
-                self._policy_versions.clear()
+                self.forget_policy()
                 replay = self._replayed(cmd)
                 if replay is not None:
                     return replay
@@ -502,13 +500,23 @@ class LedgerCore(Application):
     def claim(self, claim_id: uuid.UUID | str) -> Claim:
         return self._load("claim", claim_id)
 
+    #: Recorded versions of the policy ledger ``policy(version=…)`` keeps (explain and replay ask
+    #: the few a district's decisions were made under, again and again).
+    POLICY_VERSIONS_KEPT = 8
+
+    def forget_policy(self) -> None:
+        """Read the policy ledger from the store next time: after a save that may have changed it,
+        or an attempt that lost a race (what it read may be another writer's by now)."""
+        self._policy_cache = None
+        self._policy_versions.clear()
+
     def policy(self, version: int | None = None) -> PolicyLedger:
         if version is not None:
             # a version of the policy ledger never changes once recorded: kept, a few of them
             kept = self._policy_versions.get(version)
             if kept is None:
                 kept = self.repository.get(PolicyLedger.ID, version=version)
-                if len(self._policy_versions) >= 8:
+                if len(self._policy_versions) >= self.POLICY_VERSIONS_KEPT:
                     self._policy_versions.pop(next(iter(self._policy_versions)), None)
                 self._policy_versions[version] = kept
             return kept
@@ -551,8 +559,7 @@ class LedgerCore(Application):
                 versions=[version_to_event(v) for v in p.versions],
             )
         self.save(ledger)
-        self._policy_cache = None
-        self._policy_versions.clear()
+        self.forget_policy()
         return Result(ids={"packs": [f"{p.scheme}@{p.version}" for p in packs]})
 
 

@@ -128,8 +128,7 @@ class Group:
         them, and an aggregate that gained events since is rebuilt as it stood at the mark."""
         app = self.app
         app._take_companions()  # noqa: SLF001 - the failed command's receipt-index changes
-        app._policy_cache = None  # noqa: SLF001
-        app._policy_versions.clear()  # noqa: SLF001
+        app.forget_policy()
         for key in list(self.held):
             entry = self.held[key]
             agg = entry.aggregate
@@ -250,12 +249,10 @@ class Group:
                     _evict(app, key)
                 if not retryable_write_error(exc):
                     raise
-                app._policy_cache = None  # noqa: SLF001
-                app._policy_versions.clear()  # noqa: SLF001
+                app.forget_policy()
                 pending = [self._alone(cmd, before) for cmd, before in zip(commands, pending)]
         if any(isinstance(e.aggregate, _policy_types()) for e in held.values()):
-            app._policy_cache = None  # noqa: SLF001
-            app._policy_versions.clear()  # noqa: SLF001
+            app.forget_policy()
         self.outcomes.extend(pending)
 
     def _alone(self, cmd: m.Command, before: Any) -> Any:
@@ -429,7 +426,7 @@ class open_group:
                 for key in self.group.held:
                     _evict(self.app, key)
                 self.app._take_companions()  # noqa: SLF001
-                self.app._policy_cache = None  # noqa: SLF001
+                self.app.forget_policy()
         finally:
             self.group.closed = True
             self.app._unit.group = None  # noqa: SLF001

@@ -352,7 +352,7 @@ def clearing_cases_answer(engine: Any, app: LedgerApp, status: str | None, names
                 return answer
         stored = clearing.case_rows(conn, status)
     listed = list(dict.fromkeys(r.recipient for r in stored))
-    people = names.lookup(app, listed) if names is not None else {rid: _enrolled(app, rid) for rid in listed}
+    people = _people(app, listed, names)
     parts = []
     for r in stored:
         name, street = people[r.recipient]
@@ -386,9 +386,10 @@ def clearing_cases(engine: Any, app: LedgerApp, status: str | None, names: Enrol
 
     with engine.connect().execution_options(sqlite_deferred=True) as conn:
         rows = clearing.cases(conn, status)
-    recipients = dict.fromkeys(r["recipient"] for r in rows)
-    if names is not None:
-        people = names.lookup(app, recipients)
-    else:
-        people = {rid: _enrolled(app, rid) for rid in recipients}
+    people = _people(app, list(dict.fromkeys(r["recipient"] for r in rows)), names)
     return [_case_answer(r, *people[r["recipient"]]) for r in rows]
+
+
+def _people(app: LedgerApp, recipients: list[str], names: EnrolledNames | None) -> dict[str, tuple[Any, Any]]:
+    """recipient → (name, street) as enrolled: from ``names`` (decoded once a process) when given."""
+    return names.lookup(app, recipients) if names is not None else {rid: _enrolled(app, rid) for rid in recipients}
