@@ -113,6 +113,7 @@ class Stats:
         self.errors: dict[str, int] = {}
         self.refused = 0  # 4xx: a rule's answer, counted apart from errors
         self.by_route: dict[str, list[float]] = {}
+        self.read_at: list[tuple[float, float]] = []  # (when it began, how long it took)
 
     def error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
@@ -139,6 +140,8 @@ async def _call(client: Any, stats: Stats, kind: str, method: str, path: str, he
         return None
     took = time.perf_counter() - began
     (stats.reads if kind == "read" else stats.writes).append(took)
+    if kind == "read":
+        stats.read_at.append((began, took))
     route = "/".join(p if not any(c.isdigit() for c in p) else "{id}" for p in path.split("/"))
     stats.by_route.setdefault(f"{method} {route}", []).append(took)
     if r.status_code >= 500:
@@ -297,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"write latency   : p50 {_pct(stats.writes, 0.5) * 1000:,.0f} ms  p99 {_pct(stats.writes, 0.99) * 1000:,.0f} ms")
         print(f"errors          : {sum(stats.errors.values())} {stats.errors if stats.errors else ''}")
         print(f"CPU per request : server {server_cpu / max(total, 1) * 1000:,.2f} ms  load generator {own_cpu / max(total, 1) * 1000:,.2f} ms")
+        windows: dict[int, list[float]] = {}
+        for at, took in stats.read_at:
+            windows.setdefault(int((at - began) // 10), []).append(took)
+        print("read p99 by 10 s: " + "  ".join(f"{w * 10}s {_pct(t, 0.99) * 1000:,.0f} ({len(t) / 10:,.0f}/s)" for w, t in sorted(windows.items())))
         for route, took in sorted(stats.by_route.items()):
             print(f"  {route:<42} {len(took):>6}  p50 {_pct(took, 0.5) * 1000:>7,.0f} ms  p99 {_pct(took, 0.99) * 1000:>7,.0f} ms")
         print("RSS per process : " + ", ".join(f"pid {p} {_what(p)} {kb / 1024:,.0f} MB" for p, kb in rss.items() if kb))

@@ -619,12 +619,29 @@ class LedgerCore(Application):
 
     def _pass(self, r: Recipient, facts: dict[str, ExpenseFacts], refs: list[DecisionRef], knowledge: Any = None) -> engine.PassResult:
         """``engine.assess`` over the recipient's decided expenses, resumed from this process's last
-        pass over the same recipient when it still describes the recipient's recorded decisions
-        (ADR 0017): the engine then assesses only the expenses from the first one that changed in
-        the canonical order (invoice date, service date, decision order; R-CAP-2, R-4L-4, R-MA-1,
-        R-LYG-3), with the same result as a full pass, and ``result.recomputed`` names them: the
-        others' ``due`` was settled against the same assessments when that pass was recorded."""
-        return engine.assess(knowledge if knowledge is not None else r.knowledge(), facts, refs, self.policy().book, self.schemes, memo=self._memo(r))
+        pass over the same recipient (ADR 0017): the engine assesses only the expenses from the
+        first one whose inputs differ from that pass's in the canonical order (invoice date,
+        service date, decision order; R-CAP-2, R-4L-4, R-MA-1, R-LYG-3), with the same result as a
+        full pass (it checks the knowledge, the book and the schemes itself).
+
+        When the recipient still stands where that pass left it, ``result.recomputed`` names the
+        expenses assessed again: the others' ``due`` was settled against the same assessments when
+        that pass was recorded. When it has moved since (another process of a service decided,
+        reassessed or opened a case for it), the pass is still resumed, but ``recomputed`` is
+        None: every ``due`` is compared again, as after a full pass."""
+        with self._memos_lock:
+            kept = self._memos.get(r.id)
+        result = engine.assess(knowledge if knowledge is not None else r.knowledge(), facts, refs, self.policy().book, self.schemes,
+                               memo=kept[1] if kept is not None else None)
+        if kept is not None and kept[0] != self._standing(r):
+            result.recomputed = None
+        return result
+
+    def current_pass(self, r: Recipient) -> engine.PassResult | None:
+        """The pass over ``r``'s decided expenses as recorded (None before the first decision), for
+        a reader: resumed from this process's last pass (:meth:`_pass`), not kept for the next."""
+        refs = r.decided_refs()
+        return self._pass(r, r.expense_facts(), refs) if refs else None
 
     def _remember(self, r: Recipient, result: engine.PassResult) -> None:
         """Keep ``result``'s pass for the recipient's next one, with what its ``due`` now stands on."""

@@ -326,9 +326,12 @@ def _policy_types() -> tuple[type, ...]:
 
 
 def _evict(app: Any, key: Any) -> None:
-    """Forget what this process keeps of aggregate ``key`` beside the store: its cached copy and
-    the engine's last pass over it (``LedgerCore._memos``), which a rolled-back command may have
-    left describing events that were never saved."""
+    """Forget what this process keeps of aggregate ``key`` beside the store: its cached copy, and
+    what the engine's last pass over it (``LedgerCore._memos``) says of the recorded decisions: a
+    rolled-back command may have left it describing events that were never saved. The pass itself
+    is kept, with no standing: a later pass still resumes from it where its inputs are the same
+    (the engine compares them), but compares every ``due`` (``LedgerCore._pass``), and no decision
+    is appended to it (``LedgerCore._memo``)."""
     cache = getattr(app.repository, "cache", None)
     if cache:
         try:
@@ -338,7 +341,9 @@ def _evict(app: Any, key: Any) -> None:
     memos = getattr(app, "_memos", None)
     if memos is not None:
         with app._memos_lock:  # noqa: SLF001
-            memos.pop(key, None)
+            kept = memos.get(key)
+            if kept is not None:
+                memos[key] = (None, kept[1])
 
 
 class _suspended:

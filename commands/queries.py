@@ -50,10 +50,17 @@ def expense_view(r: Recipient, expense_id: str) -> dict[str, Any]:
     }
 
 
-def annual_rows(r: Recipient, book, schemes: tuple[str, ...]) -> list[dict[str, Any]]:
+_ASSESS = object()
+
+
+def annual_rows(r: Recipient, book, schemes: tuple[str, ...], passed: Any = _ASSESS) -> list[dict[str, Any]]:
     """R-CAP-2: per year (of the invoice date), scheme and kind, the aid due that counts against
-    the cap, the cap and what remains."""
-    result = engine.assess(r.knowledge(), r.expense_facts(), r.decided_refs(), book, schemes) if r.decided_refs() else None
+    the cap, the cap and what remains. ``passed``: the pass over ``r``'s decided expenses under
+    ``book`` when the caller has it (``LedgerCore.current_pass``: None before a first decision);
+    else it is made here."""
+    if passed is _ASSESS:
+        passed = engine.assess(r.knowledge(), r.expense_facts(), r.decided_refs(), book, schemes) if r.decided_refs() else None
+    result = passed
     rows: dict[tuple[int, str, str], Decimal] = {}
     paid_any: set[tuple[int, str, str]] = set()
     for eid, acc in r.expenses.items():

@@ -334,6 +334,27 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (fmt(v) if k in _MONEY_SET else v) for k, v in row.items()}
 
 
+class RenderedRow(dict):
+    """A snapshot row with its text form (``plain``: :func:`_plain`) and its line of the JSON
+    export (``flat``: :func:`_flat`) made once. A service keeps each recipient's rows under the cut
+    they came from (``snapshot_from_cuts``'s ``kept``) and writes the same rows into many exports;
+    each export gets a copy of the row with the same renders. Not to be changed once made."""
+
+    __slots__ = ("plain", "flat")
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> "RenderedRow":
+        out = cls(row)
+        out.plain = _plain(row)
+        out.flat = _flat(out.plain, 2)
+        return out
+
+    def copy(self) -> "RenderedRow":  # type: ignore[override]
+        out = RenderedRow(self)
+        out.plain, out.flat = self.plain, self.flat
+        return out
+
+
 class _Hashing:
     """A binary sink that hashes and counts what passes through it."""
 
@@ -357,7 +378,8 @@ class JsonWriter:
     def add(self, row: dict[str, Any], plain: dict[str, Any] | None = None) -> None:
         for k in MONEY_COLUMNS:
             self.totals[k] += row[k]
-        self.out.write((b"\n    " if self.first else b",\n    ") + _flat(plain if plain is not None else _plain(row), 2))
+        flat = row.flat if type(row) is RenderedRow else _flat(plain if plain is not None else _plain(row), 2)
+        self.out.write((b"\n    " if self.first else b",\n    ") + flat)
         self.first = False
 
     def close(self) -> None:
@@ -603,7 +625,7 @@ def write_export(
             count += 1
             for k in MONEY_COLUMNS:
                 totals[k] += row[k]
-            plain = _plain(row) if texts else None
+            plain = (row.plain if type(row) is RenderedRow else _plain(row)) if texts else None
             for w in writers.values():
                 w.add(row, plain)
         for w in writers.values():
@@ -679,13 +701,14 @@ def snapshot_from_cuts(
                     if period is None:
                         yield from rebuilt.pop(rid)
                     elif known.get(rid) is not None:
-                        yield from (dict(row) for row in known[rid])
+                        yield from (row.copy() for row in known[rid])
                     else:
                         st = states[rid]
                         computed = _row_dicts(rid, street, cuts.held_on(st, v), cuts.money_on(st, v))
                         if kept is not None:
-                            kept.put(cut_keys[rid], tuple(computed))
-                            computed = [dict(row) for row in computed]
+                            rendered = tuple(RenderedRow.of(row) for row in computed)
+                            kept.put(cut_keys[rid], rendered)
+                            computed = [row.copy() for row in rendered]
                         yield from computed
 
     return head, rows()

@@ -97,13 +97,26 @@ class ExpenseAccount:
     handle: str | None = None
     claim_id: str | None = None  # the open or approved claim that lists it
     decision: DecisionRef | None = None
-    decided: dict[str, Any] | None = None  # the first decision's summary
-    due: dict[str, Any] | None = None  # the latest assessment's summary
+    decided: dict[str, Any] | None = None  # the first decision's summary, without its trace (kept_summary)
+    due: dict[str, Any] | None = None  # the latest assessment's summary, without its trace
     paid_total: Decimal = ZERO
     paid_by_scheme: dict[str, Decimal] = field(default_factory=dict)
     paid_by_fund: dict[str, Decimal] = field(default_factory=dict)
     channels: list[str] = field(default_factory=list)
     attempted_duplicates: list[dict[str, Any]] = field(default_factory=list)
+
+
+def kept_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a recipient's state keeps of a decision summary (``ExpenseAccount.decided``/``due``):
+    all of it but the ``trace``. The trace (which parameter versions, rates and clauses gave the
+    amounts: R-TIME-1) stays in the event that recorded the decision, where every explanation and
+    replay reads it (``commands.explain``, ``commands.replay``); the state keeps the outcome, the
+    amounts and the parts that later decisions, reassessments, clearing (R-CLR-2, R-CLR-3) and
+    reads use. The traces were three quarters of a recipient's state, so of every snapshot taken
+    and read (issue 16, ADR 0017)."""
+    if "trace" not in summary:
+        return summary
+    return {k: v for k, v in summary.items() if k != "trace"}
 
 
 class Recipient(Aggregate):
@@ -435,8 +448,7 @@ class Recipient(Aggregate):
                 acc.decision = DecisionRef(
                     summary["expense"], self.channel, self.claim_id, self.timestamp, r.decision_seq, position
                 )
-                acc.decided = summary
-                acc.due = summary
+                acc.decided = acc.due = kept_summary(summary)  # the trace stays in this event
                 acc.claim_id = self.claim_id
             city = self.knowledge.get("city")
             if city and "caps" in city:
@@ -464,7 +476,7 @@ class Recipient(Aggregate):
 
         def apply(self, r: "Recipient") -> None:
             for item in self.results:
-                _own(r.expenses, item["expense"]).due = item["due"]
+                _own(r.expenses, item["expense"]).due = kept_summary(item["due"])  # the trace stays in this event
             # How many reassessments changed ``due``: with decisions, cases and supplementary
             # payouts, what tells a pass kept in memory that ``due`` is as it left it (ADR 0017).
             r.reassessments = getattr(r, "reassessments", 0) + 1
@@ -755,8 +767,13 @@ class Recipient(Aggregate):
 def _own(mapping: dict[str, Any], key: str) -> Any:
     """The entry ``key`` of one of a recipient's maps (accounts, cases, supplementary payouts),
     replaced by a shallow copy of itself that the caller may change (``Recipient.__deepcopy__``:
-    a copy of the recipient shares the entries until one is changed)."""
-    entry = mapping[key] = copy.copy(mapping[key])
+    a copy of the recipient shares the entries until one is changed). The entries are plain
+    dataclasses (no slots, no ``__copy__``): their attribute dict is copied, a quarter of what
+    ``copy.copy`` takes, once per apply that touches an entry."""
+    old = mapping[key]
+    entry = object.__new__(type(old))
+    entry.__dict__.update(old.__dict__)
+    mapping[key] = entry
     return entry
 
 

@@ -656,9 +656,15 @@ class PassResult:
     city: dict[str, Any] | None = None
 
 
-#: A checkpoint of the pass state is kept at the start of every invoice (cap) year and at least
-#: every this many expenses, so that a pass resumes close to the first expense that changed.
+#: A checkpoint of the pass state is kept at the start of every invoice month (so of every cap
+#: year, R-CAP-2) and at least every this many expenses, so that a pass resumes close to the first
+#: expense that changed: a receipt invoiced a few weeks back (the usual late claim) resumes from
+#: the start of its month, not of its year.
 CHECKPOINT_EVERY = 32
+
+
+def _invoice_month(e: ExpenseFacts) -> tuple[int, int]:
+    return e.invoice_date.year, e.invoice_date.month
 
 
 @dataclass
@@ -770,16 +776,16 @@ def assess(
     assessments: list[Assessment] = [memo.assessments[i] for i in range(start)] if start else []
     checkpoints: list[tuple[int, PassState]] = [c for c in (memo.checkpoints if start else []) if c[0] <= start]
     recomputed: set[str] = set()
-    last_cp, last_year = (checkpoints[-1][0] if checkpoints else -CHECKPOINT_EVERY), None
+    last_cp, last_month = (checkpoints[-1][0] if checkpoints else -CHECKPOINT_EVERY), None
     if start:
-        last_year = entries[start - 1][1].invoice_date.year
+        last_month = _invoice_month(entries[start - 1][1])
     for i in range(start, len(entries)):
         d, e, first = entries[i]
-        year = e.invoice_date.year
-        if (year != last_year or i - last_cp >= CHECKPOINT_EVERY) and (not checkpoints or checkpoints[-1][0] != i):
+        month = _invoice_month(e)
+        if (month != last_month or i - last_cp >= CHECKPOINT_EVERY) and (not checkpoints or checkpoints[-1][0] != i):
             checkpoints.append((i, st.copy()))
             last_cp = i
-        last_year = year
+        last_month = month
         recomputed.add(e.id)
         a, st = _step(pol, k, d, e, first, st, schemes, known_at)
         out[e.id] = a
@@ -863,15 +869,15 @@ def assess_appended(
     assessments = list(memo.assessments)
     checkpoints = list(memo.checkpoints)
     last_cp = checkpoints[-1][0] if checkpoints else -CHECKPOINT_EVERY
-    last_year = entries[-1][1].invoice_date.year if entries else None
+    last_month = _invoice_month(entries[-1][1]) if entries else None
     recomputed: set[str] = set()
     for d, e in ordered:
         i = len(entries)
-        year = e.invoice_date.year
-        if year != last_year or i - last_cp >= CHECKPOINT_EVERY:
+        month = _invoice_month(e)
+        if month != last_month or i - last_cp >= CHECKPOINT_EVERY:
             checkpoints.append((i, st.copy()))
             last_cp = i
-        last_year = year
+        last_month = month
         first = first_on_receipt[_receipt_key(e)]
         a, st = _step(pol, k, d, e, first, st, schemes, None)
         entries.append((d, e, first))

@@ -72,3 +72,16 @@ def scenario_recipients() -> Iterator[tuple[str, Any, int, str]]:
         _, runner = sc.replay(path.read_text(encoding="utf-8"))
         for n, rid in enumerate(dict.fromkeys(runner.app.recipient_ids())):
             yield path.name, runner.app, n, rid
+
+
+def recorded_decision(app: Any, rid: Any, eid: str) -> dict[str, Any]:
+    """The first decision on expense ``eid`` as its ``AidDecided`` event recorded it, trace
+    included (the recipient's state keeps it without: ``ledger.aggregates.kept_summary``)."""
+    import uuid
+
+    for event in app.events.get(uuid.UUID(str(rid))):
+        if isinstance(event, Recipient.AidDecided):
+            for summary in event.decisions:
+                if summary["expense"] == eid:
+                    return summary
+    raise AssertionError(f"no decision recorded on {eid}")

@@ -898,7 +898,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         mod = _optional_module("commands.explain")
         if mod is not None:
             return {"expense": expense_id, "source": "commands.explain", "explanation": jsonable_encoder(mod.explain_expense(svc.ledger, expense_id))}
-        return {"expense": expense_id, "source": "stored_decision", "explanation": jsonable_encoder(views.stored_explanation(r, expense_id))}
+        return {"expense": expense_id, "source": "stored_decision", "explanation": jsonable_encoder(views.stored_explanation(svc.ledger, r, expense_id))}
 
     @op("GET", "/expenses/{expense_id}/replay", "replay_expense", response_model=s.Replay, summary="Replay an expense's decision with the knowledge it had (R-TIME-1)",
         description="Each stored decision and reassessment of the expense, re-made with the knowledge it recorded, or with what was known at `known_at`, and compared to the fen.")

@@ -70,7 +70,8 @@ def statement(app: LedgerApp, r: Recipient) -> dict[str, Any]:
 
 
 def caps(app: LedgerApp, r: Recipient) -> dict[str, Any]:
-    return {"recipient": str(r.id), "annual": queries.annual_rows(r, app.policy().book, app.schemes)}
+    # R-CAP-2: the caps from the pass as recorded, resumed from the process's last pass over r
+    return {"recipient": str(r.id), "annual": queries.annual_rows(r, app.policy().book, app.schemes, app.current_pass(r))}
 
 
 def recipient_clearing(r: Recipient) -> dict[str, Any]:
@@ -115,12 +116,21 @@ def duplicates(r: Recipient) -> list[dict[str, Any]]:
     return rows
 
 
-def stored_explanation(r: Recipient, eid: str) -> dict[str, Any]:
-    """The decision summaries the events keep (R-TIME-1): first decision and latest assessment."""
+def stored_explanation(app: LedgerApp, r: Recipient, eid: str) -> dict[str, Any]:
+    """The decision summaries the events keep (R-TIME-1): first decision and latest assessment,
+    with their traces, read from the recipient's events (its state keeps them without the trace:
+    ``ledger.aggregates.kept_summary``)."""
     acc = r.expenses[eid]
+    decided = due = None
+    if acc.decision is not None:
+        for event in app.events.get(r.id, lte=r.version):
+            if isinstance(event, Recipient.AidDecided) and decided is None:
+                decided = due = next((s for s in event.decisions if s.get("expense") == eid), None)
+            elif isinstance(event, Recipient.AidReassessed):
+                due = next((x["due"] for x in event.results if x.get("expense") == eid), due)
     return {
-        "decided": acc.decided,
-        "due": acc.due,
+        "decided": decided,
+        "due": due,
         "decision": None if acc.decision is None else {
             "channel": acc.decision.channel,
             "claim": acc.decision.claim_id,

@@ -320,3 +320,50 @@ def test_a_held_recipient_is_never_copied_half_way_through_bringing_it_forward(a
     assert final.version > held + 1
     assert copy.version == final.version
     assert sorted(acc.facts.invoice_no for acc in copy.expenses.values()) == ["F-1", "F-2"]
+
+
+@BOTH
+def test_a_pass_after_another_writer_decided_resumes_from_the_kept_pass_and_compares_every_due(apps, database_url, monkeypatch):
+    """ADR 0017: a's last pass over the recipient no longer describes it once b has decided for it
+    (its standing moved). a's next pass still resumes from it (the assessments before the first
+    changed input are the kept ones), but names no expense as the only ones assessed again
+    (``recomputed`` None): every ``due`` is compared, as after a full pass, and the pass equals the
+    full one."""
+    from ledger import engine
+
+    a, b = apps
+    rid = _enrolled(a, "31010519600101307")
+    kept_ids = []
+    for i in range(4):
+        eid = ok(a.run(_expense(rid, f"K-{i}"))).ids["expense"]
+        _aid(a, rid, eid)
+        kept_ids.append(eid)
+    other = ok(b.run(_expense(rid, "K-B"))).ids["expense"]
+    _aid(b, rid, other)
+    last = ok(a.run(_expense(rid, "K-5"))).ids["expense"]
+    real = engine.assess
+    calls: list[tuple[tuple, dict, engine.PassResult]] = []
+
+    def spy(*args, **kw):
+        result = real(*args, **kw)
+        calls.append((args, kw, result))
+        return result
+
+    monkeypatch.setattr(engine, "assess", spy)
+    _aid(a, rid, last)
+    monkeypatch.undo()
+
+    resumed = [(args, kw, res) for args, kw, res in calls if kw.get("memo") is not None]
+    assert resumed, "a's passes were given its kept pass although b had decided since"
+    for args, kw, res in resumed:
+        assert res.recomputed is None, "the recipient moved since the kept pass: every due is compared"
+        memo = kw["memo"]
+        assert all(res.assessments[eid] is memo.by_id[eid] for eid in kept_ids), "the kept assessments were carried over"
+        full = real(*args, **{k: v for k, v in kw.items() if k != "memo"})
+        assert {e: x.summary() for e, x in res.assessments.items()} == {e: x.summary() for e, x in full.assessments.items()}
+        assert res.caps == full.caps
+    fresh = build_app(Settings(database_url=database_url), publish_policy=False)
+    r = fresh.recipient(rid)
+    fresh.close()
+    assert r.expenses[last].decision is not None and r.expenses[last].due == a.recipient(rid).expenses[last].due
+    _chain_verifies(a)

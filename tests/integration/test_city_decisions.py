@@ -32,6 +32,7 @@ from ledger.values import CST
 from relay_support import BackgroundLoop, wait_until
 from test_city_view import stream_of
 from district_support import district_app
+from aggregate_support import recorded_decision
 
 ID_NUMBER = "310105195803122013"
 TERTIARY = {"kind": "hospital", "level": 3, "district_designated": False, "code": "SH-H3-RUIJIN"}
@@ -87,8 +88,7 @@ def expense(app: Any, rid: str, day: str, invoice_no: str, in_scope: str, at: st
 
 
 def city_trace(app: Any, rid: str, eid: str) -> dict[str, Any]:
-    decided = app.recipient(rid).expenses[eid].decided
-    assert decided is not None
+    decided = recorded_decision(app, rid, eid)
     return next(s for s in decided["trace"]["schemes"] if s["scheme"] == CITY)
 
 

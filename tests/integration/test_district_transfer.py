@@ -20,6 +20,7 @@ from infra.cli.ops import execute
 from infra.districts import configured
 from ledger.values import CST
 from district_support import district_app
+from aggregate_support import recorded_decision
 
 ID_NUMBER = "310105195803122013"
 TERTIARY = {"kind": "hospital", "level": 3, "district_designated": False, "code": "SH-H3-RUIJIN"}
@@ -60,8 +61,7 @@ def expense(app: LedgerApp, rid: str, facility: dict, day: str, invoice_no: str,
 
 
 def scheme_trace(app: LedgerApp, rid: str, eid: str, scheme: str) -> dict[str, Any]:
-    decided = app.recipient(rid).expenses[eid].decided
-    assert decided is not None
+    decided = recorded_decision(app, rid, eid)
     return next(s for s in decided["trace"]["schemes"] if s["scheme"] == scheme)
 
 

@@ -188,17 +188,23 @@ def test_resumed_passes_equal_full_passes(seed: int, jurisdiction: str) -> None:
     FAST.append(fast)
 
 
-def test_an_appended_decision_assesses_only_itself() -> None:
-    h = History(99, "shanghai.changning")
-    for _ in range(30):
-        h.record()
+def _one_more_after_a_pass(h: History, served: date, invoiced: date) -> tuple[engine.PassResult, str, engine.PassResult]:
+    """Every expense of ``h`` decided in canonical order and a pass over them; then one more
+    expense (served and invoiced on the dates given) decided, and the pass resumed from the first."""
     ordered = sorted(h.expenses.values(), key=lambda f: (f.invoice_date, f.service_date))
     h.decided = h.decide([f.id for f in ordered])
     first = engine.assess(h.knowledge(), h.expenses, h.decided, h.book, h.schemes)
     eid = h.record()
-    h.expenses[eid] = replace(h.expenses[eid], service_date=date(2026, 3, 5), invoice_date=date(2026, 3, 6))
+    h.expenses[eid] = replace(h.expenses[eid], service_date=served, invoice_date=invoiced)
     h.decided += h.decide([eid])
-    again = engine.assess(h.knowledge(), h.expenses, h.decided, h.book, h.schemes, memo=first.memo)
+    return first, eid, engine.assess(h.knowledge(), h.expenses, h.decided, h.book, h.schemes, memo=first.memo)
+
+
+def test_an_appended_decision_assesses_only_itself() -> None:
+    h = History(99, "shanghai.changning")
+    for _ in range(30):
+        h.record()
+    first, eid, again = _one_more_after_a_pass(h, date(2026, 3, 5), date(2026, 3, 6))
     assert again.recomputed == {eid}
     full = engine.assess(h.knowledge(), h.expenses, h.decided, h.book, h.schemes)
     _compare(full, again, "resumed")
@@ -272,3 +278,20 @@ def test_the_appended_path_ran_in_the_random_histories() -> None:
     if len(FAST) < 24:
         pytest.skip("run with the random histories")
     assert sum(FAST) > 10, FAST
+
+
+def test_a_late_receipt_resumes_the_pass_from_the_start_of_its_invoice_month() -> None:
+    """A receipt invoiced in the middle of a month already passed (a late claim) is assessed with
+    the expenses from the start of that month on, not the whole year again: checkpoints are kept
+    per invoice month (``engine.CHECKPOINT_EVERY`` is only the upper bound)."""
+    h = History(7, "shanghai.changning")
+    by_month: dict[int, list[str]] = {}
+    for month in (1, 2, 3):
+        for day in (5, 10, 15, 20):
+            eid = h.record()
+            on = date(2026, month, day)
+            h.expenses[eid] = replace(h.expenses[eid], service_date=on, invoice_date=on)
+            by_month.setdefault(month, []).append(eid)
+    _, late, again = _one_more_after_a_pass(h, date(2026, 2, 12), date(2026, 2, 12))
+    assert again.recomputed == {*by_month[2], late, *by_month[3]}
+    _compare(engine.assess(h.knowledge(), h.expenses, h.decided, h.book, h.schemes), again, "resumed in February")

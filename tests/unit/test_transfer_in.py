@@ -13,6 +13,7 @@ from infra.cli.ops import execute
 from infra.wiring import memory_app
 from ledger import errors
 from ledger.values import CST
+from aggregate_support import recorded_decision
 
 ID_NUMBER = "310105195803122013"
 TERTIARY = {"kind": "hospital", "level": 3, "district_designated": False, "code": "SH-H3-RUIJIN"}
@@ -62,7 +63,7 @@ def test_only_the_carried_bucket_starts_from_the_carried_usage(xuhui):
     assert code == 0, answer
     city = xuhui.recipient(rid).expenses[eid].decided["by_scheme"]["shanghai.medical_aid"]
     assert Decimal(city) > Decimal("500.00")
-    trace = next(s for s in xuhui.recipient(rid).expenses[eid].decided["trace"]["schemes"] if s["scheme"] == "shanghai.medical_aid")
+    trace = next(s for s in recorded_decision(xuhui, rid, eid)["trace"]["schemes"] if s["scheme"] == "shanghai.medical_aid")
     assert "carried_in" not in trace["cap"] and "R-CAP-4" not in trace["rules"]
 
 
