@@ -205,7 +205,16 @@ class LedgerCore(Application):
             reads.saved = True
 
     def _forget(self, ids: Iterable[Any]) -> None:
-        """Drop what this process keeps of these aggregates (cache, last pass): read them afresh."""
+        """What this process keeps of these aggregates is no longer the store's: the next command
+        reads them afresh. Where the cache hands out copies, each cached aggregate is brought
+        forward by the events after it (``LedgerRepository.refresh``); else it is dropped. The
+        engine's last pass is kept as a pass only, either way (``group._evict``)."""
+        ids = list(ids)
+        refresh = getattr(self.repository, "refresh", None)
+        if refresh is not None and refresh(ids):
+            for key in ids:
+                group_commit.unsettle_pass(self, key)
+            return
         for key in ids:
             group_commit._evict(self, key)
 

@@ -338,6 +338,12 @@ def _evict(app: Any, key: Any) -> None:
             cache.get(key, evict=True)
         except KeyError:
             pass
+    unsettle_pass(app, key)
+
+
+def unsettle_pass(app: Any, key: Any) -> None:
+    """The engine's last pass over aggregate ``key`` kept as a pass only, with no standing (see
+    :func:`_evict`)."""
     memos = getattr(app, "_memos", None)
     if memos is not None:
         with app._memos_lock:  # noqa: SLF001

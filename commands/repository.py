@@ -91,6 +91,10 @@ class LedgerRepository(Repository):
                 with contextlib.suppress(KeyError):
                     cache.get(aggregate_id, evict=True)
                 cached = None
+            if cached is not None and aggregate_id in self._refresh:
+                # Another process changed it (a save of this process was refused): brought
+                # forward by the events after the cached version (``_get``), not read again whole.
+                cached = None
             if cached is not None:
                 reads.setdefault(aggregate_id, cached.version)
                 if not self.deepcopy_from_cache:
@@ -111,12 +115,33 @@ class LedgerRepository(Repository):
 
     def remember(self, aggregates: Iterable[Any]) -> None:
         """Keep just-saved aggregates in the cache as the latest state (the library does so only
-        without fast-forward)."""
+        without fast-forward). With copies handed out (``deepcopy_from_cache``) the cache keeps a
+        copy too: the command goes on holding its own object (it may record more on it, and a
+        later save of it may be refused), so that a cached aggregate is always one that no
+        command holds, exactly a version of the store (:meth:`refresh` relies on it)."""
         cache = self.cache
         if cache is None or not self.fastforward:
             return
         for aggregate in aggregates:
-            cache.put(aggregate.id, aggregate)
+            cache.put(aggregate.id, deepcopy(aggregate) if self.deepcopy_from_cache else aggregate)
+
+    @property
+    def _refresh(self) -> set[Any]:
+        return self.__dict__.setdefault("_refresh_ids", set())
+
+    def refresh(self, ids: Iterable[Any]) -> bool:
+        """After a save refused because another process changed what a command read (ADR 0021):
+        the next command to read one of ``ids`` brings the cached aggregate forward by the events
+        recorded after it (one short read, under the aggregate's fast-forward lock), instead of the
+        cache dropping it and the next read rebuilding it from its snapshot and every event since.
+        Only where the cache hands out copies and fast-forwards (the ordinary wiring): there a
+        cached aggregate is never one a command holds (:meth:`remember`), so it is a version of
+        the store whatever the refused command did to its own copy. Returns False (nothing done)
+        elsewhere: the caller then drops the aggregates from the cache."""
+        if self.cache is None or not (self.fastforward and self.deepcopy_from_cache):
+            return False
+        self._refresh.update(ids)
+        return True
 
     def hint_unsnapshotted(self, aggregate_id: Any) -> None:
         """``aggregate_id`` is of a type never snapshotted: read its events without asking the
@@ -133,6 +158,8 @@ class LedgerRepository(Repository):
         # the state of one version and the number of another. The copy is made here instead,
         # under that lock, as ``_get_for_command`` makes its own.
         wanted = kwargs.pop("deepcopy_from_cache", True)
+        if version is None:
+            self._refresh.discard(aggregate_id)  # read from the store now (whole, or brought forward)
         copy = version is None and self.cache is not None and self.deepcopy_from_cache and wanted
         aggregate = super().get(aggregate_id, version=version, projector_func=projector_func, deepcopy_from_cache=False, **kwargs)
         if copy:

@@ -367,3 +367,46 @@ def test_a_pass_after_another_writer_decided_resumes_from_the_kept_pass_and_comp
     fresh.close()
     assert r.expenses[last].decision is not None and r.expenses[last].due == a.recipient(rid).expenses[last].due
     _chain_verifies(a)
+
+
+@BOTH
+def test_a_recipient_another_writer_changed_is_brought_forward_not_read_again_whole(apps, database_url):
+    """After a's save is refused (b changed the recipient a held), a's next read of it applies
+    only the events recorded after the version a held, to the aggregate a's cache keeps (no
+    command holds that one: the cache keeps copies), instead of rebuilding the recipient from
+    its snapshot and every event since; and the answer is the one a fresh read gives."""
+    import uuid
+
+    a, b = apps
+    rid = _enrolled(a, "31010519600101308")
+    for i in range(3):
+        ok(a.run(_expense(rid, f"F-{i}")))
+    held = a.repository.cache.get(uuid.UUID(rid)).version
+    ok(b.run(_expense(rid, "F-B")))
+    conflicts = count_conflicts(a)
+    asked: list[dict] = []
+    rebuilt: list[object] = []
+    get, reconstruct = a.repository.event_store.get, a.repository._reconstruct_aggregate
+
+    def spy_get(*args, **kw):
+        asked.append(kw)
+        return get(*args, **kw)
+
+    def spy_reconstruct(aggregate_id, *args, **kw):
+        rebuilt.append(aggregate_id)
+        return reconstruct(aggregate_id, *args, **kw)
+
+    a.repository.event_store.get = spy_get  # type: ignore[method-assign]
+    a.repository._reconstruct_aggregate = spy_reconstruct  # type: ignore[method-assign]
+
+    ok(a.run(_expense(rid, "F-4")))
+
+    assert conflicts["conflict"] == 1, "a used the recipient it held, and its save was refused once"
+    assert uuid.UUID(rid) not in rebuilt, "the recipient was not rebuilt from the store"
+    assert any(kw.get("originator_id") == uuid.UUID(rid) and kw.get("gt") == held for kw in asked), asked
+    fresh = build_app(Settings(database_url=database_url), publish_policy=False)
+    r = fresh.recipient(rid)
+    fresh.close()
+    assert sorted(acc.facts.invoice_no for acc in r.expenses.values()) == ["F-0", "F-1", "F-2", "F-4", "F-B"]
+    assert a.recipient(rid).version == r.version
+    _chain_verifies(a)
