@@ -58,9 +58,9 @@ def annual_rows(r: Recipient, book, schemes: tuple[str, ...], passed: Any = _ASS
     the cap, the cap and what remains. ``passed``: the pass over ``r``'s decided expenses under
     ``book`` when the caller has it (``LedgerCore.current_pass``: None before a first decision);
     else it is made here."""
-    if passed is _ASSESS:
-        passed = engine.assess(r.knowledge(), r.expense_facts(), r.decided_refs(), book, schemes) if r.decided_refs() else None
     result = passed
+    if result is _ASSESS:
+        result = engine.assess(r.knowledge(), r.expense_facts(), r.decided_refs(), book, schemes) if r.decided_refs() else None
     rows: dict[tuple[int, str, str], Decimal] = {}
     paid_any: set[tuple[int, str, str]] = set()
     for eid, acc in r.expenses.items():
