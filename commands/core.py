@@ -571,22 +571,7 @@ class LedgerCore(Application):
         self.forget_policy()
         return Result(ids={"packs": [f"{p.scheme}@{p.version}" for p in packs]})
 
-
-    # ------------------------------------------------------------------ recipients
-
-
-
-
-
-
-
-
-
-
-
-
-    # ------------------------------------------------------------------ expenses
-
+    # (the enrolment and expense commands: commands.handlers.enrolment, commands.handlers.expenses)
 
     # ------------------------------------------------------------------ decisions
     def _assess(self, r: Recipient, new: list[str], channel: str, claim_id: str | None, at: datetime, *, read_city: bool = True) -> engine.PassResult:
@@ -869,9 +854,6 @@ class LedgerCore(Application):
 
     # ------------------------------------------------------------------ claims
 
-
-
-
     def aid(self, recipient: str, expenses: list[str], at: datetime | None, command_id: str | None = None) -> Result:
         """The scenario contract's shorthand: claim + review + approve + pay with three distinct
         default officers and the default payer (R-PH-4)."""
@@ -1124,10 +1106,6 @@ class LedgerCore(Application):
             if progress:
                 progress(1)
         return changed
-
-
-
-
 
 
 @dataclass(frozen=True)

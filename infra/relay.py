@@ -291,8 +291,6 @@ class Sender:
             await self.broker.publish(body, t.replay_topic(destination), key=(message.recipient_key or "none").encode(), headers=headers, correlation_id=eid)
 
 
-
-
 async def ensure_stream(broker: Any, name: str, subjects: list[str]) -> None:
     """Create a JetStream stream (file storage, 2-minute dedup window) unless it exists."""
     from nats.js.errors import BadRequestError
