@@ -605,10 +605,15 @@ class LedgerCore(Application):
         cases and supplementary payouts recorded (each count only ever grows)."""
         return (r.decision_seq, getattr(r, "reassessments", 0), getattr(r, "facts_changes", 0), len(r.cases), len(r.supplementary))
 
+    def _kept_pass(self, r: Recipient) -> tuple[tuple | None, engine.PassMemo] | None:
+        """(standing, pass): this process's last pass over ``r`` and where the recipient stood then
+        (None: unknown, ``group.unsettle_pass``)."""
+        with self._memos_lock:
+            return self._memos.get(r.id)
+
     def _memo(self, r: Recipient) -> engine.PassMemo | None:
         """This process's last pass over ``r``, if the recipient still stands where it left it."""
-        with self._memos_lock:
-            kept = self._memos.get(r.id)
+        kept = self._kept_pass(r)
         return kept[1] if kept is not None and kept[0] == self._standing(r) else None
 
     def _pass(self, r: Recipient, facts: dict[str, ExpenseFacts], refs: list[DecisionRef], knowledge: Any = None) -> engine.PassResult:
@@ -623,8 +628,7 @@ class LedgerCore(Application):
         that pass was recorded. When it has moved since (another process of a service decided,
         reassessed or opened a case for it), the pass is still resumed, but ``recomputed`` is
         None: every ``due`` is compared again, as after a full pass."""
-        with self._memos_lock:
-            kept = self._memos.get(r.id)
+        kept = self._kept_pass(r)
         result = engine.assess(knowledge if knowledge is not None else r.knowledge(), facts, refs, self.policy().book, self.schemes,
                                memo=kept[1] if kept is not None else None)
         if kept is not None and kept[0] != self._standing(r):

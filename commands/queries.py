@@ -7,6 +7,7 @@ waits for a projection.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +49,20 @@ def expense_view(r: Recipient, expense_id: str) -> dict[str, Any]:
         "duplicate_of": acc.facts.duplicate_of,
         "decision": {"code": (acc.due or {}).get("code"), "rule": (acc.due or {}).get("rule")} if acc.due and not acc.due.get("granted") else None,
     }
+
+
+def recorded_summaries(events: Iterable[Any], expense_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """R-TIME-1: the first decision on an expense and its latest assessment as their events
+    recorded them, traces included (a recipient's state keeps them without:
+    ``ledger.aggregates.kept_summary``), from the recipient's events in order; (None, None) before
+    a decision."""
+    decided = due = None
+    for event in events:
+        if isinstance(event, Recipient.AidDecided) and decided is None:
+            decided = due = next((s for s in event.decisions if s.get("expense") == expense_id), None)
+        elif isinstance(event, Recipient.AidReassessed) and decided is not None:
+            due = next((x["due"] for x in event.results if x.get("expense") == expense_id), due)
+    return decided, due
 
 
 _ASSESS = object()

@@ -79,9 +79,8 @@ def recorded_decision(app: Any, rid: Any, eid: str) -> dict[str, Any]:
     included (the recipient's state keeps it without: ``ledger.aggregates.kept_summary``)."""
     import uuid
 
-    for event in app.events.get(uuid.UUID(str(rid))):
-        if isinstance(event, Recipient.AidDecided):
-            for summary in event.decisions:
-                if summary["expense"] == eid:
-                    return summary
-    raise AssertionError(f"no decision recorded on {eid}")
+    from commands.queries import recorded_summaries
+
+    decided, _ = recorded_summaries(app.events.get(uuid.UUID(str(rid))), eid)
+    assert decided is not None, f"no decision recorded on {eid}"
+    return decided

@@ -121,13 +121,7 @@ def stored_explanation(app: LedgerApp, r: Recipient, eid: str) -> dict[str, Any]
     with their traces, read from the recipient's events (its state keeps them without the trace:
     ``ledger.aggregates.kept_summary``)."""
     acc = r.expenses[eid]
-    decided = due = None
-    if acc.decision is not None:
-        for event in app.events.get(r.id, lte=r.version):
-            if isinstance(event, Recipient.AidDecided) and decided is None:
-                decided = due = next((s for s in event.decisions if s.get("expense") == eid), None)
-            elif isinstance(event, Recipient.AidReassessed):
-                due = next((x["due"] for x in event.results if x.get("expense") == eid), due)
+    decided, due = queries.recorded_summaries(app.events.get(r.id, lte=r.version), eid) if acc.decision is not None else (None, None)
     return {
         "decided": decided,
         "due": due,
