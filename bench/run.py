@@ -121,8 +121,9 @@ class Scale:
     #: Raw saves per chunk (one event each, and ten events each), interleaved with the ledger.
     raw_one_per_chunk: int = 40
     raw_ten_per_chunk: int = 10
-    #: Notifications per page in the fallback rebuild.
-    rebuild_batch: int = 50_000  # projections.runner.REBUILD_BATCH
+    #: Notifications per page in the fallback rebuild (None: ``projections.runner.REBUILD_BATCH``,
+    #: as ``ledger projections rebuild``).
+    rebuild_batch: int | None = None
     seed: int = 2026
 
 
@@ -629,12 +630,12 @@ def projection_rebuild(run: Run) -> None:
     (one process per core, each a partition of the recipients) when the runner has it, else
     ``Runner.rebuild``."""
     from projections.common import make_engine, projection_url
-    from projections.runner import Runner
+    from projections.runner import REBUILD_BATCH, Runner
 
     app = run.app
     engine_url = projection_url(run.settings.sqlalchemy_url())
     engine = make_engine(engine_url)
-    batch = run.scale.rebuild_batch
+    batch = run.scale.rebuild_batch or REBUILD_BATCH
     runner = Runner(engine, app.recorder, app.mapper, batch_size=batch)
     how = "Runner.rebuild (one process)"
     try:

@@ -54,8 +54,10 @@ DEFAULT_BATCH = 1000
 #: rewrite each recipient's working state fewer times; the cuts view takes a recipient's cut once
 #: per period (day) whatever the pages, carrying it over in ``proj_cut_owed``, ADR 0022).
 #: Measured on the district-year (962k events, two processes, bench/rebuild.py, 2026-12-06):
-#: pages of 20,000 263.7 s (321 s of CPU), 50,000 238.6 s (271 s).
-REBUILD_BATCH = 50000
+#: pages of 20,000 263.7 s (321 s of CPU), 50,000 238.6 s (271 s). Again, with the reset a
+#: TRUNCATE (22:50, same machine, database CPU in brackets): 50,000 148.9 s (86 s), 200,000
+#: 115.1 s (43 s), 250,000 107.1 s (38 s; 2.8 GB peak per process), 500,000 98.8 s (30 s; 4.1 GB).
+REBUILD_BATCH = 250_000
 
 #: From this many notifications a rebuild uses one process per core by default (bench/rebuild.py:
 #: on a 19k-notification log the start-up of the worker processes outweighs what they share out).
@@ -269,6 +271,12 @@ class Runner:
             if recreate:
                 metadata.drop_all(conn, tables=list(projection.tables))
                 metadata.create_all(conn, tables=list(projection.tables))
+            elif is_postgres(conn):
+                # One TRUNCATE of the view's tables, in this transaction: a DELETE of a district's
+                # rows cost a third of the rebuild's database time and left them all dead for
+                # VACUUM (ADR 0008). It waits for readers of these tables, and a reader in a
+                # snapshot taken before it sees the tables empty afterwards, as at a recreate.
+                conn.execute(text("TRUNCATE " + ", ".join(conn.dialect.identifier_preparer.format_table(t) for t in projection.tables)))
             else:
                 for t in reversed(projection.tables):
                     conn.execute(t.delete())
@@ -579,7 +587,7 @@ class Runner:
         every view folds them, each (view, partition) in exactly the transactions of
         :meth:`catch_up` on a tracking row of its own (``caps@0/2``: rows and position commit
         together; failures recorded and skips honoured as ever). A view that matches across
-        aggregates (duplicates) goes whole to process 0. When every partition of a view has
+        aggregates (duplicates) is rebuilt whole in a process of its own (``jobs`` + 1 processes). When every partition of a view has
         reached the head (as seen at the start), one transaction replaces its partition rows by
         the view's own position. A rebuild cut short leaves the partition rows: the next
         :meth:`step` (``ledger projections run``, ``catch_up``) finishes each partition and merges
@@ -618,8 +626,13 @@ class Runner:
         # and their threads)
         ctx = multiprocessing.get_context("spawn")
         total = 0
-        tasks = [([p.name for p in split], whole if k == 0 else [], (k, jobs)) for k in range(jobs)]
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        # The views that cannot be split (duplicates) in a process of their own: with them in
+        # partition 0's process, that process finished 25 s after the other on the district-year
+        # (114 s against 89 s); on their own they share the cores with both partitions.
+        tasks = [([p.name for p in split], [], (k, jobs)) for k in range(jobs)]
+        if whole:
+            tasks.append(([], whole, (0, jobs)))
+        with ProcessPoolExecutor(max_workers=len(tasks), mp_context=ctx) as pool:
             futures = [pool.submit(_rebuild_views, engine_url, source, parted, whole_, self.batch_size, head, part, self.pause_in_batch)
                        for parted, whole_, part in tasks]
             for f in as_completed(futures):

@@ -132,7 +132,9 @@ def _rebuild_parallel(runner: Runner, jobs: int) -> None:
     total = runner.rebuild_parallel(projection_url(get_settings().sqlalchemy_url()), store_source(), jobs=jobs, progress=done)
     elapsed = time.perf_counter() - started
     rate = total / elapsed if elapsed > 0 else 0.0
-    typer.echo(f"rebuilt {', '.join(p.name for p in runner.projections)} in {jobs} processes: {total} events (summed over processes) "
+    whole = [p.name for p in runner.projections if not p.partitionable]
+    processes = f"{jobs + 1} processes ({jobs} partitions of the recipients; {', '.join(whole)} whole)" if whole else f"{jobs} processes"
+    typer.echo(f"rebuilt {', '.join(p.name for p in runner.projections)} in {processes}: {total} events (summed over processes) "
                f"up to position {head} in {elapsed:.2f}s ({rate:,.0f} events/s)")
     _exit_if_stopped(runner)
 
