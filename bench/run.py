@@ -650,7 +650,8 @@ def projection_rebuild(run: Run) -> None:
             jobs = default_jobs(runner.head())  # as `ledger projections rebuild`: one process for a short log
             n = runner.rebuild_parallel(engine_url, store_source(run.url, "shanghai.changning"), jobs=jobs)
             how = (f"Runner.rebuild_parallel (jobs={jobs}: each process a partition of the recipients, "
-                   f"every view folding its pages; notifications_read summed over processes)")
+                   f"every view folding its pages, and the views that cannot be split in a process of their own; "
+                   f"notifications_read summed over processes)")
         else:
             n = runner.rebuild()
         t = time.perf_counter() - t0
