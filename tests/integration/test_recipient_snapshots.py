@@ -157,22 +157,45 @@ def test_every_kind_of_event_went_through_a_snapshot_in_each_store(backend: str)
     assert KINDS - {"Created", "Event"} <= STORED_KINDS[backend], sorted(KINDS - STORED_KINDS[backend])
 
 
-def test_the_ledger_snapshots_a_recipient_every_interval(database_url: str) -> None:
+def test_the_snapshot_is_of_the_saved_recipient_not_read_back(database_url: str) -> None:
+    """The ledger snapshots a recipient by itself every ``snapshotting_intervals`` events: a save
+    whose events cross the interval snapshots the recipient it saved, at its version after the
+    save, without reading the recipient back from the store (``LedgerCore._snapshot_saved``)."""
     interval = LedgerApp.snapshotting_intervals[Recipient]
     runner = play(runner_on(database_url, text_of("four-linkage-visit-count")), text_of("four-linkage-visit-count"))
     app = runner.app
     try:
         rid = next(iter(app.recipient_ids()))
         r = app.recipient(rid)
-        # Enough small facts to cross the interval at least once.
         base = datetime.now().astimezone()
-        for i in range(interval + 1):
-            r.trigger_event(Recipient.AutoClaimConsentChanged, timestamp=base + timedelta(seconds=i), signed=bool(i % 2))
-            app.save(r)
+        reads: list[str] = []
+        store = app.repository.event_store
+        real_get = store.get
+        store.get = lambda *a, **k: reads.append("events") or real_get(*a, **k)
+        real_latest = getattr(app.recorder, "select_latest", None)
+        if real_latest is not None:
+            app.recorder.select_latest = lambda *a, **k: reads.append("latest") or real_latest(*a, **k)
+        crossed = None
+        try:
+            i = 0
+            while crossed is None:
+                before = r.version
+                for _ in range(3):  # three events a save: the interval is crossed inside a save
+                    r.trigger_event(Recipient.AutoClaimConsentChanged, timestamp=base + timedelta(seconds=i), signed=bool(i % 2))
+                    i += 1
+                app.save(r)
+                if before // interval != r.version // interval:
+                    crossed = r.version
+        finally:
+            store.get = real_get
+            app.recorder.__dict__.pop("select_latest", None)
+        assert reads == []
         versions = [s.originator_version for s in app.snapshots.get(rid)]
-        assert versions and all(v % interval == 0 for v in versions)
+        assert versions[-1] == crossed  # the save's version, not the multiple inside it
         fresh = build_app(Settings(database_url=database_url), jurisdiction=app.jurisdiction)
         try:
+            [snap] = [s for s in fresh.snapshots.get(rid) if s.originator_version == crossed]
+            assert state_of(snap.mutate(None)) == state_of(fresh.recipient(rid, version=crossed))
             assert state_of(fresh.recipient(rid)) == state_of(app.recipient(rid))
         finally:
             fresh.close()
