@@ -587,9 +587,9 @@ class Runner:
         every view folds them, each (view, partition) in exactly the transactions of
         :meth:`catch_up` on a tracking row of its own (``caps@0/2``: rows and position commit
         together; failures recorded and skips honoured as ever). A view that matches across
-        aggregates (duplicates) is rebuilt whole in a process of its own (``jobs`` + 1 processes). When every partition of a view has
-        reached the head (as seen at the start), one transaction replaces its partition rows by
-        the view's own position. A rebuild cut short leaves the partition rows: the next
+        aggregates (duplicates) is rebuilt whole in a process of its own (``jobs`` + 1
+        processes). When every partition of a view has reached the head (as seen at the start),
+        one transaction replaces its partition rows by the view's own position. A rebuild cut short leaves the partition rows: the next
         :meth:`step` (``ledger projections run``, ``catch_up``) finishes each partition and merges
         before the view goes on. On SQLite the processes take turns at the write lock (``BEGIN
         IMMEDIATE``, busy timeout) and decode in parallel.
