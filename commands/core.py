@@ -32,6 +32,7 @@ from eventsourcing.utils import get_topic
 from commands import city as city_port
 from commands import group as group_commit
 from commands import models as m
+from commands import queries
 from commands.repository import COMPRESSOR_TOPIC, upgrade as upgrade_repository
 from ledger import clearing, engine, errors, procedure
 from ledger.aggregates import (
@@ -662,6 +663,12 @@ class LedgerCore(Application):
         a reader: resumed from this process's last pass (:meth:`_pass`), not kept for the next."""
         refs = r.decided_refs()
         return self._pass(r, r.expense_facts(), refs) if refs else None
+
+    def annual_caps(self, r: Recipient) -> list[dict[str, Any]]:
+        """R-CAP-2 [002 4.3]: per invoice year, scheme and kind, the aid due that counts
+        against the cap, the cap and what remains (``queries.annual_rows``), from the pass as
+        recorded (:meth:`current_pass`)."""
+        return queries.annual_rows(r, self.policy().book, self.schemes, self.current_pass(r))
 
     def _remember(self, r: Recipient, result: engine.PassResult) -> None:
         """Keep ``result``'s pass for the recipient's next one, with what its ``due`` now stands on."""

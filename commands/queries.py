@@ -71,8 +71,8 @@ _ASSESS = object()
 def annual_rows(r: Recipient, book, schemes: tuple[str, ...], passed: Any = _ASSESS) -> list[dict[str, Any]]:
     """R-CAP-2: per year (of the invoice date), scheme and kind, the aid due that counts against
     the cap, the cap and what remains. ``passed``: the pass over ``r``'s decided expenses under
-    ``book`` when the caller has it (``LedgerCore.current_pass``: None before a first decision);
-    else it is made here."""
+    ``book`` when the caller has it (``LedgerCore.annual_caps`` gives ``LedgerCore.current_pass``,
+    None before a first decision); else it is made here."""
     result = passed
     if result is _ASSESS:
         result = engine.assess(r.knowledge(), r.expense_facts(), r.decided_refs(), book, schemes) if r.decided_refs() else None

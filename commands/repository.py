@@ -140,6 +140,9 @@ class LedgerRepository(Repository):
         elsewhere: the caller then drops the aggregates from the cache."""
         if self.cache is None or not (self.fastforward and self.deepcopy_from_cache):
             return False
+        if len(self._refresh) >= self.SEEN_MAX:
+            # a bound, not a loss: a stale copy read after this is refused at its save again
+            self._refresh.clear()
         self._refresh.update(ids)
         return True
 

@@ -70,8 +70,7 @@ def statement(app: LedgerApp, r: Recipient) -> dict[str, Any]:
 
 
 def caps(app: LedgerApp, r: Recipient) -> dict[str, Any]:
-    # R-CAP-2: the caps from the pass as recorded, resumed from the process's last pass over r
-    return {"recipient": str(r.id), "annual": queries.annual_rows(r, app.policy().book, app.schemes, app.current_pass(r))}
+    return {"recipient": str(r.id), "annual": app.annual_caps(r)}  # R-CAP-2
 
 
 def recipient_clearing(r: Recipient) -> dict[str, Any]:
