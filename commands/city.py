@@ -139,6 +139,45 @@ def usage_block(
     return {"district": district, "positions": dict(read.positions), "caps": caps}
 
 
+RULE_CAP = "R-CAP-4, R-CLR-1(e)"
+CLAUSE_CAP = "[001; 000 第七条]"
+
+
+@dataclass(frozen=True)
+class UsageOverlap:
+    """The city view's rows of the persons aided in ``district`` and in another district
+    (``infra.city.CityView.usage_overlaps_for``), per recipient, as of ``positions``: what a
+    clearing run of ``district`` checks its decisions' city reads against (R-CAP-4, R-CLR-1(e))."""
+
+    district: str
+    positions: Mapping[str, int]
+    by_recipient: Mapping[Any, list[Mapping[str, Any]]]
+
+    def __len__(self) -> int:
+        return len(self.by_recipient)
+
+
+def usage_known_before(rows: Iterable[Mapping[str, Any]], district: str, before_us: int, positions: Mapping[str, int]) -> UsageRead:
+    """R-CAP-4, R-CLR-1(e) [001; 000 第七条]: the person's city-scheme aid due per cap bucket in the
+    districts other than ``district``, counting only the expenses first decided there before
+    ``before_us`` (µs since 1970 UTC): what a decision recorded at that time would have read from a
+    view that did not lag. ``rows``: the city view's rows of one person (``usage_overlaps_for``);
+    a row from before the view kept decision times counts (conservative: never paid twice). Each
+    counts at its aid due as now known (a later reassessment there included)."""
+    used: dict[tuple[int, str], dict[str, Decimal]] = {}
+    for row in rows:
+        if row["district"] == district or (row["decided_us"] is not None and row["decided_us"] >= before_us):
+            continue
+        due = Decimal(row["city_due"])
+        if not due:
+            continue
+        year = row["cap_year"] or row["year"]
+        for kind in (row["kind"],) if row["kind"] else ("outpatient", "inpatient"):
+            by_district = used.setdefault((year, kind), {})
+            by_district[row["district"]] = by_district.get(row["district"], ZERO) + due
+    return UsageRead(used, dict(positions))
+
+
 def unavailable_block(district: str, reason: str) -> dict[str, Any]:
     """What a decision records when the city view could not be read: nothing counted."""
     return {"district": district, "unavailable": reason}

@@ -39,6 +39,7 @@ from ledger.aggregates import ClearingLog, PolicyLedger, Recipient
 from ledger.values import Trigger
 
 if TYPE_CHECKING:  # pragma: no cover
+    from commands.city import UsageOverlap
     from commands.core import LedgerCore as LedgerApp
 
 PAGE = 1000
@@ -152,6 +153,7 @@ def _record(app: "LedgerApp", summary: "RunSummary", position: int, triggers: di
 
 
 RULE_CITY = "R-CAP-4, R-CLR-1(b) [002 4.5; 000 第七条]"
+RULE_CITY_CAP = "R-CAP-4, R-CLR-1(e) [001; 000 第七条]"
 
 
 @runtime_checkable
@@ -214,6 +216,46 @@ def city_conflicts(district: str, rows: list[dict[str, Any]], positions: dict[st
     return CityConflicts(district, dict(positions), found)
 
 
+@runtime_checkable
+class CityUsageReads(Protocol):
+    """The city view's usage rows of the persons aided in ``district`` and in another district
+    (infra.city.CityView.usage_overlaps_for), and the positions they are true at."""
+
+    def usage_overlaps_for(self, district: str) -> tuple[list[dict[str, Any]], dict[str, int]]: ...
+
+
+def city_usage_from(source: Any) -> "UsageOverlap | None":
+    """What the clearing run checks this district's decisions' city reads against (R-CAP-4,
+    R-CLR-1(e) [001; 000 第七条]), from the ledger's city port; None without one (a single
+    district) or when the view cannot be read (a later run finds what this one could not)."""
+    from commands.city import CityUnavailable
+
+    district = getattr(source, "district", None)
+    if not district or not isinstance(source, CityUsageReads):
+        return None
+    try:
+        rows, positions = source.usage_overlaps_for(district)
+    except CityUnavailable as exc:
+        logging.getLogger("ledger.city").warning("city view not read for the clearing run's cap check: %s", exc)
+        return None
+    return usage_overlap(district, rows, positions)
+
+
+def usage_overlap(district: str, rows: list[dict[str, Any]], positions: dict[str, int]) -> "UsageOverlap":
+    """The view's rows (each naming its ``recipient_key``, the recipient's id in every district)
+    grouped per recipient."""
+    from commands.city import UsageOverlap
+
+    by_recipient: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for row in rows:
+        try:
+            rid = uuid.UUID(row["recipient_key"])
+        except (ValueError, TypeError):
+            continue  # not a recipient of a ledger (a row without its key)
+        by_recipient.setdefault(rid, []).append(row)
+    return UsageOverlap(district, dict(positions), by_recipient)
+
+
 @dataclass
 class RunSummary:
     """What one clearing run looked at and what it opened."""
@@ -227,6 +269,7 @@ class RunSummary:
     triggers: dict[str, int] | None = None  # auto: recipients looked at per trigger
     position: int | None = None  # the log position recorded for the next run
     city_conflicts: int = 0  # receipts this district paid second in the city, looked at (R-CLR-1(b))
+    city_usage: int = 0  # persons aided here and in another district whose city reads were checked (R-CAP-4, R-CLR-1(e))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,6 +285,7 @@ def run(
     on_scope: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
     city: CityConflicts | None = None,
+    city_usage: "UsageOverlap | None" = None,
 ) -> RunSummary:
     """A clearing run (R-CLR-2). Scope: ``since`` (recipients touched after it), ``everyone``, or
     by default the changes after the last recorded run (``changes_after``). Trigger cited: the
@@ -249,7 +293,10 @@ def run(
     ``everyone``). ``on_scope`` is told how many recipients the run will visit; ``progress`` is
     called once per recipient. ``city``: the receipts this district paid second in the city
     (:func:`city_conflicts`): with the automatic choice or ``duplicate`` their recipients are
-    looked at under ``duplicate`` (R-CLR-1(b)), whatever the scope; idempotent as the rest."""
+    looked at under ``duplicate`` (R-CLR-1(b)), whatever the scope; idempotent as the rest.
+    ``city_usage``: the persons aided here and in another district (:func:`usage_overlap`): with
+    the automatic choice or ``cap_overrun`` their decisions' city reads are checked (R-CAP-4,
+    R-CLR-1(e)), those not looked at otherwise under ``cap_overrun``."""
     if since is not None or everyone:
         recipients = recipients_since(app, since) if since is not None else list(app.recipient_ids())
         position = (app.recorder.max_notification_id() or 0) if everyone else None
@@ -271,6 +318,15 @@ def run(
         groups[dup] = list(groups.get(dup, [])) + list(city.by_recipient)
         groups = {t: v for t, v in groups.items() if v}
         cause_extra = {"city_view": {"district": city.district, "positions": city.positions, "rule": RULE_CITY}}
+    cap_extra: dict[str, Any] = {}
+    if city_usage and (automatic or trigger == Trigger.CAP_OVERRUN.value):
+        cap = Trigger.CAP_OVERRUN.value
+        looked = {rid for v in groups.values() for rid in v}
+        groups[cap] = list(groups.get(cap, [])) + [rid for rid in city_usage.by_recipient if rid not in looked]
+        groups = {t: v for t, v in groups.items() if v}
+        cap_extra = {"city_view": {"district": city_usage.district, "positions": dict(city_usage.positions), "rule": RULE_CITY_CAP}}
+    else:
+        city_usage = None
     seen = sum(len(v) for v in groups.values())
     if on_scope is not None:
         on_scope(seen)
@@ -280,9 +336,11 @@ def run(
         if t in groups:
             changed += app.clearing_run(
                 t, at=at, cause={"run": "clearing", "since": since.isoformat() if since else None, "scope": scope,
-                                 **(cause_extra if t == Trigger.DUPLICATE.value else {})},
+                                 **(cause_extra if t == Trigger.DUPLICATE.value else {}),
+                                 **(cap_extra if t == Trigger.CAP_OVERRUN.value else {})},
                 progress=progress, recipients=groups[t], opened=opened,
                 city=city.by_recipient if city and t == Trigger.DUPLICATE.value else None,
+                city_usage=city_usage,
             )
     summary = RunSummary(
         scope=scope,
@@ -294,6 +352,7 @@ def run(
         triggers={t: len(v) for t, v in groups.items()},
         position=position,
         city_conflicts=len(city) if city and cause_extra else 0,
+        city_usage=len(city_usage) if city_usage else 0,
     )
     if position is not None:
         _record(app, summary, position, summary.triggers or {}, at)

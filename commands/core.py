@@ -44,11 +44,11 @@ from ledger.aggregates import (
     Recipient,
     version_to_event,
 )
-from ledger.facts import DecisionRef, ExpenseFacts
+from ledger.facts import DecisionRef, ExpenseFacts, city_read
 from ledger.money import ZERO, fmt
 from ledger.policy import packs as policy_packs
 from ledger.policy.params import PolicyError
-from ledger.values import CST, Channel, Scheme, Trigger, local_date, receipt_identity
+from ledger.values import CST, Channel, Scheme, Trigger, local_date, micros, receipt_identity
 
 _log = logging.getLogger("ledger.city")
 
@@ -972,6 +972,52 @@ class LedgerCore(Application):
         result.recomputed = None  # every assessment above is this pass's own
         return self._apply_differences(r, result, trigger, at, cause)
 
+    def _correct_city_reads(self, r: Recipient, overlap: city_port.UsageOverlap, at: datetime) -> bool:
+        """R-CAP-4, R-CLR-1(e) [001; 000 第七条]: the city scheme's annual cap is the person's,
+        city-wide, and a decision here counts what the other districts had used as the city view
+        showed it then (ADR 0020). A view that lagged behind (or could not be read) showed less:
+        for each expense here with city-scheme aid, the usage the other districts had decided
+        before this expense's decision (their aid due as now known, ``usage_known_before``) is
+        counted as the decision counts it (``usage_block``: a move's carried usage not twice);
+        where that is more than the decision counted, the corrected read is recorded
+        (``Recipient.CityUsageCorrected``) and the reassessment that follows (R-CLR-2) opens a
+        clearing case for what was paid over the cap. Never less: a read is corrected only
+        upwards, so a district's later recovery elsewhere does not reopen a decision here.
+        Idempotent: a corrected read counts what a second run would count. Returns whether a
+        read was corrected."""
+        scheme = Scheme.SHANGHAI_MEDICAL_AID.value
+        rows = overlap.by_recipient.get(r.id)
+        if not rows or scheme not in self.schemes:
+            return False
+        k = r.knowledge()
+        came = getattr(r, "transferred_in", None)
+        results: list[dict[str, Any]] = []
+        for eid, acc in r.expenses.items():
+            due = acc.due or {}
+            if acc.decision is None or not any(p.get("scheme") == scheme and Decimal(p.get("amount") or "0") > 0 for p in due.get("parts") or ()):
+                continue
+            bucket = (scheme, acc.facts.invoice_date.year, acc.facts.cap_kind)
+            block = k.city_block(eid)
+            was = city_read(block, eid, bucket)
+            counted = was[0] if was is not None else ZERO
+            read = city_port.usage_known_before(rows, overlap.district, micros(acc.decision.decided_at), overlap.positions)
+            fixed = city_port.usage_block(overlap.district, read, [bucket], k.carried_caps, came["from_district"] if came else None)
+            now = Decimal(fixed["caps"][0]["counted"])
+            if now <= counted:
+                continue
+            fixed["corrected"] = {
+                "counted_before": fmt(counted),
+                "decided_at": acc.decision.decided_at.astimezone(CST).isoformat(),
+                "reason": f"the decision counted {fmt(counted)} of the city scheme's usage in other districts; they had "
+                f"decided {fmt(now)} before it (as of the city view at {city_port.as_of(overlap.positions)}): the view "
+                f"lagged behind or could not be read then ({city_port.RULE_CAP} {city_port.CLAUSE_CAP})",
+            }
+            results.append({"expense": eid, "previous": block, "city": fixed})
+        if not results:
+            return False
+        r.trigger_event(Recipient.CityUsageCorrected, timestamp=at, results=results, positions=dict(overlap.positions))
+        return True
+
     def receipts_aided_twice(self) -> dict[uuid.UUID, dict[str, str]]:
         """R-CLR-1(b) [002 4.5; 000 第七条]: receipts aided under more than one recipient, read from
         the log (decisions in the order they were recorded): {recipient who was aided later:
@@ -1106,13 +1152,16 @@ class LedgerCore(Application):
         self._remember(r, result)
         return any_new
 
-    def clearing_run(self, trigger: str = Trigger.PARAMETER_CHANGE.value, *, at: datetime | None = None, cause: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None, recipients: Iterable[uuid.UUID] | None = None, opened: dict[str, int] | None = None, city: dict[uuid.UUID, dict[str, "AidedElsewhere"]] | None = None) -> int:
+    def clearing_run(self, trigger: str = Trigger.PARAMETER_CHANGE.value, *, at: datetime | None = None, cause: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None, recipients: Iterable[uuid.UUID] | None = None, opened: dict[str, int] | None = None, city: dict[uuid.UUID, dict[str, "AidedElsewhere"]] | None = None, city_usage: city_port.UsageOverlap | None = None) -> int:
         """Recompute every recipient with decided expenses (R-CLR-2); idempotent: a second run
         finds nothing new. Returns how many recipients changed. ``recipients`` limits the run
         (``ledger clearing run --since``); ``opened`` counts the cases and supplementary payouts
         the run opened. ``city``: the expenses this district paid on a receipt another district
         paid first, as the city view found them (R-CAP-4, R-CLR-1(b)), read by the adapter and
-        given here as plain data; cleared by a ``duplicate`` run only."""
+        given here as plain data; cleared by a ``duplicate`` run only. ``city_usage``: the city
+        view's rows of the persons aided here and in another district (R-CAP-4, R-CLR-1(e)): a
+        decision that counted less than was decided elsewhere before it has its read corrected
+        (:meth:`_correct_city_reads`) and is reassessed with it."""
         changed = 0
         elsewhere: dict[uuid.UUID, dict[str, Any]] = {}
         if trigger == Trigger.DUPLICATE.value:  # R-CLR-1(b): receipts aided under two recipients
@@ -1126,7 +1175,8 @@ class LedgerCore(Application):
                 r = self.recipient(rid)
                 before = (len(r.cases), len(r.supplementary))
                 moment = self._now(at) if at is None else self._now(at)
-                if self._reconcile(r, trigger, moment, cause or {"run": "clearing"}, elsewhere.get(r.id)):
+                corrected = city_usage is not None and self._correct_city_reads(r, city_usage, moment)
+                if self._reconcile(r, trigger, moment, cause or {"run": "clearing"}, elsewhere.get(r.id)) or corrected:
                     try:
                         self.save(r)
                     except IntegrityError:

@@ -53,7 +53,7 @@ from infra.contract import messages as pm
 from infra.contract.consumer import _ALWAYS, Deduplicator, Outcome, SqlPositions, _target
 from infra.districts import District
 from ledger.policy.packs import SHANGHAI_MEDICAL_AID
-from ledger.values import VisitType, receipt_identity
+from ledger.values import VisitType, micros, receipt_identity
 
 log = logging.getLogger("ledger.city")
 
@@ -104,6 +104,10 @@ city_expenses = sa.Table(
     # rows applied before they were kept (counted under both kinds of ``year``: never paid twice)
     sa.Column("cap_year", sa.Integer, nullable=True),
     sa.Column("kind", sa.String(20), nullable=True),
+    # R-CAP-4: when the district first decided the expense (its aid.decided's recorded time, µs
+    # since 1970 UTC): a later decision elsewhere should have counted it (``usage_overlaps_for``);
+    # null on rows applied before it was kept
+    sa.Column("decided_us", sa.BigInteger, nullable=True),
 )
 city_receipts = sa.Table(
     "city_receipts",
@@ -291,8 +295,13 @@ class CityView:
             if conn.execute(sa.select(city_expenses.c.expense_id).where(city_expenses.c.district == district, city_expenses.c.expense_id == p.expense_id)).first() is None:
                 conn.execute(city_expenses.insert().values(**row))
         elif isinstance(m, pm.AidDecided):
+            decided_us = micros(m.recorded_at)
             for d in m.payload.decisions:
                 self._due(conn, district, d.expense_id, d.by_scheme)
+                e = city_expenses
+                conn.execute(
+                    e.update().where(e.c.district == district, e.c.expense_id == d.expense_id, e.c.decided_us.is_(None)).values(decided_us=decided_us)
+                )
         elif isinstance(m, pm.AidReassessed):
             for r in m.payload.results:
                 self._due(conn, district, r.expense_id, r.by_scheme)
@@ -416,6 +425,29 @@ class CityView:
             for k in (kind,) if kind else ("outpatient", "inpatient"):
                 used[(cap_year or year, k)][district] += Decimal(due)
         return {b: dict(v) for b, v in used.items()}, positions
+
+    def usage_overlaps_for(self, district: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """For the cap check of ``district``'s clearing run (R-CAP-4, R-CLR-1(e) [001; 000 第七条]):
+        every row (district, expense, recipient key, cap bucket, city-scheme aid due, when first
+        decided) of the persons with aid due in ``district`` and in another district, read in one
+        snapshot with the positions they are true at. The district decides which of its decisions
+        counted less than was decided elsewhere before them (``commands.city.usage_known_before``)."""
+        e = city_expenses
+        here = sa.select(e.c.recipient_key).where(e.c.district == district, e.c.city_due != "0.00")
+        there = sa.select(e.c.recipient_key).where(e.c.district != district, e.c.city_due != "0.00")
+        both = sa.intersect(here, there).subquery()
+        with self.engine.connect() as c:
+            if c.dialect.name == "postgresql":  # one snapshot for both reads
+                c.execution_options(isolation_level="REPEATABLE READ")
+            rows = [
+                dict(r)
+                for r in c.execute(
+                    sa.select(e.c.district, e.c.expense_id, e.c.recipient_key, e.c.year, e.c.cap_year, e.c.kind, e.c.city_due, e.c.decided_us)
+                    .where(e.c.recipient_key.in_(sa.select(both.c.recipient_key)))
+                    .order_by(e.c.recipient_key, e.c.district, e.c.expense_id)
+                ).mappings()
+            ]
+            return rows, self.positions(c)
 
     def fund_totals(self) -> dict[tuple[str, str], Decimal]:
         """Aid paid per (district, fund)."""
@@ -571,6 +603,11 @@ class DistrictCityIndex:
         ``commands.clearing_runs.CityConflictReads``)."""
         return self._read(lambda v: v.conflicts_for(district))
 
+    def usage_overlaps_for(self, district: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """The city-scheme usage of the persons aided in ``district`` and elsewhere, for its
+        clearing run's cap check (R-CAP-4, R-CLR-1(e); the port ``commands.clearing_runs.CityUsageReads``)."""
+        return self._read(lambda v: v.usage_overlaps_for(district))
+
     def _read(self, read: Any) -> Any:
         from commands.city import CityUnavailable
 
@@ -588,9 +625,10 @@ class DistrictCityIndex:
 
 
 def _add_bucket_columns(engine: sa.Engine) -> None:
-    """A city view created before the cap bucket was kept gets its two columns (R-CAP-2)."""
+    """A city view created before the cap bucket was kept gets its columns (R-CAP-2), and the time
+    of the first decision (R-CAP-4)."""
     have = {c["name"] for c in sa.inspect(engine).get_columns("city_expenses")}
-    for name, kind in (("cap_year", "INTEGER"), ("kind", "VARCHAR(20)")):
+    for name, kind in (("cap_year", "INTEGER"), ("kind", "VARCHAR(20)"), ("decided_us", "BIGINT")):
         if name not in have:
             try:
                 with engine.begin() as c:

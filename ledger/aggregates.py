@@ -194,6 +194,7 @@ class Recipient(Aggregate):
             lifts=list(self.lifts),
             carried_caps=dict(getattr(self, "carried_caps", {})),
             city_usage=dict(getattr(self, "city_usage", {})),
+            city_corrections=tuple(getattr(self, "city_corrections", ())),
         )
 
     def expense_facts(self) -> dict[str, ExpenseFacts]:
@@ -480,6 +481,23 @@ class Recipient(Aggregate):
             # How many reassessments changed ``due``: with decisions, cases and supplementary
             # payouts, what tells a pass kept in memory that ``due`` is as it left it (ADR 0017).
             r.reassessments = getattr(r, "reassessments", 0) + 1
+
+    class CityUsageCorrected(Aggregate.Event):
+        """R-CAP-4, R-CLR-1(e) [001; 000 第七条]: decisions that counted less of the person's
+        city-wide cap usage than the other districts had decided before them (the city view lagged
+        behind, or could not be read), with the read each should have made. ``results``: per
+        expense, ``city`` (a decision's city block, as ``AidDecided.knowledge["city"]``, with
+        ``corrected``: why, and what the decision had counted) and ``previous`` (the read it made,
+        or None). Recorded by a clearing run, which then reassesses with it (R-CLR-2); the
+        decisions' own records are kept as they were."""
+
+        results: list[dict[str, Any]]
+        positions: dict[str, int]
+
+        def apply(self, r: "Recipient") -> None:
+            r.city_corrections = tuple(getattr(r, "city_corrections", ())) + tuple(
+                (self.timestamp, item["expense"], item["city"]) for item in self.results
+            )
 
     class SuspensionStarted(Aggregate.Event):
         """R-4L-4 [000 第四条(三)]: 四医联动 suspended from an expense on."""

@@ -220,7 +220,7 @@ def _city_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, h: Holding, self_pay: 
     # R-CAP-4: and, where the district reads the city view (ADR 0020), what the other districts
     # used, as the decision of this expense read it and recorded it (never re-read). It bounds
     # this expense only: the pass's own running usage stays this district's (plus carried).
-    elsewhere, city_trace = city_read(k.city_usage.get(e.id), e.id, bucket) or (ZERO, None)
+    elsewhere, city_trace = city_read(k.city_block(e.id), e.id, bucket) or (ZERO, None)
     used = here + elsewhere
     remaining = clamp0(cap_v.value - used)
     amount = min(raw, remaining)

@@ -144,6 +144,20 @@ class Knowledge:
     #: never re-read: left out of comparisons, so a pass kept in memory (ADR 0017) stays valid when
     #: a new decision adds its own expenses' reads (a read only ever concerns its own expense).
     city_usage: dict[str, dict] = field(default_factory=dict, compare=False)
+    #: R-CAP-4, R-CLR-1(e) [001; 000 第七条]: reads of the city view corrected by a clearing run,
+    #: (recorded time, expense id, the read as it should have been), in recorded order: a decision
+    #: that counted less than the other districts had decided before it (the view lagged, or could
+    #: not be read) is reassessed with this read instead (``city_block``). Compared, unlike
+    #: ``city_usage``: a correction changes what a pass kept in memory assessed.
+    city_corrections: tuple[tuple[datetime, str, dict], ...] = ()
+
+    def city_block(self, expense_id: str) -> dict | None:
+        """The city read an expense's assessment counts (``city_read``): the latest correction of
+        it, else what its first decision read."""
+        for _, eid, block in reversed(self.city_corrections):
+            if eid == expense_id:
+                return block
+        return self.city_usage.get(expense_id)
 
     def with_city(self, reads: dict[str, dict]) -> "Knowledge":
         """This knowledge with the city reads of expenses being decided now (not yet recorded)."""
@@ -164,6 +178,7 @@ class Knowledge:
             lifts=[lf for lf in self.lifts if lf.recorded_at <= t],
             carried_caps=self.carried_caps,  # carried in when the recipient was created here
             city_usage=self.city_usage,  # each read belongs to its expense's first decision
+            city_corrections=tuple(c for c in self.city_corrections if c[0] <= t),  # corrections as known at t
         )
 
 
@@ -186,4 +201,6 @@ def city_read(block: dict | None, expense_id: str, bucket: tuple[str, int, str])
     }
     if entry and entry.get("carried_from"):
         trace["carried_from"] = entry["carried_from"]
+    if block.get("corrected"):  # R-CLR-1(e): a clearing run's corrected read (``Knowledge.city_corrections``)
+        trace["corrected"] = block["corrected"]
     return (Decimal(entry["counted"]) if entry else ZERO), trace

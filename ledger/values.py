@@ -235,6 +235,18 @@ def add_months(day: date, months: int) -> date:
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def micros(moment: datetime) -> int:
+    """A recorded time as integer microseconds since 1970 UTC (a naive time is read as China
+    Standard Time): recorded times of any offset, ordered as integers in a table's column."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=CST)
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def local_date(moment: datetime) -> date:
     """The calendar date of a recorded time, read in China Standard Time."""
     if moment.tzinfo is None:

@@ -28,7 +28,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from itertools import groupby
 from operator import itemgetter
@@ -41,12 +41,11 @@ from ledger import aggregates, engine as assess_engine, reconcile
 from ledger.aggregates import PolicyLedger, Recipient
 from ledger.eligibility import categories_on, category_periods
 from ledger.policy import packs as policy_packs
-from ledger.values import CATEGORY_PRECEDENCE, CST, local_date
+from ledger.values import CATEGORY_PRECEDENCE, CST, local_date, micros
 from projections.common import Item, Projection, chunks, dumps, insert_rows, loads, metadata, topic
 
 RECIPIENT_TOPIC = f"{Recipient.__module__}:{Recipient.__qualname__}."
 POLICY_TOPIC = f"{PolicyLedger.__module__}:{PolicyLedger.__qualname__}."
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FOREVER = 2**62
 
 recorded = Table(
@@ -95,13 +94,6 @@ owed = Table(
     Column("recipient_version", BigInteger, nullable=False),
     Column("recorded_at", String(64), nullable=False),  # that event's timestamp (ISO 8601, as stored)
 )
-
-
-def micros(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=CST)
-    delta = moment - EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def period_of(moment: datetime) -> str:

@@ -33,12 +33,17 @@ def state_of(r: Recipient) -> dict[str, Any]:
 
 def extra_events(r: Recipient, at: datetime) -> None:
     """The kinds no scenario records: an insurance enrolment ended, a write-off proposed and
-    refused (on a case if there is one), a move in and out of the district."""
+    refused (on a case if there is one), a corrected city read, a move in and out of the district."""
     r.trigger_event(Recipient.InsuranceEnrolmentEnded, timestamp=at, scheme="resident", valid_to="2026-12-31")
     case = next(iter(r.cases), None)
     cases = [{"case": case, "amount": "1.00"}] if case else []
     r.trigger_event(Recipient.WriteOffProposed, timestamp=at + timedelta(seconds=1), proposal_id="p1", officer="o1", reason="test", amount=Decimal("1.00"), cases=cases)
     r.trigger_event(Recipient.WriteOffRefused, timestamp=at + timedelta(seconds=2), proposal_id="p1", officer="o2", reason="no")
+    # a clearing run's corrected read of the city view (R-CAP-4, R-CLR-1(e))
+    block = {"district": "changning", "positions": {"xuhui": 7}, "caps": [{"scheme": "shanghai.medical_aid", "year": 2026, "kind": "outpatient",
+             "elsewhere": {"xuhui": "900.00"}, "counted": "900.00"}], "corrected": {"counted_before": "0.00", "reason": "test"}}
+    r.trigger_event(Recipient.CityUsageCorrected, timestamp=at + timedelta(seconds=2, microseconds=500), positions={"xuhui": 7},
+                    results=[{"expense": next(iter(r.expenses), "e1"), "previous": None, "city": block}])
     # a move between districts (R-CAP-4): what arrives with a person, and what leaves with them
     caps = [{"scheme": "shanghai.medical_aid", "year": 2026, "kind": "outpatient", "used": "900.00"}]
     r.trigger_event(Recipient.TransferredIn, timestamp=at + timedelta(seconds=3), from_district="xuhui", source_recipient="s1",

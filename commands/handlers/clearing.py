@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from commands import models as m
-from commands.clearing_runs import RULE_CITY, city_conflicts_from, recipients_since
+from commands.clearing_runs import RULE_CITY, RULE_CITY_CAP, city_conflicts_from, city_usage_from, recipients_since
 from commands.clearing_views import proposal_owner
 from commands.core import LedgerCore, Result
 from ledger import clearing, errors
@@ -24,7 +24,9 @@ def run_clearing(app: LedgerCore, cmd: m.ClearingRun) -> Result:
     """A clearing run (R-CLR-2); with ``since``, only recipients with events recorded after it
     (every one when the policy changed since: commands.clearing_runs.recipients_since). A
     ``duplicate`` run of a district that reads the city view also clears the receipts it paid
-    second in the city (R-CAP-4, R-CLR-1(b) [002 4.5; 000 第七条]: late discovery)."""
+    second in the city (R-CAP-4, R-CLR-1(b) [002 4.5; 000 第七条]: late discovery); a ``cap_overrun``
+    run checks the city reads of the persons aided here and in another district (R-CAP-4,
+    R-CLR-1(e) [001; 000 第七条]: a decision made while the city view lagged)."""
     recipients = recipients_since(app, cmd.since) if cmd.since is not None else None
     city = city_conflicts_from(getattr(app, "city", None)) if cmd.trigger == Trigger.DUPLICATE.value else None
     if city and recipients is not None:
@@ -32,10 +34,19 @@ def run_clearing(app: LedgerCore, cmd: m.ClearingRun) -> Result:
         recipients = recipients + [rid for rid in city.by_recipient if rid not in known]
     opened = {"cases": 0, "supplementary": 0}
     cause = {"run": "clearing", "city_view": {"district": city.district, "positions": city.positions, "rule": RULE_CITY}} if city else None
-    changed = app.clearing_run(cmd.trigger, at=cmd.at, recipients=recipients, opened=opened, cause=cause, city=city.by_recipient if city else None)
+    usage = city_usage_from(getattr(app, "city", None)) if cmd.trigger == Trigger.CAP_OVERRUN.value else None
+    if usage:
+        if recipients is not None:  # R-CAP-4, R-CLR-1(e): the persons aided here and elsewhere too
+            known = set(recipients)
+            recipients = recipients + [rid for rid in usage.by_recipient if rid not in known]
+        cause = {**(cause or {"run": "clearing"}), "city_view": {"district": usage.district, "positions": dict(usage.positions), "rule": RULE_CITY_CAP}}
+    changed = app.clearing_run(cmd.trigger, at=cmd.at, recipients=recipients, opened=opened, cause=cause, city=city.by_recipient if city else None,
+                               city_usage=usage or None)
     ids = {"recipients_changed": changed, "cases_opened": opened["cases"], "supplementary_opened": opened["supplementary"]}
     if city is not None:
         ids["city_conflicts"] = len(city)
+    if usage is not None:
+        ids["city_usage"] = len(usage)
     return Result(ids=ids)
 
 

@@ -93,6 +93,7 @@ def clearing_run(
     ledger = _ledger()
     try:
         city = _city_conflicts(ledger) if trigger == "duplicate" or (trigger is None and since is None and not everyone) else None
+        usage = _city_usage(ledger) if trigger == "cap_overrun" or (trigger is None and since is None and not everyone) else None
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
         )
@@ -106,6 +107,7 @@ def clearing_run(
                 on_scope=lambda n: progress.update(task, total=n),
                 progress=lambda n: progress.advance(task, n),
                 city=city,
+                city_usage=usage,
             )
     finally:
         port = getattr(ledger, "city", None)
@@ -123,21 +125,37 @@ def clearing_run(
         + (f"; next run starts after log position {summary.position}" if summary.position is not None else "")
         + (f"; {summary.city_conflicts} receipts paid second in the city looked at (as of the city view at "
            + ", ".join(f"{d} {p}" for d, p in sorted(city.positions.items())) + ")" if city is not None and summary.city_conflicts else "")
+        + (f"; {summary.city_usage} persons aided here and in another district had their decisions' city reads checked (as of the city view at "
+           + ", ".join(f"{d} {p}" for d, p in sorted(usage.positions.items())) + ")" if usage is not None and summary.city_usage else "")
     )
 
 
 def _city_conflicts(ledger: Any) -> Any:
     """The receipts this district paid second in the city, from the city view (R-CAP-4,
     R-CLR-1(b); ADR 0020): when ``LEDGER_CITY_DATABASE_URL`` names the view and the process is a
-    district (``ledger --district X``); otherwise None. Read through the ledger's city port when
-    the wiring gave it one, else from the view directly."""
-    import os
-
+    district (``ledger --district X``); otherwise None."""
     from commands.clearing_runs import CityConflictReads, city_conflicts, city_conflicts_from
 
+    return _city_read(ledger, CityConflictReads, city_conflicts_from, "conflicts_for", city_conflicts)
+
+
+def _city_usage(ledger: Any) -> Any:
+    """The persons aided in this district and in another, with the city view's usage rows, for
+    the run's cap check (R-CAP-4, R-CLR-1(e); ADR 0020); None as for :func:`_city_conflicts`."""
+    from commands.clearing_runs import CityUsageReads, city_usage_from, usage_overlap
+
+    return _city_read(ledger, CityUsageReads, city_usage_from, "usage_overlaps_for", usage_overlap)
+
+
+def _city_read(ledger: Any, port_type: type, from_port: Any, read: str, build: Any) -> Any:
+    """Through the ledger's city port when the wiring gave it one (``from_port``), else from the
+    view that ``LEDGER_CITY_DATABASE_URL`` names, as district ``LEDGER_DISTRICT``: the view's
+    ``read`` (rows, positions) for this district, given to ``build``."""
+    import os
+
     port = getattr(ledger, "city", None)
-    if isinstance(port, CityConflictReads):
-        return city_conflicts_from(port)
+    if isinstance(port, port_type):
+        return from_port(port)
     url, code = os.environ.get("LEDGER_CITY_DATABASE_URL"), os.environ.get("LEDGER_DISTRICT")
     if not url or not code:
         return None
@@ -145,10 +163,10 @@ def _city_conflicts(ledger: Any) -> Any:
 
     view = CityView(url)
     try:
-        rows, positions = view.conflicts_for(code)
+        rows, positions = getattr(view, read)(code)
     finally:
         view.close()
-    return city_conflicts(code, rows, positions)
+    return build(code, rows, positions)
 
 
 # --------------------------------------------------------------------------- list / show

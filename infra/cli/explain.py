@@ -181,6 +181,9 @@ def _scheme_lines(s: dict[str, Any]) -> list[str]:
         if city:  # R-CAP-4: the other districts' usage, as the decision read it (ADR 0020)
             elsewhere = ", ".join(f"{d} {a}" for d, a in city.get("used_elsewhere", {}).items()) or "none"
             lines.append(f"        used in other districts: {elsewhere}; counted {city.get('counted')} {city.get('as_of')} (R-CAP-4)")
+            fixed = city.get("corrected")
+            if fixed:  # R-CLR-1(e): a clearing run corrected the read the decision made
+                lines.append(f"        corrected by a clearing run: {fixed.get('reason')}")
     return lines
 
 

@@ -310,6 +310,7 @@ SKIPPED: dict[type, str] = {
     Recipient.AutoClaimConsentChanged: "the person's consent is procedure state of the ledger; subscribers see the auto claims it leads to",
     Recipient.ClaimAttached: "internal reservation of expenses by an open claim; claim.lodged/rejected say the same publicly",
     Recipient.DuplicateAttempted: "audit trail for clearing officers; the rejection itself is claim.rejected (DUPLICATE)",
+    Recipient.CityUsageCorrected: "a district's corrected read of the city view (R-CAP-4, R-CLR-1(e)); what it changes is published as aid.reassessed and clearing.case_opened",
     PolicyLedger.Opened: "bookkeeping of the policy stream; carries nothing a subscriber uses",
     PolicyLedger.PackPublished: "whole policy packs are published as documents (ledger/policy/packs), not as messages",
     CommandRecord.Recorded: "idempotency record of a client command id; internal",

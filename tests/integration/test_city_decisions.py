@@ -288,3 +288,104 @@ def test_per_district_the_larger_of_carried_and_the_city_view_counts_and_other_d
     # no move: every other district counts in full, bucket by bucket (the inpatient one apart)
     [entry] = usage_block("xuhui", read, [bucket], {}, None)["caps"]
     assert entry["counted"] == "9800.00" and "carried_from" not in entry
+
+
+def test_a_cap_overrun_decided_while_the_view_lagged_is_cleared_by_the_district_that_decided_later(city):
+    """R-CAP-4, R-CLR-1(e), R-CLR-2 [001; 000 第七条]: changning decides 9,000 of the person's
+    10,000 city cap; xuhui decides a month later while the city view has not applied changning's
+    stream yet, and grants 3,000: 2,000 over the cap. Once the view has caught up, xuhui's
+    clearing run finds that its decision counted nothing of what changning had decided before it,
+    records the corrected read and opens a case for the 2,000; changning's run opens nothing (its
+    decision came first). Run again, nothing more; a replay finds no difference."""
+    changning, xuhui, view = city["changning"], city["xuhui"], city["view"]
+    crid, _ = used_in_changning(changning)
+    rid = person(xuhui, "徐家汇街道", "2026-03-01")
+    xuhui.city = city["index"]
+    eid = expense(xuhui, rid, "2026-03-10", "XH-0001", "5000.00", "2026-03-10T10:00:00+08:00")
+    ok(xuhui, "aid", recipient=rid, expenses=[eid], at="2026-03-10T11:00:00+08:00")  # the view is behind: nothing elsewhere
+    assert city_trace(xuhui, rid, eid)["amount"] == "3000.00"
+    assert decision_event(xuhui, rid, eid).knowledge["city"]["caps"][0]["counted"] == "0.00"
+
+    # a run before the view has caught up finds nothing to correct
+    assert ok(xuhui, "clearing_run", trigger="cap_overrun", at="2026-03-11T09:00:00+08:00")["ids"]["cases_opened"] == 0
+    at = {"changning": feed(view, "changning", changning), "xuhui": feed(view, "xuhui", xuhui)}
+    ran = ok(xuhui, "clearing_run", trigger="cap_overrun", at="2026-03-12T09:00:00+08:00")["ids"]
+    assert (ran["cases_opened"], ran["city_usage"]) == (1, 1), ran
+    r = xuhui.recipient(rid)
+    [case] = r.cases.values()
+    assert case.expense_id == eid and case.amount == D("2000.00") and case.trigger == "cap_overrun"
+    assert r.expenses[eid].due["by_scheme"][CITY] == "1000.00"
+    corrected = next(e for e in xuhui.events.get(r.id) if isinstance(e, Recipient.CityUsageCorrected))
+    [item] = corrected.results
+    assert item["expense"] == eid and item["city"]["caps"][0]["elsewhere"] == {"changning": "9000.00"}
+    assert item["city"]["corrected"]["counted_before"] == "0.00" and "R-CLR-1(e)" in item["city"]["corrected"]["reason"]
+    assert corrected.positions == at
+    reassessed = next(e for e in xuhui.events.get(r.id) if isinstance(e, Recipient.AidReassessed))
+    assert reassessed.trigger == "cap_overrun" and reassessed.cause["city_view"]["positions"] == at
+    trace = next(s for s in reassessed.results[0]["due"]["trace"]["schemes"] if s["scheme"] == CITY)
+    assert trace["cap"]["city_view"]["corrected"]["counted_before"] == "0.00"
+    assert trace["cap"]["city_view"]["used_elsewhere"] == {"changning": "9000.00"}
+
+    # the corrected read is state a snapshot carries (a recipient restored from one reassesses the same)
+    snapshot = xuhui.snapshots.mapper.to_stored_event(Recipient.Snapshot.take(r))
+    assert xuhui.snapshots.mapper.to_domain_event(snapshot).mutate(None).knowledge() == r.knowledge()
+
+    # idempotent, and the district that decided first owes nothing
+    assert ok(xuhui, "clearing_run", trigger="cap_overrun", at="2026-03-13T09:00:00+08:00")["ids"]["cases_opened"] == 0
+    changning.city = DistrictCityIndex(city["city_url"], "changning")
+    try:
+        assert ok(changning, "clearing_run", trigger="cap_overrun", at="2026-03-13T09:00:00+08:00")["ids"]["cases_opened"] == 0
+        assert not changning.recipient(crid).cases
+    finally:
+        changning.city.close()
+        changning.city = None
+    assert audit(xuhui).different == []
+
+
+def test_only_what_other_districts_decided_before_the_decision_counts_in_its_corrected_read():
+    from commands.city import usage_known_before, usage_block
+
+    def row(district: str, due: str, decided_us: int | None, kind: str | None = "outpatient", cap_year: int | None = 2026) -> dict[str, Any]:
+        return {"district": district, "expense_id": f"{district}-{due}", "recipient_key": "k", "year": 2026, "cap_year": cap_year,
+                "kind": kind, "city_due": due, "decided_us": decided_us}
+
+    rows = [row("changning", "9000.00", 100), row("changning", "600.00", 300), row("jingan", "50.00", None),
+            row("xuhui", "3000.00", 200), row("jingan", "70.00", 150, kind="inpatient"), row("jingan", "0.00", 10)]
+    read = usage_known_before(rows, "xuhui", 200, {"changning": 4})
+    # decided before 200 elsewhere: changning's 9,000 (not its 600 at 300), jingan's 50 from before
+    # the view kept decision times; xuhui's own never; buckets apart
+    assert read.used == {(2026, "outpatient"): {"changning": D("9000.00"), "jingan": D("50.00")}, (2026, "inpatient"): {"jingan": D("70.00")}}
+    [entry] = usage_block("xuhui", read, [(CITY, 2026, "outpatient")], {}, None)["caps"]
+    assert entry["counted"] == "9050.00"
+    # a row kept before the cap bucket was: counted under both kinds of its year, as a decision reads it
+    read = usage_known_before([row("jingan", "10.00", 1, kind=None, cap_year=None)], "xuhui", 200, {})
+    assert read.used == {(2026, "outpatient"): {"jingan": D("10.00")}, (2026, "inpatient"): {"jingan": D("10.00")}}
+
+
+def test_the_automatic_clearing_run_checks_the_city_reads_of_persons_aided_in_two_districts(city, monkeypatch):
+    """``ledger --district xuhui clearing run`` (no trigger: the run picks its own, R-CLR-1) reads
+    the city view's rows of the persons aided in xuhui and elsewhere, as the CLI's adapter reads
+    them, and looks at them under ``cap_overrun`` (R-CAP-4, R-CLR-1(e))."""
+    from commands import clearing_runs
+    from infra.cli.clearing import _city_usage
+
+    changning, xuhui, view = city["changning"], city["xuhui"], city["view"]
+    used_in_changning(changning)
+    rid = person(xuhui, "徐家汇街道", "2026-03-01")
+    eid = expense(xuhui, rid, "2026-03-10", "XH-0001", "5000.00", "2026-03-10T10:00:00+08:00")
+    ok(xuhui, "aid", recipient=rid, expenses=[eid], at="2026-03-10T11:00:00+08:00")  # no city index yet: nothing read
+    assert "city" not in decision_event(xuhui, rid, eid).knowledge
+    feed(view, "changning", changning)
+    feed(view, "xuhui", xuhui)
+    first = clearing_runs.run(xuhui, at=datetime(2026, 3, 11, 9, tzinfo=CST))  # a run before, without the view: nothing
+    assert first.cases_opened == 0 and first.city_usage == 0
+    monkeypatch.setenv("LEDGER_CITY_DATABASE_URL", city["city_url"])
+    monkeypatch.setenv("LEDGER_DISTRICT", "xuhui")
+    usage = _city_usage(xuhui)
+    assert usage is not None and list(usage.by_recipient) == [xuhui.recipient(rid).id]
+    summary = clearing_runs.run(xuhui, at=datetime(2026, 3, 12, 9, tzinfo=CST), city_usage=usage)
+    assert (summary.cases_opened, summary.city_usage, summary.triggers) == (1, 1, {"cap_overrun": 1}), summary
+    [case] = xuhui.recipient(rid).cases.values()
+    assert case.amount == D("2000.00") and case.trigger == "cap_overrun"
+    again = clearing_runs.run(xuhui, at=datetime(2026, 3, 13, 9, tzinfo=CST), city_usage=_city_usage(xuhui))
+    assert again.cases_opened == 0 and again.recipients_changed == 0
