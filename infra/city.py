@@ -295,13 +295,8 @@ class CityView:
             if conn.execute(sa.select(city_expenses.c.expense_id).where(city_expenses.c.district == district, city_expenses.c.expense_id == p.expense_id)).first() is None:
                 conn.execute(city_expenses.insert().values(**row))
         elif isinstance(m, pm.AidDecided):
-            decided_us = micros(m.recorded_at)
             for d in m.payload.decisions:
-                self._due(conn, district, d.expense_id, d.by_scheme)
-                e = city_expenses
-                conn.execute(
-                    e.update().where(e.c.district == district, e.c.expense_id == d.expense_id, e.c.decided_us.is_(None)).values(decided_us=decided_us)
-                )
+                self._due(conn, district, d.expense_id, d.by_scheme, decided_us=micros(m.recorded_at))
         elif isinstance(m, pm.AidReassessed):
             for r in m.payload.results:
                 self._due(conn, district, r.expense_id, r.by_scheme)
@@ -311,10 +306,14 @@ class CityView:
                     self._add_fund(conn, district, fund, Decimal(amount))
                 self._paid(conn, district, p.expense_id, m)
 
-    def _due(self, conn: sa.Connection, district: str, expense_id: str, by_scheme: dict[str, str]) -> None:
-        # R-CAP-2/R-CAP-4 [001]: the city scheme's aid due for the expense, as the district now knows it.
-        due = Decimal(by_scheme.get(SHANGHAI_MEDICAL_AID, "0.00"))
-        conn.execute(city_expenses.update().where(city_expenses.c.district == district, city_expenses.c.expense_id == expense_id).values(city_due=str(due)))
+    def _due(self, conn: sa.Connection, district: str, expense_id: str, by_scheme: dict[str, str], decided_us: int | None = None) -> None:
+        # R-CAP-2/R-CAP-4 [001]: the city scheme's aid due for the expense, as the district now knows
+        # it; with a decision, when it was first decided (kept from the first: a redecision keeps it).
+        e = city_expenses
+        values: dict[str, Any] = {"city_due": str(Decimal(by_scheme.get(SHANGHAI_MEDICAL_AID, "0.00")))}
+        if decided_us is not None:
+            values["decided_us"] = sa.func.coalesce(e.c.decided_us, decided_us)
+        conn.execute(e.update().where(e.c.district == district, e.c.expense_id == expense_id).values(**values))
 
     def _add_fund(self, conn: sa.Connection, district: str, fund: str, amount: Decimal) -> None:
         t = city_funds
