@@ -141,6 +141,8 @@ def usage_block(
 
 RULE_CAP = "R-CAP-4, R-CLR-1(e)"
 CLAUSE_CAP = "[001; 000 第七条]"
+#: The citation a clearing run's cause records for the cap check.
+CITATION_CAP = f"{RULE_CAP} {CLAUSE_CAP}"
 
 
 @dataclass(frozen=True)
@@ -157,25 +159,33 @@ class UsageOverlap:
         return len(self.by_recipient)
 
 
-def usage_known_before(rows: Iterable[Mapping[str, Any]], district: str, before_us: int, positions: Mapping[str, int]) -> UsageRead:
-    """R-CAP-4, R-CLR-1(e) [001; 000 第七条]: the person's city-scheme aid due per cap bucket in the
-    districts other than ``district``, counting only the expenses first decided there before
-    ``before_us`` (µs since 1970 UTC): what a decision recorded at that time would have read from a
-    view that did not lag. ``rows``: the city view's rows of one person (``usage_overlaps_for``);
-    a row from before the view kept decision times counts (conservative: never paid twice). Each
-    counts at its aid due as now known (a later reassessment there included)."""
+def used_by_bucket(rows: Iterable[Mapping[str, Any]], *, excluding: str | None = None, before_us: int | None = None) -> dict[tuple[int, str], dict[str, Decimal]]:
+    """R-CAP-2, R-CAP-4 [001; 000 第七条]: the city-scheme aid due of the city view's rows (each:
+    ``district``, ``year``, ``cap_year``, ``kind``, ``city_due``, ``decided_us``) per cap bucket
+    (invoice year, kind) and district. A row kept before the cap bucket was counts under both kinds
+    of its service year (never paid twice). ``excluding``: a district left out (the asking one);
+    ``before_us`` (µs since 1970 UTC): only the expenses first decided before it, a row from before
+    the view kept decision times counting (conservative, as above)."""
     used: dict[tuple[int, str], dict[str, Decimal]] = {}
     for row in rows:
-        if row["district"] == district or (row["decided_us"] is not None and row["decided_us"] >= before_us):
+        if row["district"] == excluding:
             continue
-        due = Decimal(row["city_due"])
-        if not due:
+        if before_us is not None and row.get("decided_us") is not None and row["decided_us"] >= before_us:
             continue
         year = row["cap_year"] or row["year"]
         for kind in (row["kind"],) if row["kind"] else ("outpatient", "inpatient"):
             by_district = used.setdefault((year, kind), {})
-            by_district[row["district"]] = by_district.get(row["district"], ZERO) + due
-    return UsageRead(used, dict(positions))
+            by_district[row["district"]] = by_district.get(row["district"], ZERO) + Decimal(row["city_due"])
+    return used
+
+
+def usage_known_before(rows: Iterable[Mapping[str, Any]], district: str, before_us: int, positions: Mapping[str, int]) -> UsageRead:
+    """R-CAP-4, R-CLR-1(e) [001; 000 第七条]: the person's city-scheme aid due per cap bucket in the
+    districts other than ``district``, counting only the expenses first decided there before
+    ``before_us``: what a decision recorded at that time would have read from a view that did not
+    lag. ``rows``: the city view's rows of one person (``usage_overlaps_for``). Each counts at its
+    aid due as now known (a later reassessment there included)."""
+    return UsageRead(used_by_bucket(rows, excluding=district, before_us=before_us), dict(positions))
 
 
 def unavailable_block(district: str, reason: str) -> dict[str, Any]:

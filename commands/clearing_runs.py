@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
+from commands.city import CITATION_CAP
 from ledger.aggregates import ClearingLog, PolicyLedger, Recipient
 from ledger.values import Trigger
 
@@ -153,7 +154,7 @@ def _record(app: "LedgerApp", summary: "RunSummary", position: int, triggers: di
 
 
 RULE_CITY = "R-CAP-4, R-CLR-1(b) [002 4.5; 000 第七条]"
-RULE_CITY_CAP = "R-CAP-4, R-CLR-1(e) [001; 000 第七条]"
+RULE_CITY_CAP = CITATION_CAP  # the cap check (commands.city)
 
 
 @runtime_checkable

@@ -408,6 +408,8 @@ class CityView:
         """A person's city-scheme aid due per cap bucket (invoice year, kind) and district, for
         ``years`` (R-CAP-2, R-CAP-4 [001]: the city cap is the person's, city-wide), read in one
         snapshot with the positions it is true at (what a district's decision reads, ADR 0020)."""
+        from commands.city import used_by_bucket
+
         years = sorted(set(years))
         e = city_expenses
         with self.engine.connect() as c:
@@ -417,13 +419,9 @@ class CityView:
                 sa.select(e.c.district, e.c.cap_year, e.c.year, e.c.kind, e.c.city_due).where(
                     e.c.recipient_key == recipient_key, sa.or_(e.c.cap_year.in_(years), sa.and_(e.c.cap_year.is_(None), e.c.year.in_(years)))
                 )
-            ).all()
+            ).mappings().all()
             positions = self.positions(c)
-        used: dict[tuple[int, str], dict[str, Decimal]] = defaultdict(lambda: defaultdict(lambda: ZERO))
-        for district, cap_year, year, kind, due in rows:
-            for k in (kind,) if kind else ("outpatient", "inpatient"):
-                used[(cap_year or year, k)][district] += Decimal(due)
-        return {b: dict(v) for b, v in used.items()}, positions
+        return used_by_bucket(rows), positions
 
     def usage_overlaps_for(self, district: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """For the cap check of ``district``'s clearing run (R-CAP-4, R-CLR-1(e) [001; 000 第七条]):
