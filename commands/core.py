@@ -660,9 +660,20 @@ class LedgerCore(Application):
 
     def current_pass(self, r: Recipient) -> engine.PassResult | None:
         """The pass over ``r``'s decided expenses as recorded (None before the first decision), for
-        a reader: resumed from this process's last pass (:meth:`_pass`), not kept for the next."""
+        a reader: resumed from this process's last pass (:meth:`_pass`). Where this process kept
+        none, or one from before the recipient last moved (another process of a service decided
+        for it), this pass is kept, as a pass only (no standing, as ``group.unsettle_pass`` leaves
+        one): the next pass over ``r``, a read's or a decision's, resumes from it instead of
+        assessing every decided expense again, and a decision still compares every ``due`` (the
+        recorded dues were not settled against a reader's pass)."""
         refs = r.decided_refs()
-        return self._pass(r, r.expense_facts(), refs) if refs else None
+        if not refs:
+            return None
+        result = self._pass(r, r.expense_facts(), refs)
+        kept = self._kept_pass(r)
+        if kept is None or kept[0] != self._standing(r):
+            self._remember(r, result, settled=False)
+        return result
 
     def annual_caps(self, r: Recipient) -> list[dict[str, Any]]:
         """R-CAP-2 [002 4.3]: per invoice year, scheme and kind, the aid due that counts
@@ -670,18 +681,24 @@ class LedgerCore(Application):
         recorded (:meth:`current_pass`)."""
         return queries.annual_rows(r, self.policy().book, self.schemes, self.current_pass(r))
 
-    def _remember(self, r: Recipient, result: engine.PassResult) -> None:
-        """Keep ``result``'s pass for the recipient's next one, with what its ``due`` now stands on."""
+    def _remember(self, r: Recipient, result: engine.PassResult, *, settled: bool = True) -> None:
+        """Keep ``result``'s pass for the recipient's next one, with what its ``due`` now stands on
+        (``settled``: the recorded dues were just compared with it), else as a pass only; a pass
+        only never replaces one kept with the recipient's present standing."""
         if result.memo is None or self.MEMOS_MAX <= 0:
             return
         size = len(result.memo.entries)
         if size > self.MEMO_EXPENSES_MAX:
             return
+        standing = self._standing(r)
         with self._memos_lock:
+            kept = self._memos.get(r.id)
+            if not settled and kept is not None and kept[0] == standing:
+                return
             self._memos.pop(r.id, None)
             while self._memos and (len(self._memos) >= self.MEMOS_MAX or self._memos.held + size > self.MEMO_EXPENSES_MAX):
                 self._memos.pop(next(iter(self._memos)))
-            self._memos[r.id] = (self._standing(r), result.memo)
+            self._memos[r.id] = (standing if settled else None, result.memo)
 
     def claim_order(self, r: Recipient, expense_ids: list[str]) -> list[str]:
         """SCENARIOS.md: within a claim, invoice date, then service date, then the order listed."""

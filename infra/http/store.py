@@ -22,26 +22,33 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    cast,
     create_engine,
+    exists,
+    func,
     insert,
+    inspect,
+    literal,
     or_,
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from infra.settings import Settings
-from projections.common import insert_rows
 
 metadata = MetaData()
 
@@ -53,11 +60,18 @@ access_log = Table(
     Column("officer", String(64), nullable=False),
     Column("role", String(32), nullable=False),
     Column("street", String(200)),
-    Column("recipient", String(64), index=True),  # NULL: a population-wide read
+    Column("recipient", String(64), index=True),  # the one recipient a read named (else NULL)
     Column("scope", String(16), nullable=False),  # "recipient" | "population"
     Column("operation", String(100), nullable=False),
     Column("target", String(500), nullable=False),
+    # The recipients a read named when it named more than one (a list read: a district's clearing
+    # cases), in the order named: one row per read, whatever its length (ADR 0014). PostgreSQL:
+    # an array under a GIN index (``recipients @> ARRAY[…]``); SQLite: a JSON array (``json_each``).
+    Column("recipients", JSON().with_variant(ARRAY(String(64)), "postgresql")),
 )
+#: The list column's index on PostgreSQL (created with the table, or on open for a table made
+#: before the column: ``HttpStore.create_tables``).
+RECIPIENTS_INDEX = Index("ix_http_access_log_recipients", access_log.c.recipients, postgresql_using="gin").ddl_if(dialect="postgresql")
 
 idempotency = Table(
     "http_idempotency",
@@ -117,7 +131,20 @@ class HttpStore:
         return store
 
     def create_tables(self) -> None:
+        """The service's tables; an access log made before reads were kept one row each gets its
+        list column (and on PostgreSQL the column's index)."""
         metadata.create_all(self.engine)
+        have = {c["name"] for c in inspect(self.engine).get_columns(access_log.name)}
+        if "recipients" not in have:
+            kind = "VARCHAR(64)[]" if self.engine.dialect.name == "postgresql" else "JSON"
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {access_log.name} ADD COLUMN recipients {kind}"))
+            except DBAPIError:  # another process added it meanwhile
+                pass
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as conn:
+                RECIPIENTS_INDEX.create(conn, checkfirst=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -128,29 +155,37 @@ class HttpStore:
 
     # ------------------------------------------------------------------ access log
     def record_access(self, *, officer: str, role: str, street: str | None, recipients: list[str] | None, operation: str, target: str) -> None:
-        """One row per recipient read; ``recipients=None`` records a population-wide read."""
-        now = datetime.now(timezone.utc)
-        base = {"at": now, "officer": officer, "role": role, "street": street, "operation": operation, "target": target[:500]}
-        rows = [{**base, "recipient": None, "scope": "population"}] if recipients is None else [
-            {**base, "recipient": r, "scope": "recipient"} for r in dict.fromkeys(recipients)
-        ]
-        if rows:
-            # A list read names every recipient in it (a district's clearing cases: hundreds or
-            # thousands): on PostgreSQL one COPY stream rather than a bound INSERT row by row.
-            with self.engine.begin() as conn:
-                insert_rows(conn, access_log, rows, generated=("id",))
+        """One row per read (ADR 0014): the recipient it named, or the recipients of a list read
+        in one column (each named once, in order), or ``recipients=None``: a population-wide read.
+        A read naming a district's worth of people costs one row, not one per person."""
+        named = None if recipients is None else list(dict.fromkeys(recipients))
+        if named == []:
+            return
+        row = {"at": datetime.now(timezone.utc), "officer": officer, "role": role, "street": street, "operation": operation,
+               "target": target[:500], "scope": "population" if named is None else "recipient",
+               "recipient": named[0] if named is not None and len(named) == 1 else None,
+               "recipients": named if named is not None and len(named) > 1 else None}
+        with self.engine.begin() as conn:
+            conn.execute(access_log.insert(), row)
 
     def accesses(self, recipient: str, *, include_population: bool = True, since: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        cond = access_log.c.recipient == recipient
+        """The reads that named ``recipient`` (alone or in a list), and with ``include_population``
+        the population-wide ones, oldest first; each entry names ``recipient`` as the one read."""
+        if self.engine.dialect.name == "postgresql":
+            listed = access_log.c.recipients.op("@>")(cast(array([recipient]), ARRAY(String(64))))
+        else:
+            listed = exists(select(literal(1)).select_from(func.json_each(access_log.c.recipients).table_valued("value").alias("named"))
+                            .where(text("named.value = :named_recipient").bindparams(named_recipient=recipient)))
+        cond = or_(access_log.c.recipient == recipient, listed)
         if include_population:
             cond = or_(cond, access_log.c.scope == "population")
-        q = select(access_log).where(cond)
+        q = select(*(c for c in access_log.c if c.name != "recipients")).where(cond)
         if since is not None:
             q = q.where(access_log.c.at >= _utc(since))
         q = q.order_by(access_log.c.id).limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
-        return [{**dict(r), "at": _utc(r["at"])} for r in rows]
+        return [{**dict(r), "at": _utc(r["at"]), "recipient": None if r["scope"] == "population" else recipient} for r in rows]
 
     # ------------------------------------------------------------------ idempotency
     def stored_response(self, key: str) -> StoredResponse | None:
