@@ -1,5 +1,5 @@
-"""The ledger's repository: eventsourcing's own, with two savings the benchmark's profile showed
-(ADR 0017). Neither changes what a ``get`` returns.
+"""The ledger's repository: eventsourcing's own, with three savings the benchmark's profile showed
+(ADR 0017). None changes what a ``get`` returns.
 
 1. ``eventsourcing.application.project_aggregate`` asserts ``isinstance(event, CanMutateProtocol)``
    for every event it applies: a ``runtime_checkable`` Protocol check, which on Python 3.11 walks
@@ -17,18 +17,27 @@
    trips for every aggregate a process reads first. The PostgreSQL recorder answers both in one
    statement (``select_latest``: the latest snapshot and the events after it), with the same
    rows, and the data key that decoding them needs in the same round trip (issue 16).
+
+1. is the repository's public ``projector_func``; 2. and 3. live in the repository's stores
+(:class:`LatestSnapshots`, :class:`FollowingEvents`: the library's ``EventStore`` and its public
+``get``, which is all the library's repository reads through), not in an override of the
+repository's private reconstruction. What the repository itself adds (a command's reads noted and
+checked at its save, ADR 0021; bringing a stale cached aggregate forward) copies a cached
+aggregate under the library's fast-forward lock per aggregate (``_use_fastforward_lock``): the
+library has no public way to take it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import threading
 import zlib
+from collections.abc import Callable, Iterator
 from copy import deepcopy
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from eventsourcing.application import AggregateNotFoundError, Cache, LRUCache, Repository
-from eventsourcing.persistence import Compressor
+from eventsourcing.persistence import Compressor, EventStore
 
 
 def mutate_all(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -180,34 +189,70 @@ class LedgerRepository(Repository):
             seen[aggregate_id] = interval is None or aggregate.version < interval
         return aggregate
 
-    def _reconstruct_aggregate(self, aggregate_id: Any, version: int | None, projector_func: Any) -> Any:
-        if self.snapshot_store is None or version is not None:
-            return super()._reconstruct_aggregate(aggregate_id, version, projector_func)
-        if not self.__dict__.get("_no_snapshot_yet", {}).get(aggregate_id):
-            return self._latest(aggregate_id, projector_func)
-        aggregate = projector_func(None, self.event_store.get(originator_id=aggregate_id))
-        if aggregate is None:
-            raise AggregateNotFoundError(f"Aggregate {aggregate_id!r} version None not found.")
-        return aggregate
+    def unsnapshotted(self, aggregate_id: Any) -> bool:
+        """``aggregate_id`` was last seen here below its type's snapshot interval, or is of a type
+        never snapshotted (2.): its latest state is read from its events alone."""
+        return bool(self.__dict__.get("_no_snapshot_yet", {}).get(aggregate_id))
 
-    def _latest(self, aggregate_id: Any, projector_func: Any) -> Any:
-        """The latest snapshot and the events after it (3.): in one statement when the recorder
-        reads both at once (``select_latest``, PostgreSQL), else as the library reads them."""
-        select_latest = getattr(self.event_store.recorder, "select_latest", None)
-        if select_latest is None:
-            return super()._reconstruct_aggregate(aggregate_id, None, projector_func)
-        prefetch = getattr(self.event_store.mapper, "prefetch", None)  # the data key decoding needs: same round trip
-        found = select_latest(aggregate_id, self.snapshot_store.recorder, also=prefetch(aggregate_id) if prefetch is not None else None)
+
+class _Following(threading.local):
+    """What :class:`LatestSnapshots` read with a snapshot, for the event read that follows it on
+    the same thread: (aggregate id, the version after which the events follow), stored events."""
+
+    key: tuple[Any, int | None] | None = None
+    stored: list[Any] = []
+
+
+class LatestSnapshots(EventStore):
+    """The repository's snapshot store (2., 3.). The library's repository reads an aggregate's
+    latest state by asking its snapshot store for the latest snapshot, then its event store for
+    the events after it (``EventStore.get``, the public reads). For the latest snapshot of an
+    aggregate the repository knows has none yet, this answers none without a query; otherwise,
+    where the event recorder can read both at once (``select_latest``, PostgreSQL), it does, with
+    the data key decoding needs in the same round trip, and keeps the events for
+    :class:`FollowingEvents`, which answers the event read that follows on this thread from them."""
+
+    def __init__(self, snapshots: EventStore, events: EventStore, unsnapshotted: Callable[[Any], bool]):
+        super().__init__(mapper=snapshots.mapper, recorder=snapshots.recorder)
+        self.events = events
+        self.unsnapshotted = unsnapshotted
+        self.following = _Following()
+
+    def get(self, originator_id: Any, *, gt: int | None = None, lte: int | None = None, desc: bool = False, limit: int | None = None) -> Iterator[Any]:
+        self.following.key = None
+        if not (gt is None and lte is None and desc and limit == 1):
+            return super().get(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        if self.unsnapshotted(originator_id):
+            return iter(())
+        select_latest = getattr(self.events.recorder, "select_latest", None)
+        prefetch = getattr(self.events.mapper, "prefetch", None)  # the data key decoding needs: same round trip
+        found = None
+        if select_latest is not None:
+            found = select_latest(originator_id, self.recorder, also=prefetch(originator_id) if prefetch is not None else None)
         if found is None:
-            return super()._reconstruct_aggregate(aggregate_id, None, projector_func)
+            return super().get(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
         snapshot, stored = found
-        events: Iterable[Any] = map(self.event_store.mapper.to_domain_event, stored)
-        if snapshot is not None:
-            events = itertools.chain((self.snapshot_store.mapper.to_domain_event(snapshot),), events)
-        aggregate = projector_func(None, events)
-        if aggregate is None:
-            raise AggregateNotFoundError(f"Aggregate {aggregate_id!r} version None not found.")
-        return aggregate
+        latest = [self.mapper.to_domain_event(snapshot)] if snapshot is not None else []
+        self.following.key = (originator_id, snapshot.originator_version if snapshot is not None else None)
+        self.following.stored = stored
+        return iter(latest)
+
+
+class FollowingEvents(EventStore):
+    """The repository's event store: the public reads of the application's, except that the read
+    of the events after the snapshot :class:`LatestSnapshots` just read on this thread is answered
+    from what it read with it (no second round trip). Any other read asks the recorder."""
+
+    def __init__(self, events: EventStore, following: _Following):
+        super().__init__(mapper=events.mapper, recorder=events.recorder)
+        self.following = following
+
+    def get(self, originator_id: Any, *, gt: int | None = None, lte: int | None = None, desc: bool = False, limit: int | None = None) -> Iterator[Any]:
+        key, stored = self.following.key, self.following.stored
+        self.following.key, self.following.stored = None, []
+        if key is not None and key == (originator_id, gt) and lte is None and not desc and limit is None:
+            return map(self.mapper.to_domain_event, stored)
+        return super().get(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
 
 
 class Kept:
@@ -232,10 +277,17 @@ class Kept:
 
 def upgrade(repository: Repository, snapshot_intervals: dict[type, int] | None) -> LedgerRepository:
     """The library's repository (as ``Application.construct_repository`` built it from the
-    settings: cache, fast-forward, deep copies) turned into a :class:`LedgerRepository`."""
+    settings: cache, fast-forward, deep copies) turned into a :class:`LedgerRepository`, reading
+    through :class:`LatestSnapshots` and :class:`FollowingEvents` (over the same recorders and
+    mapper as the application's stores)."""
     repository.__class__ = LedgerRepository
-    repository.snapshot_intervals = dict(snapshot_intervals or {})
-    return repository  # type: ignore[return-value]
+    ledger = cast(LedgerRepository, repository)
+    ledger.snapshot_intervals = dict(snapshot_intervals or {})
+    if repository.snapshot_store is not None:
+        snapshots = LatestSnapshots(repository.snapshot_store, repository.event_store, ledger.unsnapshotted)
+        repository.event_store = FollowingEvents(repository.event_store, snapshots.following)
+        repository.snapshot_store = snapshots
+    return ledger
 
 
 class LargeStateCompressor(Compressor):

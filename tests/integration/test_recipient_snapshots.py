@@ -116,9 +116,10 @@ def test_a_recipient_loads_from_its_snapshot_in_the_store(database_url: str, nam
                 from_events = None
                 for event in other.events.get(rid):
                     from_events = event.mutate(from_events)
-                reads: list[dict] = []
-                real = other.repository.event_store.get
-                other.repository.event_store.get = lambda *a, **k: reads.append(k) or real(*a, **k)
+                reads: list[dict] = []  # the statements sent to the event table
+                recorder = other.repository.event_store.recorder
+                real = recorder.select_events
+                recorder.select_events = lambda *a, **k: reads.append(k) or real(*a, **k)
                 real_latest = getattr(other.recorder, "select_latest", None)
                 if real_latest is not None:  # PostgreSQL: the snapshot and the events after it in one statement
 
@@ -132,7 +133,7 @@ def test_a_recipient_loads_from_its_snapshot_in_the_store(database_url: str, nam
 
                     other.recorder.select_latest = latest
                 loaded = other.recipient(rid)
-                other.repository.event_store.get = real
+                recorder.__dict__.pop("select_events", None)
                 other.recorder.__dict__.pop("select_latest", None)
                 # from the snapshot: only the events after it were asked for
                 assert [r.get("gt") for r in reads] == [snap.originator_version]
