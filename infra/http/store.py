@@ -143,8 +143,11 @@ class HttpStore:
             except DBAPIError:  # another process added it meanwhile
                 pass
         if self.engine.dialect.name == "postgresql":
-            with self.engine.begin() as conn:
-                RECIPIENTS_INDEX.create(conn, checkfirst=True)
+            try:
+                with self.engine.begin() as conn:
+                    RECIPIENTS_INDEX.create(conn, checkfirst=True)
+            except DBAPIError:  # another process (a worker starting beside this one) created it meanwhile
+                pass
 
     def close(self) -> None:
         self.engine.dispose()
