@@ -72,6 +72,10 @@ access_log = Table(
 #: The list column's index on PostgreSQL (created with the table, or on open for a table made
 #: before the column: ``HttpStore.create_tables``).
 RECIPIENTS_INDEX = Index("ix_http_access_log_recipients", access_log.c.recipients, postgresql_using="gin").ddl_if(dialect="postgresql")
+#: The population-wide reads, which every "who read this person" answer includes: a partial index,
+#: so that the answer's three conditions are three index reads, not a scan of the whole log.
+POPULATION_INDEX = Index("ix_http_access_log_population", access_log.c.id, postgresql_where=access_log.c.scope == "population",
+                         sqlite_where=access_log.c.scope == "population")
 
 idempotency = Table(
     "http_idempotency",
@@ -132,7 +136,7 @@ class HttpStore:
 
     def create_tables(self) -> None:
         """The service's tables; an access log made before reads were kept one row each gets its
-        list column (and on PostgreSQL the column's index)."""
+        list column and its indexes (the list's on PostgreSQL, the population-wide reads')."""
         metadata.create_all(self.engine)
         have = {c["name"] for c in inspect(self.engine).get_columns(access_log.name)}
         if "recipients" not in have:
@@ -142,10 +146,10 @@ class HttpStore:
                     conn.execute(text(f"ALTER TABLE {access_log.name} ADD COLUMN recipients {kind}"))
             except DBAPIError:  # another process added it meanwhile
                 pass
-        if self.engine.dialect.name == "postgresql":
+        for index in (RECIPIENTS_INDEX, POPULATION_INDEX) if self.engine.dialect.name == "postgresql" else (POPULATION_INDEX,):
             try:
                 with self.engine.begin() as conn:
-                    RECIPIENTS_INDEX.create(conn, checkfirst=True)
+                    index.create(conn, checkfirst=True)
             except DBAPIError:  # another process (a worker starting beside this one) created it meanwhile
                 pass
 
