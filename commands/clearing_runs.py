@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
@@ -215,6 +216,13 @@ def city_conflicts(district: str, rows: list[dict[str, Any]], positions: dict[st
         first = f"{row['first_district']}:{row['first_expense_id']}"
         found.setdefault(recipient_of(eid), {})[eid] = AidedElsewhere(first, message)
     return CityConflicts(district, dict(positions), found)
+
+
+def and_also(recipients: list[Any], more: Iterable[Any]) -> list[Any]:
+    """``recipients`` followed by those of ``more`` not already among them (a run's scope widened
+    to the persons a city read names: R-CLR-1(b), R-CLR-1(e))."""
+    known = set(recipients)
+    return recipients + [rid for rid in more if rid not in known]
 
 
 @runtime_checkable

@@ -52,6 +52,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from infra.contract import messages as pm
 from infra.contract.consumer import _ALWAYS, Deduplicator, Outcome, SqlPositions, _target
 from infra.districts import District
+from projections.common import add_missing_columns
 from ledger.policy.packs import SHANGHAI_MEDICAL_AID
 from ledger.values import VisitType, micros, receipt_identity
 
@@ -624,14 +625,7 @@ class DistrictCityIndex:
 def _add_bucket_columns(engine: sa.Engine) -> None:
     """A city view created before the cap bucket was kept gets its columns (R-CAP-2), and the time
     of the first decision (R-CAP-4)."""
-    have = {c["name"] for c in sa.inspect(engine).get_columns("city_expenses")}
-    for name, kind in (("cap_year", "INTEGER"), ("kind", "VARCHAR(20)"), ("decided_us", "BIGINT")):
-        if name not in have:
-            try:
-                with engine.begin() as c:
-                    c.execute(sa.text(f"ALTER TABLE city_expenses ADD COLUMN {name} {kind}"))
-            except sa.exc.DBAPIError:  # another process added it meanwhile
-                pass
+    add_missing_columns(engine, "city_expenses", (("cap_year", "INTEGER"), ("kind", "VARCHAR(20)"), ("decided_us", "BIGINT")))
 
 
 class _conn:

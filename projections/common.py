@@ -36,9 +36,12 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
 from ledger.money import FEN
@@ -210,6 +213,20 @@ def topic(cls: type) -> str:
 def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     for i in range(0, len(values), size):
         yield values[i : i + size]
+
+
+def add_missing_columns(engine: Engine, table: str, columns: Sequence[tuple[str, str]]) -> None:
+    """A table made by an earlier version gets the columns it lacks (name, SQL type), each added
+    nullable, on SQLite and PostgreSQL alike; a column another process added meanwhile is left."""
+    have = {c["name"] for c in inspect(engine).get_columns(table)}
+    for name, kind in columns:
+        if name in have:
+            continue
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+        except DBAPIError:  # another process added it meanwhile
+            pass
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], *, generated: Sequence[str] = ()) -> None:

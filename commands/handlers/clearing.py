@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from commands import models as m
-from commands.clearing_runs import RULE_CITY, RULE_CITY_CAP, city_conflicts_from, city_usage_from, recipients_since
+from commands.clearing_runs import RULE_CITY, RULE_CITY_CAP, and_also, city_conflicts_from, city_usage_from, recipients_since
 from commands.clearing_views import proposal_owner
 from commands.core import LedgerCore, Result
 from ledger import clearing, errors
@@ -30,15 +30,13 @@ def run_clearing(app: LedgerCore, cmd: m.ClearingRun) -> Result:
     recipients = recipients_since(app, cmd.since) if cmd.since is not None else None
     city = city_conflicts_from(getattr(app, "city", None)) if cmd.trigger == Trigger.DUPLICATE.value else None
     if city and recipients is not None:
-        known = set(recipients)
-        recipients = recipients + [rid for rid in city.by_recipient if rid not in known]
+        recipients = and_also(recipients, city.by_recipient)
     opened = {"cases": 0, "supplementary": 0}
     cause = {"run": "clearing", "city_view": {"district": city.district, "positions": city.positions, "rule": RULE_CITY}} if city else None
     usage = city_usage_from(getattr(app, "city", None)) if cmd.trigger == Trigger.CAP_OVERRUN.value else None
     if usage:
         if recipients is not None:  # R-CAP-4, R-CLR-1(e): the persons aided here and elsewhere too
-            known = set(recipients)
-            recipients = recipients + [rid for rid in usage.by_recipient if rid not in known]
+            recipients = and_also(recipients, usage.by_recipient)
         cause = {**(cause or {"run": "clearing"}), "city_view": {"district": usage.district, "positions": dict(usage.positions), "rule": RULE_CITY_CAP}}
     changed = app.clearing_run(cmd.trigger, at=cmd.at, recipients=recipients, opened=opened, cause=cause, city=city.by_recipient if city else None,
                                city_usage=usage or None)

@@ -37,7 +37,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    inspect,
     literal,
     or_,
     select,
@@ -49,6 +48,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from infra.settings import Settings
+from projections.common import add_missing_columns
 
 metadata = MetaData()
 
@@ -138,14 +138,7 @@ class HttpStore:
         """The service's tables; an access log made before reads were kept one row each gets its
         list column and its indexes (the list's on PostgreSQL, the population-wide reads')."""
         metadata.create_all(self.engine)
-        have = {c["name"] for c in inspect(self.engine).get_columns(access_log.name)}
-        if "recipients" not in have:
-            kind = "VARCHAR(64)[]" if self.engine.dialect.name == "postgresql" else "JSON"
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(text(f"ALTER TABLE {access_log.name} ADD COLUMN recipients {kind}"))
-            except DBAPIError:  # another process added it meanwhile
-                pass
+        add_missing_columns(self.engine, access_log.name, [("recipients", "VARCHAR(64)[]" if self.engine.dialect.name == "postgresql" else "JSON")])
         for index in (RECIPIENTS_INDEX, POPULATION_INDEX) if self.engine.dialect.name == "postgresql" else (POPULATION_INDEX,):
             try:
                 with self.engine.begin() as conn:
