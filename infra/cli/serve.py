@@ -33,7 +33,7 @@ def serve(
     secret, or with a token secret shorter than 32 bytes (ADR 0013); on loopback it warns once.
 
     ``--workers N`` runs N processes behind the one port (uvicorn's process manager; each worker
-    builds the app from the factory ``infra.http:create_app`` with the same settings, from the
+    builds the app from the factory ``infra.http:worker_app`` with the same settings, from the
     environment). An in-memory store cannot be shared, so it is served by one process."""
     from infra.settings import get_settings
 
@@ -64,13 +64,13 @@ def serve(
     from infra.http.operations import log_format, uvicorn_log_config
 
     # LEDGER_LOG_FORMAT=json: one JSON object a line, one line per request (infra.http.operations)
-    service = create_app(settings)
+    service = create_app(settings, worker=True)  # this process serves it alone: its collector is the app's (ADR 0023)
     service.state.warm_console = True  # the console's district figures are built in the background at start
     uvicorn.run(service, host=host, port=port, log_level="info", log_config=uvicorn_log_config(), access_log=log_format() != "json")
 
 
 #: The application factory, importable by string in every worker process (``uvicorn --factory``).
-FACTORY = "infra.http:create_app"
+FACTORY = "infra.http:worker_app"
 
 
 @token_app.command("issue")

@@ -490,8 +490,14 @@ def _command(request: Request, p: Principal, key: str | None, body: BaseModel | 
 
 
 # ---------------------------------------------------------------------- the application
-def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = None, store: HttpStore | None = None) -> FastAPI:
-    """The HTTP service on the configured store (``LEDGER_DATABASE_URL``)."""
+def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = None, store: HttpStore | None = None,
+               worker: bool = False) -> FastAPI:
+    """The HTTP service on the configured store (``LEDGER_DATABASE_URL``).
+
+    ``worker``: the process serves this app and nothing else (``ledger serve`` and its worker
+    processes, :func:`worker_app`), so the app may manage the process's cyclic collector
+    (``infra.http.collector``, ADR 0023). An app served inside another process (a test client, an
+    embedding) leaves that process's collector as it found it."""
     settings = settings or get_settings()
     if ledger is None:
         from infra.wiring import build_app
@@ -515,7 +521,8 @@ def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = N
         await anyio.to_thread.run_sync(service.warm)
         from infra.http.collector import WorkerCollector
 
-        collector = WorkerCollector(settings.http_gc_full_seconds)
+        # The collector is the process's: only a worker process's own app manages it.
+        collector = WorkerCollector(settings.http_gc_full_seconds if worker else 0)
         collector.start()
         try:
             yield
@@ -566,6 +573,12 @@ def create_app(settings: Settings | None = None, *, ledger: LedgerApp | None = N
 
     operations.install(app, service)  # /metrics, request logs (LEDGER_LOG_FORMAT), offline /docs and /redoc; outermost
     return app
+
+
+def worker_app() -> FastAPI:
+    """The application of a ``ledger serve`` worker process (uvicorn's factory, ``--workers N``):
+    the configured store, and the process's collector managed by the app (ADR 0023)."""
+    return create_app(worker=True)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

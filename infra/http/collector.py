@@ -13,8 +13,10 @@ only what was allocated since. Reference counting still frees a frozen object th
 dropped; only reference cycles among frozen objects wait, for the full collection that runs every
 ``http_gc_full_seconds`` (``LEDGER_HTTP_GC_FULL_SECONDS``, 60 s by default: the heap stays bounded
 and the pause comes once a minute instead of every few seconds). 0 leaves the collector alone.
-The collector is the process's: an application served inside another process (a test client)
-freezes and, when it stops, unfreezes that process's heap as well.
+The collector is the process's, so only a worker process's own application runs this
+(``create_app(worker=True)``: ``ledger serve`` and its workers); an application served inside
+another process (a test client, an embedding) leaves that process's collector and its frozen heap
+as they were.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ class WorkerCollector:
             gc.freeze()
 
     def stop(self) -> None:
+        """Stop the thread and unfreeze what it froze; a collector that never started (0) touches
+        nothing."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._thread is None:
+            return
+        self._thread.join(timeout=5)
+        self._thread = None
         gc.unfreeze()

@@ -60,3 +60,46 @@ def test_zero_leaves_the_collector_alone() -> None:
     c.stop()
     assert Settings(http_gc_full_seconds=0).http_gc_full_seconds == 0
     assert Settings().http_gc_full_seconds == 60 and Settings().http_threads == 4
+
+
+def test_a_collector_that_never_started_leaves_a_frozen_heap_frozen() -> None:
+    """Another part of the process (a rebuild, a group commit) froze its heap: a collector set to 0
+    neither froze it nor unfreezes it when it stops."""
+    cycle = weakref.ref(Cycle())
+    gc.freeze()
+    c = WorkerCollector(full_every=0)
+    c.start()
+    c.stop()
+    gc.collect()
+    assert cycle() is not None  # still frozen
+    gc.unfreeze()
+    gc.collect()
+    assert cycle() is None
+
+
+def test_only_a_worker_app_manages_the_collector(tmp_path) -> None:  # noqa: ANN001
+    """``create_app`` served inside another process (here a test client) leaves that process's
+    collector alone: nothing frozen while it serves, a heap the host froze still frozen after it
+    stops. ``create_app(worker=True)`` (``ledger serve``, ``infra.http:worker_app``) freezes its
+    process's heap while it serves and unfreezes it when it stops."""
+    from fastapi.testclient import TestClient
+
+    from infra.http import create_app
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'gc.db'}", token_secret="test-secret-for-http")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").status_code == 200
+        assert gc.get_freeze_count() == 0
+    cycle = weakref.ref(Cycle())  # garbage in a reference cycle, frozen by the host
+    gc.freeze()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").status_code == 200
+    gc.collect()
+    assert cycle() is not None  # still frozen: the app did not unfreeze the host's heap
+    gc.unfreeze()
+    gc.collect()
+    assert cycle() is None
+    with TestClient(create_app(settings, worker=True)) as client:
+        assert client.get("/health").status_code == 200
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
