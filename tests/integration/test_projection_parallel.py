@@ -94,13 +94,26 @@ def test_the_clearing_cases_read_model_answers_what_the_aggregates_say(told) -> 
     assert after["recovered"] != case["recovered"]
 
 
-def test_serve_workers_use_an_importable_factory() -> None:
+def test_serve_workers_use_an_importable_factory(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Each ``ledger serve --workers N`` process builds its app from the factory, on the
+    environment's settings, as a worker: its app manages the process's collector (ADR 0023)."""
+    import gc
+
+    from fastapi.testclient import TestClient
     from uvicorn.importer import import_from_string
 
     from infra.cli.serve import FACTORY
-    from infra.http import create_app
+    from infra.http import worker_app
 
-    assert import_from_string(FACTORY) is create_app
+    assert import_from_string(FACTORY) is worker_app
+    monkeypatch.setenv("LEDGER_DATABASE_URL", f"sqlite:///{tmp_path / 'worker.db'}")
+    monkeypatch.setenv("LEDGER_TOKEN_SECRET", "test-secret-for-http")
+    gc.unfreeze()
+    app = import_from_string(FACTORY)()
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        assert gc.get_freeze_count() > 0  # the worker's collector froze its heap
+    assert gc.get_freeze_count() == 0
 
 
 def test_get_clearing_cases_answers_from_the_read_model_not_a_replay(database_url: str, monkeypatch) -> None:
