@@ -27,6 +27,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -217,7 +218,8 @@ def chunks(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
 
 def add_missing_columns(engine: Engine, table: str, columns: Sequence[tuple[str, str]]) -> None:
     """A table made by an earlier version gets the columns it lacks (name, SQL type), each added
-    nullable, on SQLite and PostgreSQL alike; a column another process added meanwhile is left."""
+    nullable, on SQLite and PostgreSQL alike. A column another process added meanwhile is left;
+    any other failure (the column still missing) is raised."""
     have = {c["name"] for c in inspect(engine).get_columns(table)}
     for name, kind in columns:
         if name in have:
@@ -225,8 +227,24 @@ def add_missing_columns(engine: Engine, table: str, columns: Sequence[tuple[str,
         try:
             with engine.begin() as conn:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
-        except DBAPIError:  # another process added it meanwhile
-            pass
+        except DBAPIError:
+            if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                raise
+            # another process added it meanwhile
+
+
+def create_missing_indexes(engine: Engine, indexes: Sequence[Index]) -> None:
+    """Indexes an existing table lacks (added by a later version), each created if absent. One
+    another process (a worker starting beside this one) created meanwhile is left; any other
+    failure (the index still missing) is raised."""
+    for index in indexes:
+        try:
+            with engine.begin() as conn:
+                index.create(conn, checkfirst=True)
+        except DBAPIError:
+            table = index.table.name if index.table is not None else ""
+            if index.name not in {i["name"] for i in inspect(engine).get_indexes(table)}:
+                raise
 
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], *, generated: Sequence[str] = ()) -> None:

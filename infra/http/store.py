@@ -44,11 +44,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from infra.settings import Settings
-from projections.common import add_missing_columns
+from projections.common import add_missing_columns, create_missing_indexes
 
 metadata = MetaData()
 
@@ -139,12 +139,7 @@ class HttpStore:
         list column and its indexes (the list's on PostgreSQL, the population-wide reads')."""
         metadata.create_all(self.engine)
         add_missing_columns(self.engine, access_log.name, [("recipients", "VARCHAR(64)[]" if self.engine.dialect.name == "postgresql" else "JSON")])
-        for index in (RECIPIENTS_INDEX, POPULATION_INDEX) if self.engine.dialect.name == "postgresql" else (POPULATION_INDEX,):
-            try:
-                with self.engine.begin() as conn:
-                    index.create(conn, checkfirst=True)
-            except DBAPIError:  # another process (a worker starting beside this one) created it meanwhile
-                pass
+        create_missing_indexes(self.engine, (RECIPIENTS_INDEX, POPULATION_INDEX) if self.engine.dialect.name == "postgresql" else (POPULATION_INDEX,))
 
     def close(self) -> None:
         self.engine.dispose()
