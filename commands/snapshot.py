@@ -658,10 +658,11 @@ def snapshot_from_cuts(
     not moved is not read and summed again. Used and filled."""
     from ledger.policy import packs as policy_packs
     from projections import cuts
+    from projections.common import reading
 
     if catch_up:  # else the caller has just brought the view to the head (the service's followed runner)
         cuts.catch_up(engine, app.recorder, app.mapper)
-    with engine.connect().execution_options(sqlite_deferred=True) as conn:
+    with reading(engine) as conn:
         k = cuts.known_at(conn, known_at)
     policy = app.policy(version=k.policy_version) if k.policy_version else None
     book = policy.book if policy is not None else PolicyBook()
@@ -693,7 +694,7 @@ def snapshot_from_cuts(
     )
 
     def rows() -> Iterator[dict[str, Any]]:
-        with engine.connect().execution_options(sqlite_deferred=True) as conn:
+        with reading(engine) as conn:
             for part in cuts.iter_chunks(order, 500):
                 known = {rid: kept.get(cut_keys[rid]) for _, rid, period in part if period is not None} if kept is not None else {}
                 states = cuts.states(conn, [(rid, period) for _, rid, period in part if period is not None and known.get(rid) is None])

@@ -139,6 +139,20 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def reading(engine: Engine) -> Connection:
+    """A connection for reads only (``with reading(engine) as conn: ...``). On SQLite a plain
+    ``BEGIN`` (``sqlite_deferred``: no write lock). On PostgreSQL autocommit: each statement its
+    own transaction, which at READ COMMITTED is what a transaction of several reads gives too
+    (every statement sees the rows committed when it starts), without the two round trips of
+    ``BEGIN`` and ``ROLLBACK`` around them (a read of the HTTP service was 4 round trips for one
+    ``SELECT``: the pool's ping, ``BEGIN``, the ``SELECT``, ``ROLLBACK``). Nothing that needs a
+    transaction (a ``FOR UPDATE``, a transaction-level lock, a write) belongs on it."""
+    conn = engine.connect()
+    if engine.dialect.name == "postgresql":
+        return conn.execution_options(isolation_level="AUTOCOMMIT")
+    return conn.execution_options(sqlite_deferred=True)
+
+
 class NulInText(ValueError):
     """Text with a NUL character (U+0000), which a read model cannot store."""
 

@@ -45,7 +45,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ledger.values import CST
-from projections.common import SHARED_PREFIX, Projection, failures, is_postgres, metadata, partition_of, tracking
+from projections.common import SHARED_PREFIX, Projection, failures, is_postgres, metadata, partition_of, reading, tracking
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ class Runner:
 
     def _positions(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
         """The positions, and the partition rows a partitioned rebuild left for each whole view."""
-        with self.engine.connect().execution_options(sqlite_deferred=True) as conn:
+        with reading(self.engine) as conn:
             rows = dict(conn.execute(select(tracking.c.name, tracking.c.position)).all())
         parts: dict[str, dict[str, int]] = {}
         for p in self.projections:
@@ -317,7 +317,7 @@ class Runner:
 
     def status(self) -> list[Status]:
         head = self.head()
-        with self.engine.connect().execution_options(sqlite_deferred=True) as conn:
+        with reading(self.engine) as conn:
             rows = {r.name: r for r in conn.execute(select(tracking))}
         recorded = self.failures()
         out = []
@@ -331,7 +331,7 @@ class Runner:
     def failures(self, *, open_only: bool = False) -> list[Failure]:
         """Recorded failures of this runner's views, by view and position (none before setup)."""
         names = [p.name for p in self.projections]
-        with self.engine.connect().execution_options(sqlite_deferred=True) as conn:
+        with reading(self.engine) as conn:
             if not inspect(conn).has_table(failures.name):
                 return []
             q = select(failures).where(failures.c.name.in_(names))

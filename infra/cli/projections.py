@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from infra.cli import app
-from projections.common import make_engine, projection_url
+from projections.common import make_engine, projection_url, reading
 from projections.runner import DEFAULT_BATCH, PARALLEL_FROM, REBUILD_BATCH, Failure, NoSuchFailure, Runner, default_jobs, select_projections
 
 projections_app = typer.Typer(help="Read models over the event log: caps, 四医联动 months, duplicates, fund books, statements.", no_args_is_help=True)
@@ -246,7 +246,7 @@ def check(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> N
     runner = _runner(["funds"], DEFAULT_BATCH)
     _need_tables(runner)
     [st] = runner.status()
-    with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
+    with reading(runner.engine) as conn:
         result = funds.check(conn)
         outflow = funds.outflow(conn)
     if as_json:
@@ -295,7 +295,7 @@ def statement(
     runner = _runner(["statement"], DEFAULT_BATCH)
     _need_tables(runner)
     recipient = _resolve_recipient(recipient)
-    with runner.engine.connect().execution_options(sqlite_deferred=True) as conn:
+    with reading(runner.engine) as conn:
         rows = st.for_recipient(conn, recipient)
     from infra import statement_export
     from infra.settings import get_settings

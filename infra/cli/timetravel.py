@@ -141,9 +141,10 @@ def replay(
     known_at: Optional[str] = typer.Option(None, "--known-at", help="re-decide with the facts and policy recorded up to T (default: as recorded at the decision)"),
     verify: bool = typer.Option(False, "--verify", help="exit 1 on any difference (the determinism audit)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    jobs: int = typer.Option(0, "--jobs", min=0, help="with --all: worker processes (0: one per core from 1,000 recipients on, else one)"),
 ) -> None:
     """Re-decide stored decisions and compare them to the fen and the explanation (R-TIME-1)."""
-    from commands.replay import audit, replay_expense
+    from commands.replay import audit, default_jobs, replay_expense
     from ledger import errors
 
     if bool(expense) == all_:
@@ -165,12 +166,14 @@ def replay(
         return
     started = time.perf_counter()
     recipients = list(ledger.recipient_ids())
+    jobs = jobs or default_jobs(len(recipients))
     with _progress() as bar:
         task = bar.add_task("replaying decisions", total=len(recipients))
-        report = audit(ledger, t, recipients=recipients, progress=lambda n: bar.advance(task, n))
+        # each worker process opens the store as this one did (``_ledger``: settings from the environment)
+        report = audit(ledger, t, recipients=recipients, progress=lambda n: bar.advance(task, n), jobs=jobs, source=_ledger)
     elapsed = time.perf_counter() - started
     if as_json:
-        _dump({**report.as_dict(), "known_at": t.isoformat() if t else None, "seconds": round(elapsed, 3)})
+        _dump({**report.as_dict(), "known_at": t.isoformat() if t else None, "seconds": round(elapsed, 3), "jobs": jobs})
     else:
         for r in report.different:
             _print_replay(r)

@@ -952,10 +952,11 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
     def duplicate_index(request: Request, p: Caller, kind: Annotated[str | None, Query(max_length=40)] = None) -> Any:
         svc = _service(request)
         if svc.built("duplicates"):
+            from projections.common import reading
             from projections.duplicates import index
 
             engine, status = svc.read_model("duplicates")  # brought to the head first (ADR 0008)
-            with engine.connect().execution_options(sqlite_deferred=True) as conn:
+            with reading(engine) as conn:
                 findings = index(conn, kind)
             out = {"source": "projection", "position": status.position, "head": status.head, "lag": status.lag, "findings": findings}
         else:

@@ -567,11 +567,12 @@ def statement_file(service: Any, recipient: str, fmt: str) -> tuple[bytes, str]:
 
     from infra import statement_export
     from projections import statement as st
+    from projections.common import reading
 
     if fmt not in STATEMENT_FORMATS:
         raise errors.InvalidInput(f"format: one of {', '.join(STATEMENT_FORMATS)}", field="format")
     engine, _ = service.read_model("statement")
-    with engine.connect().execution_options(sqlite_deferred=True) as conn:
+    with reading(engine) as conn:
         rows = st.for_recipient(conn, recipient)
     handles = statement_export.handles_of(service.ledger, recipient)
     write = statement_export.write_csv if fmt == "csv" else statement_export.write_xlsx

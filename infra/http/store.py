@@ -160,8 +160,14 @@ class HttpStore:
                "target": target[:500], "scope": "population" if named is None else "recipient",
                "recipient": named[0] if named is not None and len(named) == 1 else None,
                "recipients": named if named is not None and len(named) > 1 else None}
-        with self.engine.begin() as conn:
-            conn.execute(access_log.insert(), row)
+        if self.engine.dialect.name == "postgresql":
+            # One statement in a transaction of its own: committed (and as durable) when it
+            # returns, in one round trip instead of three (BEGIN, INSERT, COMMIT), on every read.
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(access_log.insert(), row)
+        else:
+            with self.engine.begin() as conn:
+                conn.execute(access_log.insert(), row)
 
     def accesses(self, recipient: str, *, include_population: bool = True, since: datetime | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The reads that named ``recipient`` (alone or in a list), and with ``include_population``

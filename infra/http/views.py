@@ -188,10 +188,11 @@ def caught_up(engine: Any, app: LedgerApp, name: str, ready: set[str], followers
     The view's tables are created on first use in this process (``ready``); a view never built
     before is built by that first request (``ledger projections rebuild`` builds it ahead).
     ``followers``: the service's runners, kept between requests (else one for this call)."""
+    from projections.common import reading
     from projections.runner import Runner, Status, select_projections
 
     def position() -> int:
-        with engine.connect().execution_options(sqlite_deferred=True) as conn:
+        with reading(engine) as conn:
             return int(conn.execute(_position_query(), {"name": name}).scalar_one_or_none() or 0)
 
     def status(at: int, head: int) -> Any:
@@ -344,9 +345,10 @@ def clearing_cases_answer(engine: Any, app: LedgerApp, status: str | None, names
     commits in between), so a reader still gets at least what it saw written. A view without a
     stamp yet is never kept whole."""
     from projections import clearing
+    from projections.common import reading
 
     generation = erasure_generation(app)
-    with engine.connect().execution_options(sqlite_deferred=True) as conn:
+    with reading(engine) as conn:
         stamp = clearing.stamp(conn)
         key = ("clearing_cases", status, stamp, generation)
         if kept is not None and stamp is not None:
@@ -386,8 +388,9 @@ def clearing_cases(engine: Any, app: LedgerApp, status: str | None, names: Enrol
     an erased person shows as erased, ADR 0015): one small read per recipient listed, or none for
     those ``names`` already holds."""
     from projections import clearing
+    from projections.common import reading
 
-    with engine.connect().execution_options(sqlite_deferred=True) as conn:
+    with reading(engine) as conn:
         rows = clearing.cases(conn, status)
     people = _people(app, list(dict.fromkeys(r["recipient"] for r in rows)), names)
     return [_case_answer(r, *people[r["recipient"]]) for r in rows]

@@ -110,3 +110,25 @@ def test_whatif_cli(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     floor = runner.invoke(cli, ["whatif", "--set", "lianyungang.medical_aid.rate.key=0.60", "--from", "2026-01-01"])
     assert floor.exit_code == 1 and "POLICY_FLOOR" in floor.output
     assert runner.invoke(cli, ["whatif", "--set", "x", "--from", "2026-01-01"]).exit_code == 2
+
+
+def test_replay_all_in_worker_processes_reports_what_one_process_reports(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``replay --all --jobs 2``: the recipients shared out among two worker processes, each
+    opening the store itself; the same counts and the same differences, in the same order, as
+    in one process, forged decisions included."""
+    monkeypatch.setenv("LEDGER_DATABASE_URL", database_url)
+    store = demo_store(database_url)
+    forged = [forge_decision(store, moment("2026-09-02")), forge_decision(store, moment("2026-09-03"))]
+
+    def report(jobs: int) -> dict:
+        result = runner.invoke(cli, ["replay", "--all", "--verify", "--json", "--jobs", str(jobs)])
+        assert result.exit_code == 1, result.output  # the forgeries are found
+        data = json.loads(result.stdout)
+        assert data.pop("jobs") == jobs
+        data.pop("seconds")
+        return data
+
+    one, two = report(1), report(2)
+    assert two == one
+    assert one["differences"] == 2 and {d["expense"] for d in one["different"]} == set(forged)
+    assert one["recipients"] > 2 and one["decisions"] > 10
