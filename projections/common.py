@@ -107,7 +107,22 @@ def make_engine(url: str) -> Engine:
     commit), WAL lets readers go on; a connection may ask for a plain ``BEGIN`` with the execution
     option ``sqlite_deferred=True`` (read-only use)."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True)
+
+        @event.listens_for(engine, "connect")
+        def _lz4(dbapi_connection: Any, _record: Any) -> None:
+            # Values past ~2 kB (a cut's state: ~3 kB, 54% of the cuts) are compressed by the
+            # server when stored: lz4 where the server was built with it, not the default pglz
+            # (a rebuild at 1,000 recipients: 35 against 37-39 s of CPU in all, the rebuild
+            # 15.0-15.5 s against 15.8-16.9 s). A server without lz4 keeps its default.
+            try:
+                with dbapi_connection.cursor() as cur:
+                    cur.execute("SET default_toast_compression = 'lz4'")
+                dbapi_connection.commit()
+            except Exception:  # noqa: BLE001 - not built with lz4: the server's default stays
+                dbapi_connection.rollback()
+
+        return engine
     memory = url in ("sqlite://", "sqlite:///:memory:")
     if memory:
         engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
