@@ -321,7 +321,7 @@ def audit(
     share finishes."""
     rids = recipients if recipients is not None else list(app.recipient_ids())
     if jobs > 1 and source is not None and len(rids) > 1:
-        return _audit_in_processes(source, known_at, rids, jobs, progress)
+        return _audit_in_processes(source, known_at, rids, jobs, progress, int(app.recorder.max_notification_id() or 0))
     ctx = _Context(app)
     report = Audit()
     for rid in rids:
@@ -339,7 +339,8 @@ def audit(
 
 
 def _audit_in_processes(
-    source: Callable[[], Any], known_at: datetime | None, rids: list[uuid.UUID], jobs: int, progress: Callable[[int], None] | None
+    source: Callable[[], Any], known_at: datetime | None, rids: list[uuid.UUID], jobs: int, progress: Callable[[int], None] | None,
+    head: int,
 ) -> Audit:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -349,7 +350,7 @@ def _audit_in_processes(
     # spawn: each worker opens its own connections (nothing inherited from this process's pools)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(parts)), mp_context=ctx) as pool:
-        futures = {pool.submit(_audit_part, source, known_at, part): k for k, part in enumerate(parts)}
+        futures = {pool.submit(_audit_part, source, known_at, part, head): k for k, part in enumerate(parts)}
         reports: list[Audit | None] = [None] * len(parts)
         for f in as_completed(futures):
             k = futures[f]
@@ -371,7 +372,7 @@ def _audit_in_processes(
 _OPENED: dict[str, Any] = {}
 
 
-def _audit_part(source: Callable[[], Any], known_at: datetime | None, rids: list[uuid.UUID]) -> Audit:
+def _audit_part(source: Callable[[], Any], known_at: datetime | None, rids: list[uuid.UUID], head: int) -> Audit:
     key = repr(source)
     if key not in _OPENED:  # a worker opens the store once, whatever number of chunks it audits
         for app in _OPENED.values():
@@ -379,4 +380,10 @@ def _audit_part(source: Callable[[], Any], known_at: datetime | None, rids: list
                 app.close()
         _OPENED.clear()
         _OPENED[key] = source()
-    return audit(_OPENED[key], known_at, recipients=rids)
+    app = _OPENED[key]
+    # A worker that opened another store (a wrong URL, a database in memory) would find none of
+    # these recipients' events and report them clean: it must see at least the log the caller saw.
+    seen = int(app.recorder.max_notification_id() or 0)
+    if seen < head:
+        raise RuntimeError(f"replay: a worker process opened a store whose log ends at {seen}, before the audited store's {head}: not the same store")
+    return audit(app, known_at, recipients=rids)

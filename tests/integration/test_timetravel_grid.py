@@ -188,3 +188,16 @@ def test_the_audit_finds_a_decision_that_does_not_replay(grid: Ledger) -> None:
     [first, *_] = report.different[0].differences
     assert first["path"] == "total" and D(first["stored"]) - D(first["replayed"]) == D("1.00")
     assert report.decisions == 4 and report.reassessments == 3
+
+
+def test_the_audit_in_worker_processes_refuses_workers_that_opened_another_store(grid: Ledger, tmp_path) -> None:  # noqa: ANN001
+    """Workers that opened a store other than the audited one would find none of its recipients
+    and call them clean: the audit stops instead."""
+    from infra.projection_source import store_source
+    from infra.settings import Settings
+    from infra.wiring import build_app
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    build_app(Settings(database_url=other)).close()  # a store of its own, with only its policy
+    with pytest.raises(RuntimeError, match="not the same store"):
+        audit(grid.app, jobs=2, source=store_source(other))
