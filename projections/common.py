@@ -105,7 +105,9 @@ def make_engine(url: str) -> Engine:
     """An engine for the read models. On SQLite every write transaction starts with ``BEGIN
     IMMEDIATE`` (it takes the write lock first, so two runners serialise instead of failing at
     commit), WAL lets readers go on; a connection may ask for a plain ``BEGIN`` with the execution
-    option ``sqlite_deferred=True`` (read-only use)."""
+    option ``sqlite_deferred=True`` (read-only use; :func:`reading`). On PostgreSQL every
+    connection asks for lz4 compression of large values, and read-only ones run in autocommit
+    (:func:`reading`)."""
     if not url.startswith("sqlite"):
         engine = create_engine(url, pool_pre_ping=True)
 

@@ -231,16 +231,16 @@ def generated(ledger: Ledger, recipients: int = 12, seed: int = 7) -> Ledger:
 # --------------------------------------------------------------------------- a forged decision
 
 
-def forge_decision(app: LedgerApp, at: datetime) -> str:
-    """Record a new expense for the first recipient and an ``AidDecided`` for it whose amount is
-    1.00 more than its own recorded knowledge gives: what a faulty handler or an edited store
-    would leave behind. Returns the expense id."""
+def forge_decision(app: LedgerApp, at: datetime, recipient: Any = None) -> str:
+    """Record a new expense for ``recipient`` (the first recipient by default) and an
+    ``AidDecided`` for it whose amount is 1.00 more than its own recorded knowledge gives: what a
+    faulty handler or an edited store would leave behind. Returns the expense id."""
     from ledger import engine
     from ledger.aggregates import Recipient
     from ledger.facts import DecisionRef
     from ledger.money import fmt
 
-    rid = next(iter(app.recipient_ids()))
+    rid = recipient if recipient is not None else next(iter(app.recipient_ids()))
     day = (at - timedelta(days=1)).date()
     res = app.run(
         m.RecordExpense(

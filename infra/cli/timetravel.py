@@ -26,18 +26,25 @@ def _ledger():
     """The application on the configured store, in the store's own jurisdiction. Unlike
     ``build_app`` it publishes nothing on an empty store: these commands only read."""
     from commands.app import LedgerApp
+    from infra.schema_lock import schema_lock
     from infra.settings import get_settings
     from infra.wiring import APP_NAME
     from ledger import errors
 
     settings = get_settings()
     env = settings.eventsourcing_env(APP_NAME)
-    ledger = LedgerApp(env, jurisdiction=settings.jurisdiction)
+    # Processes opening the store together (`replay --all`'s workers) take turns at its tables:
+    # PostgreSQL can refuse concurrent CREATE … IF NOT EXISTS ("tuple concurrently updated").
+    def opened(jurisdiction: str) -> LedgerApp:
+        with schema_lock(settings):
+            return LedgerApp(env, jurisdiction=jurisdiction)
+
+    ledger = opened(settings.jurisdiction)
     try:
         jurisdiction = ledger.policy().jurisdiction
     except errors.LedgerError:
         return ledger
-    return ledger if jurisdiction == ledger.jurisdiction else LedgerApp(env, jurisdiction=jurisdiction)
+    return ledger if jurisdiction == ledger.jurisdiction else opened(jurisdiction)
 
 
 def _chained_ledger():

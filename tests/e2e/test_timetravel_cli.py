@@ -118,11 +118,15 @@ def test_replay_all_in_worker_processes_reports_what_one_process_reports(databas
     in one process, forged decisions included."""
     monkeypatch.setenv("LEDGER_DATABASE_URL", database_url)
     store = demo_store(database_url)
-    forged = [forge_decision(store, moment("2026-09-02")), forge_decision(store, moment("2026-09-03"))]
+    # forgeries for the first and the last recipient (in different shares of the workers) and a
+    # second one for the first
+    first, *_, last = list(store.recipient_ids())
+    forged = [forge_decision(store, moment("2026-09-02"), first), forge_decision(store, moment("2026-09-03"), last),
+              forge_decision(store, moment("2026-09-04"), first)]
 
     def report(jobs: int) -> dict:
         result = runner.invoke(cli, ["replay", "--all", "--verify", "--json", "--jobs", str(jobs)])
-        assert result.exit_code == 1, result.output  # the forgeries are found
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)  # the forgeries are found
         data = json.loads(result.stdout)
         assert data.pop("jobs") == jobs
         data.pop("seconds")
@@ -130,5 +134,6 @@ def test_replay_all_in_worker_processes_reports_what_one_process_reports(databas
 
     one, two = report(1), report(2)
     assert two == one
-    assert one["differences"] == 2 and {d["expense"] for d in one["different"]} == set(forged)
+    assert one["differences"] == 3 and {d["expense"] for d in one["different"]} == set(forged)
+    assert [d["recipient"] for d in one["different"]] == [str(first), str(first), str(last)]  # in the recipients' order
     assert one["recipients"] > 2 and one["decisions"] > 10
