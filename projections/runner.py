@@ -598,7 +598,9 @@ class Runner:
         for name, live, changed in rows:
             if int(changed or 0) > 50 + 0.1 * int(live or 0):
                 try:
-                    with reading(self.engine) as conn:
+                    # not a read (it writes the table's statistics): a connection of its own in
+                    # autocommit, outside any transaction block, rather than ``reading``
+                    with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                         conn.execute(text(f'ANALYZE "{name}"'))
                     done.append(name)
                 except DBAPIError as exc:  # "tuple concurrently updated": another process analysed it
