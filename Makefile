@@ -10,7 +10,7 @@ venv: $(STAMP)
 # Reinstall only when pyproject.toml changed since the last install.
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -e '.[test]'
+	$(VENV)/bin/pip install -e '.[test,bench]'
 	touch $(STAMP)
 
 demo: venv

@@ -6,7 +6,7 @@
     .venv/bin/python bench/http_load.py --demo 300 …                     # a demo district first
 
 Starts ``ledger serve --workers N`` on loopback (127.0.0.1 only, a free port), enrols ``--people``
-recipients through the API (not timed), then runs ``--clients`` concurrent clients (httpx async)
+recipients through the API (not timed), then runs ``--clients`` concurrent clients (aiohttp, one connection each)
 for a fixed ``--duration``: 70% reads (``GET /clearing/cases``, a recipient's statement and caps,
 the duplicate index, projection status; ``--snapshots`` adds ``GET /snapshots``) and 30% claim
 flows (expense → claim → review → approve → pay, and now and then a late insurance payment that
@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import random
 import shutil
@@ -126,16 +127,30 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def _call(client: Any, stats: Stats, kind: str, method: str, path: str, headers: dict, **kw: Any) -> Any:
-    import httpx
+class _Answer:
+    """What a client keeps of an answer: its status and, for a write's 2xx, its JSON body."""
+
+    __slots__ = ("status_code", "body")
+
+    def __init__(self, status_code: int, body: bytes) -> None:
+        self.status_code, self.body = status_code, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def _call(client: Any, stats: Stats, kind: str, method: str, path: str, headers: dict, **kw: Any) -> _Answer | None:
+    import aiohttp
 
     began = time.perf_counter()
     try:
-        r = await client.request(method, path, headers=headers, **kw)
-    except httpx.TimeoutException:
+        async with client.request(method, path, headers=headers, **kw) as r:
+            body = await r.read()
+            status = r.status
+    except asyncio.TimeoutError:
         stats.error(f"timeout {method} {path.split('/')[1]}")
         return None
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         stats.error(f"{type(exc).__name__} {method} {path.split('/')[1]}")
         return None
     took = time.perf_counter() - began
@@ -144,11 +159,11 @@ async def _call(client: Any, stats: Stats, kind: str, method: str, path: str, he
         stats.read_at.append((began, took))
     route = "/".join(p if not any(c.isdigit() for c in p) else "{id}" for p in path.split("/"))
     stats.by_route.setdefault(f"{method} {route}", []).append(took)
-    if r.status_code >= 500:
-        stats.error(f"{r.status_code} {method} {path.split('/')[1]}")
-    elif r.status_code >= 400:
+    if status >= 500:
+        stats.error(f"{status} {method} {path.split('/')[1]}")
+    elif status >= 400:
         stats.refused += 1
-    return r
+    return _Answer(status, body)
 
 
 async def _client(n: int, client: Any, tokens: dict[str, dict], people: list[str], deadline: float, stats: Stats, snapshots: bool) -> None:
@@ -273,11 +288,18 @@ def main(argv: list[str] | None = None) -> int:
         timed: dict[str, float] = {}
 
         async def run() -> None:
-            # Every client (its connection pool, its TLS context: ~15 ms of this process's CPU
-            # each) is made before the clock starts: a client made while others wait for answers
-            # holds up the loop that reads them, which would count as the server's latency.
+            import aiohttp
+
+            # One connection per client, as one officer's browser; every client (its session and
+            # connector) is made before the clock starts: a client made while others wait for
+            # answers holds up the loop that reads them, which would count as the server's latency.
+            # aiohttp rather than httpx here: on this two-core machine the load generator shares
+            # the cores with the server, and httpx took ~1.5 ms of CPU a request, a fifth of the
+            # machine at this load (ADR 0017, twelfth pass); the setup above stays on httpx.
             async with contextlib.AsyncExitStack() as stack:
-                made = [await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=60.0)) for _ in range(clients)]
+                made = [await stack.enter_async_context(aiohttp.ClientSession(
+                    base_url=base, timeout=aiohttp.ClientTimeout(total=60.0),
+                    connector=aiohttp.TCPConnector(limit=1, force_close=False))) for _ in range(clients)]
                 # This process's own heap (imports, clients) frozen: its collector's full passes,
                 # each a pause of every client's reading, walk only what the load itself makes.
                 gc.collect()
