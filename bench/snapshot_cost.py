@@ -3,7 +3,7 @@
 Builds two stores on PostgreSQL through the command handlers: the same recipients, one receipt
 each a month decided and paid, over the last year only and over the last four years. Keeps the
 cuts view current (as a running ``ledger projections run`` does; the time is printed apart), then
-times (best of five, after one warm-up run) the snapshot of the last year's end (V = 31 December, T = the end of that day) from the
+times (the best of eleven runs, the two stores alternating, after one warm-up run each) the snapshot of the last year's end (V = 31 December, T = the end of that day) from the
 persisted cuts, JSON+CSV+XLSX written, with its peak Python memory (tracemalloc) and, for
 comparison, the full-replay snapshot. Prints both, and the ratio four years / one year (target
 < 1.5). A script, not a test: no assertion on time.
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import secrets
+import statistics
 import sys
 import tempfile
 import time
@@ -81,40 +82,59 @@ def build(url: str, recipients: int, years: int) -> Any:
     return app
 
 
-def measure(app: Any, url: str, out: Path) -> dict[str, Any]:
+def measure(stores: dict[int, tuple[Any, str]], out: Path, rounds: int = 11) -> dict[int, dict[str, Any]]:
+    """Each store's snapshot timed ``rounds`` times, the stores alternating (one year then four,
+    then four then one, ...), so that a load on the machine that comes and goes weighs on both: the
+    figure is a few tens of milliseconds, and timed one store after the other (as before) a passing
+    load moved the ratio between 1.03 and 1.69 on the same code (ADR 0017, twelfth pass)."""
     from commands.snapshot import FORMATS, snapshot_from_cuts, take_snapshot, write_export
     from infra.settings import Settings
     from ledger.values import CST
     from projections import cuts
     from projections.common import make_engine, projection_url
 
-    engine = make_engine(projection_url(Settings(database_url=url).sqlalchemy_url()))
-    started = time.perf_counter()
-    cuts.catch_up(engine, app.recorder, app.mapper)
-    follow = time.perf_counter() - started
     v = date(LAST_YEAR, 12, 31)
     t = datetime(LAST_YEAR, 12, 31, 23, 59, 59, tzinfo=CST)
+    engines: dict[int, Any] = {}
+    found: dict[int, dict[str, Any]] = {}
+    for years, (app, url) in stores.items():
+        engines[years] = make_engine(projection_url(Settings(database_url=url).sqlalchemy_url()))
+        started = time.perf_counter()
+        cuts.catch_up(engines[years], app.recorder, app.mapper)
+        found[years] = {"cuts_follow_s": round(time.perf_counter() - started, 2)}
 
-    def once() -> tuple[dict[str, Any], float]:
+    def once(years: int) -> tuple[dict[str, Any], float]:
+        app = stores[years][0]
         began = time.perf_counter()
-        head, rows = snapshot_from_cuts(app, engine, v, t)
-        return write_export(head, rows, FORMATS, out), time.perf_counter() - began
+        head, rows = snapshot_from_cuts(app, engines[years], v, t)
+        return write_export(head, rows, FORMATS, out / str(years)), time.perf_counter() - began
 
-    once()  # warm: imports (openpyxl) and connections, not the snapshot's own cost
-    manifest, seconds = min((once() for _ in range(5)), key=lambda r: r[1])
-    tracemalloc.start()
-    once()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    started = time.perf_counter()
-    reference = take_snapshot(app, v, t)
-    replay = time.perf_counter() - started
-    engine.dispose()
-    assert reference.totals() == manifest["totals"], "the cut snapshot differs from the full replay"
-    return {
-        "events": manifest["store_position"], "rows": manifest["rows"], "snapshot_s": round(seconds, 3), "peak_mb": round(peak / 2**20, 2),
-        "full_replay_s": round(replay, 3), "cuts_follow_s": round(follow, 2),
-    }
+    for years in stores:  # warm: imports (openpyxl) and connections, not the snapshot's own cost
+        (out / str(years)).mkdir(parents=True, exist_ok=True)
+        once(years)
+    timed: dict[int, list[float]] = {years: [] for years in stores}
+    manifests: dict[int, dict[str, Any]] = {}
+    order = list(stores)
+    for i in range(rounds):
+        for years in (order if i % 2 == 0 else order[::-1]):
+            manifests[years], seconds = once(years)
+            timed[years].append(seconds)
+    for years, (app, _) in stores.items():
+        tracemalloc.start()
+        once(years)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        started = time.perf_counter()
+        reference = take_snapshot(app, v, t)
+        replay = time.perf_counter() - started
+        engines[years].dispose()
+        assert reference.totals() == manifests[years]["totals"], "the cut snapshot differs from the full replay"
+        found[years] = {
+            "events": manifests[years]["store_position"], "rows": manifests[years]["rows"],
+            "snapshot_s": round(min(timed[years]), 4), "snapshot_median_s": round(statistics.median(timed[years]), 4),
+            "rounds": rounds, "peak_mb": round(peak / 2**20, 2), "full_replay_s": round(replay, 3), **found[years],
+        }
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,20 +144,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipients", type=int, default=40)
     ap.add_argument("--admin-url", default=os.environ.get("LEDGER_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = ap.parse_args(argv)
-    figures: dict[str, Any] = {}
-    for years in (1, 4):
-        name = f"ledger_snapcost_{os.getpid()}_{secrets.token_hex(3)}"
-        url = create_database(args.admin_url, name)
-        try:
+    stores: dict[int, tuple[Any, str]] = {}
+    built: dict[int, float] = {}
+    names: list[str] = []
+    try:
+        for years in (1, 4):
+            names.append(f"ledger_snapcost_{os.getpid()}_{secrets.token_hex(3)}")
+            url = create_database(args.admin_url, names[-1])
             started = time.perf_counter()
-            app = build(url, args.recipients, years)
-            built = time.perf_counter() - started
-            with tempfile.TemporaryDirectory() as tmp:
-                figures[f"{years}y"] = {**measure(app, url, Path(tmp)), "build_s": round(built, 1)}
+            stores[years] = (build(url, args.recipients, years), url)
+            built[years] = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as tmp:
+            found = measure(stores, Path(tmp))
+    finally:
+        for app, _ in stores.values():
             app.close()
-        finally:
+        for name in names:
             drop_database(args.admin_url, name)
-        print(f"{years} year(s): {json.dumps(figures[f'{years}y'])}", flush=True)
+    figures = {f"{years}y": {**found[years], "build_s": round(built[years], 1)} for years in found}
     ratio = figures["4y"]["snapshot_s"] / figures["1y"]["snapshot_s"]
     print(json.dumps({"recipients": args.recipients, **figures, "ratio_4y_over_1y": round(ratio, 2), "target": "< 1.5"}, indent=2))
     return 0
