@@ -916,17 +916,7 @@ def snapshot_cost(run: Run, mod: Any) -> None:
 
     admin = os.environ.get("LEDGER_BENCH_PG_ADMIN_URL", pg.DEFAULT_ADMIN_URL)
     people = 2 if run.scale.name == "quick" else 20
-    years: dict[int, dict[str, Any]] = {}
-    stores: dict[int, tuple[Any, str]] = {}
-    built: dict[int, float] = {}
-    names: list[str] = []
-    try:
-        for n in (1, 4):
-            names.append(f"ledger_bench_snap{n}_{os.getpid()}_{secrets.token_hex(3)}")
-            url = pg.create_database(admin, names[-1])
-            t0 = time.perf_counter()
-            stores[n] = (mod.build(url, people, n), url)
-            built[n] = time.perf_counter() - t0
+    with mod.stores(admin, people, "ledger_bench_snap") as (stores, built):
         # What this process holds (the district's application and caches, the stores just
         # built) is not the snapshot's: frozen, the collector's passes during the few
         # milliseconds timed walk only what the snapshot itself makes.
@@ -937,12 +927,7 @@ def snapshot_cost(run: Run, mod: Any) -> None:
                 found = mod.measure(stores, Path(tmp))
         finally:
             gc.unfreeze()
-        years = {n: {**found[n], "build_s": round(built[n], 1)} for n in found}
-    finally:
-        for store, _ in stores.values():
-            store.close()
-        for name in names:
-            pg.drop_database(admin, name)
+    years = {n: {**found[n], "build_s": round(built[n], 1)} for n in found}
     run.add(figure("snapshot_4y_vs_1y", years[4]["snapshot_s"] / years[1]["snapshot_s"], "ratio", target=below(1.5)),
             recipients=people, one_year=years[1], four_years=years[4],
             how="bench/snapshot_cost.py: the same recipients with one receipt a month over one year and over four, "

@@ -14,6 +14,7 @@ comparison, the full-replay snapshot. Prints both, and the ratio four years / on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -137,30 +139,38 @@ def measure(stores: dict[int, tuple[Any, str]], out: Path, rounds: int = 11) -> 
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
+@contextlib.contextmanager
+def stores(admin_url: str, recipients: int, prefix: str) -> Iterator[tuple[dict[int, tuple[Any, str]], dict[int, float]]]:
+    """The one-year and the four-year store, each in a PostgreSQL database of its own named
+    ``prefix``…, built (:func:`build`) before either is timed: (years → (application, URL), years →
+    seconds to build). Closed and dropped on the way out, a database whose build failed included."""
     from infra.pg import create_database, drop_database
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--recipients", type=int, default=40)
-    ap.add_argument("--admin-url", default=os.environ.get("LEDGER_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    args = ap.parse_args(argv)
-    stores: dict[int, tuple[Any, str]] = {}
+    built_stores: dict[int, tuple[Any, str]] = {}
     built: dict[int, float] = {}
     names: list[str] = []
     try:
         for years in (1, 4):
-            names.append(f"ledger_snapcost_{os.getpid()}_{secrets.token_hex(3)}")
-            url = create_database(args.admin_url, names[-1])
+            names.append(f"{prefix}{years}y_{os.getpid()}_{secrets.token_hex(3)}")
+            url = create_database(admin_url, names[-1])
             started = time.perf_counter()
-            stores[years] = (build(url, args.recipients, years), url)
+            built_stores[years] = (build(url, recipients, years), url)
             built[years] = time.perf_counter() - started
-        with tempfile.TemporaryDirectory() as tmp:
-            found = measure(stores, Path(tmp))
+        yield built_stores, built
     finally:
-        for app, _ in stores.values():
+        for app, _ in built_stores.values():
             app.close()
         for name in names:
-            drop_database(args.admin_url, name)
+            drop_database(admin_url, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipients", type=int, default=40)
+    ap.add_argument("--admin-url", default=os.environ.get("LEDGER_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    args = ap.parse_args(argv)
+    with stores(args.admin_url, args.recipients, "ledger_snapcost_") as (built_stores, built), tempfile.TemporaryDirectory() as tmp:
+        found = measure(built_stores, Path(tmp))
     figures = {f"{years}y": {**found[years], "build_s": round(built[years], 1)} for years in found}
     ratio = figures["4y"]["snapshot_s"] / figures["1y"]["snapshot_s"]
     print(json.dumps({"recipients": args.recipients, **figures, "ratio_4y_over_1y": round(ratio, 2), "target": "< 1.5"}, indent=2))
