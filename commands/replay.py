@@ -31,6 +31,7 @@ from ledger import engine, errors
 from ledger.aggregates import PolicyLedger, Recipient
 from ledger.facts import DecisionRef
 from ledger.policy.params import PolicyBook
+from projections.common import WorkerOpened
 
 #: The parts of a decision that are money or its outcome (compared first, reported as such).
 AMOUNT_KEYS = ("granted", "code", "category", "self_pay", "total", "by_scheme", "by_fund")
@@ -369,18 +370,11 @@ def _audit_in_processes(
 
 
 #: In a worker process of ``audit(jobs=…)``: the store it opened, by ``repr(source)``.
-_OPENED: dict[str, Any] = {}
+_OPENED = WorkerOpened()
 
 
 def _audit_part(source: Callable[[], Any], known_at: datetime | None, rids: list[uuid.UUID], head: int) -> Audit:
-    key = repr(source)
-    if key not in _OPENED:  # a worker opens the store once, whatever number of chunks it audits
-        for app in _OPENED.values():
-            if hasattr(app, "close"):
-                app.close()
-        _OPENED.clear()
-        _OPENED[key] = source()
-    app = _OPENED[key]
+    app = _OPENED.get(repr(source), source)  # a worker opens the store once, whatever number of chunks it audits
     # A worker that opened another store (a wrong URL, a database in memory) would find none of
     # these recipients' events and report them clean: it must see at least the log the caller saw.
     seen = int(app.recorder.max_notification_id() or 0)

@@ -459,6 +459,33 @@ def partition_of(originator_id: Any, parts: int) -> int:
         return zlib.crc32(str(originator_id).encode()) % parts
 
 
+class WorkerOpened:
+    """What a worker process of a process pool opened (a store, an engine), kept for its next task.
+
+    A pool's worker runs many tasks: the first opens what ``open_`` returns, the next ones with
+    the same ``key`` reuse it, and a task with another key closes what was open (``close()`` on
+    whatever has it, ``dispose()`` on an engine) before opening its own. One per pool function,
+    at module level (a worker process holds one copy of the module)."""
+
+    def __init__(self) -> None:
+        self._key: Any = None
+        self._opened: Any = None
+
+    def get(self, key: Any, open_: Any) -> Any:
+        if self._opened is None or self._key != key:
+            self.close()
+            self._opened, self._key = open_(), key
+        return self._opened
+
+    def close(self) -> None:
+        opened, self._opened, self._key = self._opened, None, None
+        for thing in opened if isinstance(opened, tuple) else (opened,):
+            for method in ("dispose", "close"):
+                if hasattr(thing, method):
+                    getattr(thing, method)()
+                    break
+
+
 # --------------------------------------------------------------------------- a projection
 
 

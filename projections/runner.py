@@ -45,7 +45,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ledger.values import CST
-from projections.common import SHARED_PREFIX, Projection, failures, is_postgres, metadata, partition_of, reading, tracking
+from projections.common import SHARED_PREFIX, Projection, failures, is_postgres, metadata, partition_of, reading, tracking, WorkerOpened
 
 log = logging.getLogger(__name__)
 
@@ -770,15 +770,8 @@ def _rebuild_views(
     from projections.common import make_engine
 
     started = time.perf_counter()
-    key = (repr(source), engine_url)
-    if key not in _WORKER:  # a worker process opens the store and the engine once
-        for app, engine in _WORKER.values():
-            engine.dispose()
-            if hasattr(app, "close"):
-                app.close()
-        _WORKER.clear()
-        _WORKER[key] = (source(), make_engine(engine_url))
-    app, engine = _WORKER[key]
+    # a worker process opens the store and the engine once, whatever number of tasks it runs
+    app, engine = _WORKER.get((repr(source), engine_url), lambda: (source(), make_engine(engine_url)))
     views = select_projections(parted) if parted else []
     for v in views:
         v.part = part
@@ -816,8 +809,8 @@ def _rebuilding(runner: Runner, progress: Callable[[int, int, int], None] | None
             gc.enable()
 
 
-#: In a worker process of :meth:`Runner.rebuild_parallel`: the store and engine it opened (one).
-_WORKER: dict[tuple[str, str], tuple[Any, Engine]] = {}
+#: In a worker process of :meth:`Runner.rebuild_parallel`: the store and engine it opened.
+_WORKER = WorkerOpened()
 
 
 def _now() -> str:
