@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             # answers holds up the loop that reads them, which would count as the server's latency.
             # aiohttp rather than httpx here: on this two-core machine the load generator shares
             # the cores with the server, and httpx took ~1.5 ms of CPU a request, a fifth of the
-            # machine at this load (ADR 0017, twelfth pass); the setup above stays on httpx.
+            # machine at this load (docs/performance-log.md, twelfth pass); the setup above stays on httpx.
             async with contextlib.AsyncExitStack() as stack:
                 made = [await stack.enter_async_context(aiohttp.ClientSession(
                     base_url=base, timeout=aiohttp.ClientTimeout(total=60.0),
