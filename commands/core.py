@@ -738,7 +738,7 @@ class LedgerCore(Application):
         book = self.policy().book
         if channel != Channel.ONE_STOP.value:
             procedure.check_deadline(book, self.schemes, acc.facts, lodged_on, override)
-            procedure.check_settled(acc.facts)
+            procedure.check_settled(self.schemes, acc.facts)
             procedure.check_evidence(book, self.schemes, acc.facts)
 
     def _check_city_receipt(self, eid: str, facts: ExpenseFacts) -> None:
@@ -1144,6 +1144,11 @@ class LedgerCore(Application):
         for eid, a, now in outcomes:
             expected = r.expected(eid)
             diff = a.total - expected["total"]
+            if diff > 0:
+                # A shortfall is paid above what the person holds: what a write-off forgave is
+                # theirs already (R-CLR-2, R-CLR-3; R-4L-6 [000 第七条]: no aid twice for one cost).
+                expected = r.expected(eid, held=True)
+                diff = max(ZERO, a.total - expected["total"])
             if diff == 0:
                 continue
             previous = r.expenses[eid].decided or {}

@@ -85,6 +85,16 @@ class Runner:
             raise ScenarioError(f"unknown claim handle {handle!r}")
         return self.claims[handle]
 
+    def named(self, text: str) -> str:
+        """``text`` with the ledger's own ids of this file's recipients, expenses and claims shown
+        as the file's handles (``expense 'E1'``), longest ids first."""
+        ids = {**{v: k for k, v in self.recipients.items()}, **{v: k for k, v in self.claims.items()},
+               **{v: k for k, v in self.expenses.items()}}
+        for own in sorted(ids, key=len, reverse=True):
+            if own in text:
+                text = text.replace(own, ids[own])
+        return text
+
     # -- one step ------------------------------------------------------------------------
     def step(self, index: int, step: dict) -> None:
         do = step.get("do")
@@ -102,7 +112,7 @@ class Runner:
         result = getattr(self, f"_do_{do}")(fields, at)
         entry: dict[str, Any] = {"index": index, "do": do, "status": result.status}
         if result.status != "accepted":
-            entry.update({"code": result.code, "rule": result.rule, "message": result.message})
+            entry.update({"code": result.code, "rule": result.rule, "message": self.named(result.message) if result.message else result.message})
         self.steps.append(entry)
 
     def _run(self, cmd_cls: type[m.Command], at: datetime, **fields: Any) -> Result:
@@ -329,7 +339,8 @@ def replay(text: str) -> tuple[str, Runner]:
         except ValidationError as exc:
             raise ScenarioError(f"step {i} ({s.get('do')}): {_validation_message(exc)}") from None
         except errors.InvalidInput as exc:
-            raise ScenarioError(f"step {i} ({s.get('do')}): {exc.field + ': ' if exc.field and not exc.message.startswith(exc.field) else ''}{exc.message}") from None
+            message = runner.named(exc.message)
+            raise ScenarioError(f"step {i} ({s.get('do')}): {exc.field + ': ' if exc.field and not message.startswith(exc.field) else ''}{message}") from None
     return str(data["name"]), runner
 
 

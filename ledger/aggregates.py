@@ -32,7 +32,7 @@ from ledger.facts import (
     MutualAidYear,
     Settlement,
 )
-from ledger import traces
+from ledger import clearing, traces
 from ledger.money import ZERO
 from ledger.snapshots import StateSnapshot
 from ledger.policy.params import ParameterVersion, PolicyBook
@@ -232,8 +232,14 @@ class Recipient(Aggregate):
                 return eid
         return None
 
-    def expected(self, expense_id: str) -> dict[str, dict[str, Decimal] | Decimal]:
-        """What the ledger has settled on for an expense: decided + supplementary − cleared."""
+    def expected(self, expense_id: str, *, held: bool = False) -> dict[str, dict[str, Decimal] | Decimal]:
+        """What the ledger has settled on for an expense: decided + supplementary − cleared.
+
+        ``held``: what the person holds of it, the amounts written off (R-CLR-3) counted back in.
+        A write-off forgives a debt: the person keeps that money, so a later recomputation that
+        finds the expense due more pays only what lies above what they hold ("no aid twice for
+        the same cost", R-4L-6, R-CLR-2 [000 第七条]); one that finds it due less opens a case only
+        for what lies below the settled figure, never again for what was forgiven."""
         acc = self.expenses[expense_id]
         by_scheme = _money_map((acc.decided or {}).get("by_scheme"))
         by_fund = _money_map((acc.decided or {}).get("by_fund"))
@@ -245,6 +251,10 @@ class Recipient(Aggregate):
             if c.expense_id == expense_id:
                 by_scheme = _add(by_scheme, c.by_scheme, -1)
                 by_fund = _add(by_fund, c.by_fund, -1)
+                if held and c.written_off:
+                    forgiven = _written_off(self, c)
+                    by_fund = _add(by_fund, forgiven)
+                    by_scheme = _add(by_scheme, clearing.allocate(sum(forgiven.values(), ZERO), c.by_scheme))
         total = sum(by_fund.values(), ZERO)
         return {"total": total, "by_scheme": by_scheme, "by_fund": by_fund}
 
@@ -814,6 +824,15 @@ def _add(a: dict[str, Decimal], b: dict[str, Decimal], sign: int = 1) -> dict[st
     out = dict(a)
     for k, v in b.items():
         out[k] = out.get(k, ZERO) + sign * v
+    return out
+
+
+def _written_off(r: Recipient, case: CaseState) -> dict[str, Decimal]:
+    """The amounts of ``case`` written off (R-CLR-3), by fund."""
+    out: dict[str, Decimal] = {}
+    for rec in r.recoveries:
+        if rec["kind"] == "write_off" and rec["case"] == case.id:
+            out = _add(out, _money_map(rec["by_fund"]))
     return out
 
 

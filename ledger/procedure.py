@@ -58,9 +58,17 @@ def check_evidence(book: PolicyBook, schemes: tuple[str, ...], e: ExpenseFacts) 
         )
 
 
-def check_settled(e: ExpenseFacts) -> None:
+#: The schemes whose texts R-INS-6 restates (Shanghai's basic insurance settles out-of-province care
+#: through 异地备案 and 零星报销); Lianyungang's text [004] has no such step.
+_SETTLED_FIRST = (Scheme.SHANGHAI_MEDICAL_AID.value, Scheme.FOUR_LINKAGE.value)
+
+
+def check_settled(schemes: tuple[str, ...], e: ExpenseFacts) -> None:
     """R-INS-6 [002 4.2; 001 二(二)3]: out-of-province care not yet settled by basic insurance
-    goes through 零星报销 first."""
+    goes through 零星报销 first, under the Shanghai schemes (the engine refuses it there on every
+    channel, one-stop included; this check reports it in the procedure's order)."""
+    if not any(s in schemes for s in _SETTLED_FIRST):
+        return
     if e.facility.out_of_province and not e.basic_insurance_settled:
         raise errors.NotYetSettled(
             f"expense {e.id}: out-of-province expense not yet settled by basic insurance; 零星报销 first [002 4.2]",

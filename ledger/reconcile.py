@@ -13,7 +13,10 @@ paid), C the clearing cases' amounts and ``expected = D + S − C`` (``Recipient
 - ``decided_unpaid`` = D − (aid_paid − S_paid): decided but not paid (a claim approved, not yet
   paid by the district);
 - ``uncleared`` = expected − aid_due: a difference today's knowledge shows that no clearing run
-  has turned into a case or a supplementary payout yet (zero once clearing has run, R-CLR-2).
+  has turned into a case or a supplementary payout yet (zero once clearing has run, R-CLR-2,
+  but for one thing: where a write-off forgave a case and today's knowledge raises what is due,
+  the rise up to what the person holds is paid by nothing, ``Recipient.expected(held=True)``, and
+  stays here as a negative amount).
 
 Each term is per fund, so the identity holds per fund, per expense, and for any sum of them.
 """

@@ -94,17 +94,38 @@ def repay(app: LedgerCore, cmd: m.Repay) -> Result:
     return app._commit(cmd, Result(), r)
 
 
+def _writable(r: Recipient) -> list[tuple[Any, Decimal]]:
+    """The open cases and what of each a write-off may forgive: its balance less what the
+    recipient's pending supplementary payouts will offset when paid (R-CLR-3: they offset the open
+    cases oldest first). Forgiving that part too would pay the person twice for one cost (R-CLR-2,
+    R-4L-6 [000 第七条])."""
+    cases = r.open_cases()
+    pending = sum((s.amount for s in r.supplementary.values() if s.paid_at is None), ZERO)
+    covered = dict(clearing.oldest_first(pending, [(c.id, c.balance) for c in cases]))
+    return [(c, c.balance - covered.get(c.id, ZERO)) for c in cases if c.balance - covered.get(c.id, ZERO) > 0]
+
+
+def _nothing_writable(r: Recipient, field: str) -> errors.NothingOwed:
+    if r.open_cases():
+        return errors.NothingOwed(
+            "the recipient's pending supplementary payouts cover the open clearing balance: paying them offsets it (R-CLR-2, R-CLR-3)",
+            field=field,
+        )
+    return errors.NothingOwed("the recipient has no open clearing balance (R-CLR-3)", field=field)
+
+
 def write_off(app: LedgerCore, cmd: m.WriteOff) -> Result:
-    """Write off the open clearing balance; the approver must differ from the clearing officer
-    (R-CLR-3)."""
+    """Write off the open clearing balance, less what pending supplementary payouts will offset
+    (:func:`_writable`); the approver must differ from the clearing officer (R-CLR-3)."""
     if same_identity(cmd.officer) == same_identity(cmd.approver):
         raise errors.SameOfficer("a write-off needs an approver distinct from the clearing officer (R-CLR-3)", rule="R-CLR-3", field="approver")
     r = app.recipient(cmd.recipient)
-    cases = r.open_cases()
-    if not cases:
-        raise errors.NothingOwed("the recipient has no open clearing balance", field="recipient")
+    writable = _writable(r)
+    if not writable:
+        raise _nothing_writable(r, "recipient")
     allocations = [
-        {"case": c.id, "amount": fmt(c.balance), "by_fund": {k: fmt(v) for k, v in c.balance_by_fund.items()}} for c in cases
+        {"case": c.id, "amount": fmt(amount), "by_fund": {k: fmt(v) for k, v in clearing.allocate(amount, c.balance_by_fund).items()}}
+        for c, amount in writable
     ]
     r.trigger_event(Recipient.WriteOffApproved, timestamp=app._now(cmd.at), officer=cmd.officer, approver=cmd.approver, reason=cmd.reason, allocations=allocations, proposal_id=None)
     return app._commit(cmd, Result(), r)
@@ -130,14 +151,14 @@ def propose_write_off(app: LedgerCore, cmd: m.ProposeWriteOff) -> Result:
     """A clearing officer proposes writing off every open case at its balance (R-CLR-3
     [000 第七条]); nothing is written off until a distinct officer approves."""
     r = app.recipient(cmd.recipient)
-    cases = r.open_cases()
-    if not cases:
-        raise errors.NothingOwed("the recipient has no open clearing balance (R-CLR-3)", field="recipient")
+    writable = _writable(r)
+    if not writable:
+        raise _nothing_writable(r, "recipient")
     proposal_id = str(uuid.uuid5(NAMESPACE, f"{r.id}:write-off:{len(r.write_off_proposals()) + 1}"))
-    amount = sum((c.balance for c in cases), ZERO)
+    amount = sum((a for _, a in writable), ZERO)
     r.trigger_event(
         Recipient.WriteOffProposed, timestamp=app._now(cmd.at), proposal_id=proposal_id, officer=cmd.officer,
-        reason=cmd.reason, amount=amount, cases=[{"case": c.id, "amount": fmt(c.balance)} for c in cases],
+        reason=cmd.reason, amount=amount, cases=[{"case": c.id, "amount": fmt(a)} for c, a in writable],
     )
     return app._commit(cmd, Result(ids={"proposal": proposal_id, "amount": fmt(amount)}), r)
 
@@ -145,7 +166,8 @@ def propose_write_off(app: LedgerCore, cmd: m.ProposeWriteOff) -> Result:
 def approve_write_off(app: LedgerCore, cmd: m.ApproveWriteOff) -> Result:
     """A second officer approves a proposal (R-CLR-3 [000 第七条]: an approver distinct from the
     clearing officer, compared as identities). Each case is written off at what was proposed for
-    it, never past its balance now (a repayment or offset since lowers it)."""
+    it, never past what may be forgiven of it now (:func:`_writable`: a repayment or offset since
+    lowers its balance, a pending supplementary payout what it will offset)."""
     r, proposal = _proposal_owner(app, cmd.proposal)
     _pending(proposal)
     if same_identity(proposal["officer"]) == same_identity(cmd.approver):
@@ -154,11 +176,12 @@ def approve_write_off(app: LedgerCore, cmd: m.ApproveWriteOff) -> Result:
             rule="R-CLR-3", field="approver",
         )
     allocations = []
+    now = {c.id: a for c, a in _writable(r)}  # a repayment, offset or new pending payout since lowers it
     for entry in proposal["cases"]:
         case = r.cases.get(entry["case"])
-        if case is None or case.balance <= 0:
+        if case is None or now.get(case.id, ZERO) <= 0:
             continue
-        amount = min(Decimal(entry["amount"]), case.balance)
+        amount = min(Decimal(entry["amount"]), now[case.id])
         by_fund = clearing.allocate(amount, case.balance_by_fund)
         allocations.append({"case": case.id, "amount": fmt(amount), "by_fund": {k: fmt(v) for k, v in by_fund.items()}})
     if not allocations:

@@ -59,17 +59,13 @@ def record_expense(app: LedgerCore, cmd: m.RecordExpense) -> Result:
 
 
 def settle_insurance(app: LedgerCore, cmd: m.SettleInsurance) -> Result:
-    """An insurance payment on an expense. After aid it lowers app-pay and makes part of the
+    """An insurance payment on an expense. After aid it lowers self-pay and makes part of the
     aid an overpayment: clearing (R-INS-4, R-CLR-1(a) [001 二(二)3; 002 4.4; 000 第七条])."""
     r = app.recipient(recipient_of(cmd.expense))
     acc = app._expense(r, cmd.expense)
-    already = acc.facts.basic_insurance_paid + sum((s.amount for s in acc.facts.settlements), ZERO)
-    if already + cmd.amount > acc.facts.in_scope:
-        raise errors.InvalidInput(
-            f"amount: insurance would pay {already + cmd.amount}, more than the in-scope {acc.facts.in_scope} (R-INS-3)",
-            rule="R-INS-3",
-            field="amount",
-        )
+    # R-INS-3 [001 四]: self-pay is never below zero. Payments that together exceed the in-scope
+    # amount are recorded as paid (the facts as they happened); self-pay is then 0.00 and any aid
+    # already paid on the expense becomes an overpayment to clear (R-CLR-1(a)).
     moment = app._now(cmd.at)
     r.trigger_event(Recipient.InsuranceSettled, timestamp=moment, expense_id=cmd.expense, scheme=cmd.scheme.value, amount=cmd.amount)
     app._reconcile(r, Trigger.LATE_INSURANCE.value, moment, {"expense": cmd.expense, "scheme": cmd.scheme.value, "amount": fmt(cmd.amount)})

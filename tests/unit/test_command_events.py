@@ -184,14 +184,15 @@ def test_settle_insurance_after_aid_opens_a_clearing_case(ledger: LedgerApp) -> 
     assert case.trigger == "late_insurance" and case.expense_id == eid and case.amount > 0
 
 
-def test_settlement_above_the_in_scope_amount_is_refused(ledger: LedgerApp) -> None:
+def test_settlements_beyond_the_in_scope_amount_are_recorded_and_self_pay_stops_at_zero(ledger: LedgerApp) -> None:
+    # given a receipt: in scope 120.00, basic insurance 30.00 (self-pay 90.00)
     rid = given_recipient(ledger)
     eid = ledger.run(expense(rid)).ids["expense"]
-    before = ledger.recorder.max_notification_id()
-    with pytest.raises(Exception) as refused:
-        ledger.run(m.SettleInsurance(expense=eid, scheme="other", amount="95.00", at=t("2024-04-01")))
-    assert (refused.value.field, refused.value.rule) == ("amount", "R-INS-3")
-    assert ledger.recorder.max_notification_id() == before
+    # when supplements pay 95.00 (30.00 + 95.00 > 120.00), then the payment is recorded as made
+    _, events = when(ledger, m.SettleInsurance(expense=eid, scheme="other", amount="95.00", at=t("2024-04-01")))
+    assert names(events) == ["Recipient.InsuranceSettled"] and events[0].amount == Decimal("95.00")
+    # and self-pay is 0.00, never below zero (R-INS-3 [001 四])
+    assert ledger.recipient(rid).expenses[eid].facts.self_pay() == Decimal("0.00")
 
 
 # --------------------------------------------------------------------------------------- claims

@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import re
 import pytest
 from pydantic import ValidationError
 from stdnum.cn import ric
@@ -416,3 +417,18 @@ def test_a_repayment_cannot_be_received_after_the_day_it_is_recorded() -> None:
     assert m.Repay(recipient="r", amount="10.00", received_on=date(2026, 12, 6), at=at).received_on == date(2026, 12, 6)
     with pytest.raises(ValidationError, match=r"received_on: 2026-12-07 is after 2026-12-06.*R-CLR-3"):
         m.Repay(recipient="r", amount="10.00", received_on=date(2026, 12, 7), at=at)
+
+
+def test_a_scenario_names_its_own_handles_in_messages_not_the_ledgers_ids():
+    # given a receipt of R1 recorded, and R2 enrolled
+    text = _HEAD + _receipt_step() + (
+        f'  - {{at: "2026-01-05T10:01:00+08:00", do: enrol, recipient: R2, id_number: "{LIANYUN_1960}", name: 张建国}}\n'
+        '  - {at: "2026-08-03T09:00:00+08:00", do: claim, claim: C1, recipient: R1, expenses: [E1], handler: h1}\n')
+    # when R1 claims it past its six-month window, then the rejection names E1 (R-PH-5)
+    step = run_scenario(text)["steps"][-1]
+    assert step["code"] == "DEADLINE_PASSED" and step["message"].startswith("expense E1: "), step
+    assert not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-", step["message"]), step
+    # when R2 lists R1's receipt on a claim, then the file is malformed at that step, naming E1
+    with pytest.raises(ScenarioError) as caught:
+        run_scenario(text + '  - {at: "2026-08-03T09:01:00+08:00", do: claim, claim: C2, recipient: R2, expenses: [E1], handler: h1}\n')
+    assert str(caught.value) == "step 7 (claim): expenses: expense 'E1' is not an expense of this recipient"
