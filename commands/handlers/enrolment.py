@@ -178,6 +178,10 @@ def end_insurance(app: LedgerCore, cmd: m.EndInsurance) -> Result:
 
 
 def join_mutual_aid(app: LedgerCore, cmd: m.JoinMutualAid) -> Result:
+    """R-MA [003 三]: the contribution paid for a year, with the home insurance the inpatient rule
+    reads (R-MA-2 [003 五(三)]). The latest record of a year is the one in force: a correction, or a
+    year's contribution recorded after its expenses were decided, changes what they are due, so
+    they are recomputed at once (R-TIME-2, R-CLR-2), as a change of category or insurance is."""
     r = app.recipient(cmd.recipient)
     moment = app._now(cmd.at)
     r.trigger_event(
@@ -187,6 +191,7 @@ def join_mutual_aid(app: LedgerCore, cmd: m.JoinMutualAid) -> Result:
         has_home_insurance=cmd.has_home_insurance,
         home_insurance_deductible=cmd.home_insurance_deductible,
     )
+    app._reconcile(r, Trigger.CATEGORY_CHANGE.value, moment, {"mutual_aid_year": cmd.year})
     return app._commit(cmd, Result(), r)
 
 
