@@ -1144,14 +1144,17 @@ class LedgerCore(Application):
         for eid, a, now in outcomes:
             expected = r.expected(eid)
             diff = a.total - expected["total"]
+            previous = r.expenses[eid].decided or {}
             if diff > 0:
                 # A shortfall is paid above what the person holds: what a write-off forgave is
                 # theirs already (R-CLR-2, R-CLR-3; R-4L-6 [000 第七条]: no aid twice for one cost).
                 expected = r.expected(eid, held=True)
                 diff = max(ZERO, a.total - expected["total"])
-            if diff == 0:
+                if diff == 0:
+                    continue
+            elif diff == 0:
+                any_new = self._clear_fund_shift(r, eid, a, expected, trigger, at, previous, now) or any_new
                 continue
-            previous = r.expenses[eid].decided or {}
             by_fund = clearing.sub(expected["by_fund"], a.by_fund) if diff < 0 else clearing.sub(a.by_fund, expected["by_fund"])
             by_scheme = clearing.sub(expected["by_scheme"], a.by_scheme) if diff < 0 else clearing.sub(a.by_scheme, expected["by_scheme"])
             common = dict(
@@ -1173,6 +1176,35 @@ class LedgerCore(Application):
             any_new = True
         self._remember(r, result)
         return any_new
+
+    def _clear_fund_shift(self, r: Recipient, eid: str, a: Any, expected: dict[str, Any], trigger: str, at: datetime,
+                          previous: dict[str, Any], now: dict[str, Any]) -> bool:
+        """The same total due, split otherwise between the funds (a city part that a cap now cuts
+        and a district top-up that makes it up, R-CAP-3 with R-4L-2): R-CLR-2 compares per fund,
+        so the funds that paid too much open a clearing case and those that paid too little a
+        supplementary payout, of equal amounts. Paying the payout offsets the case (R-CLR-3): the
+        person is paid nothing more, and every fund's books end at what it owes. False when the
+        funds are as settled."""
+        shift = clearing.sub(a.by_fund, expected["by_fund"])
+        excess = {f: -v for f, v in shift.items() if v < 0}
+        if not excess:
+            return False
+        short = {f: v for f, v in shift.items() if v > 0}
+        amount = sum(excess.values(), ZERO)
+        schemes = clearing.sub(a.by_scheme, expected["by_scheme"])
+        common = dict(timestamp=at, expense_id=eid, trigger=Trigger.DUPLICATE.value if a.code == "DUPLICATE" else trigger, amount=amount,
+                      previous={"total": fmt(expected["total"]), "decision": _brief(previous)}, current=_brief(now))
+        r.trigger_event(
+            Recipient.ClearingCaseOpened, case_id=f"{r.id}:case:{len(r.cases) + 1}", **common,
+            by_fund={k: fmt(v) for k, v in excess.items()},
+            by_scheme={k: fmt(v) for k, v in clearing.allocate(amount, {k: -v for k, v in schemes.items() if v < 0}).items()},
+        )
+        r.trigger_event(
+            Recipient.SupplementaryPayoutDue, supplementary_id=f"{r.id}:supp:{len(r.supplementary) + 1}", **common,
+            by_fund={k: fmt(v) for k, v in short.items()},
+            by_scheme={k: fmt(v) for k, v in clearing.allocate(amount, {k: v for k, v in schemes.items() if v > 0}).items()},
+        )
+        return True
 
     def clearing_run(self, trigger: str = Trigger.PARAMETER_CHANGE.value, *, at: datetime | None = None, cause: dict[str, Any] | None = None, progress: Callable[[int], None] | None = None, recipients: Iterable[uuid.UUID] | None = None, opened: dict[str, int] | None = None, city: dict[uuid.UUID, dict[str, "AidedElsewhere"]] | None = None, city_usage: city_port.UsageOverlap | None = None) -> int:
         """Recompute every recipient with decided expenses (R-CLR-2); idempotent: a second run

@@ -118,6 +118,11 @@ def auto_claims(app: LedgerCore, cmd: m.AutoClaims) -> Result:
     # Only a recipient with a consent event can have consented: load just those (ADR 0017).
     consent_topic = f"{Recipient.AutoClaimConsentChanged.__module__}:{Recipient.AutoClaimConsentChanged.__qualname__}"
     asked = set(app._originators([consent_topic]))
+    # R-PH-7, R-CLR-1(b) [002 4.5; 000 第七条]: a receipt is aided once in the whole ledger, so a
+    # receipt recorded twice (for one recipient or two) is claimed once in the batch and its copies
+    # are left out; a claim lodged on a copy would be refused whole at its approval, the
+    # recipient's other expenses with it.
+    receipts: set[tuple[str, str]] = set()
     for rid in [rid for rid in app.recipient_ids() if rid in asked]:
         r = app.recipient(rid)
         if not r.consent:
@@ -130,9 +135,7 @@ def auto_claims(app: LedgerCore, cmd: m.AutoClaims) -> Result:
             if acc.decision is None and acc.claim_id is None and acc.facts.service_date <= month_end
         ]
         keep = []
-        receipts: set[tuple[str, str]] = set()
         for eid in app.claim_order(r, pending):
-            # R-PH-7 [002 4.5]: a receipt recorded twice is claimed once; its copy is left out.
             key = r.expenses[eid].facts.receipt_key
             if key in receipts:
                 continue
