@@ -22,10 +22,14 @@ def procedure_in_force(book: PolicyBook, schemes: tuple[str, ...], on: date) -> 
     return bool(v and v.value)
 
 
-def claim_deadline(book: PolicyBook, invoice_date: date, lodged_on: date) -> date:
+def claim_window_months(book: PolicyBook, lodged_on: date) -> int:
+    """R-PH-5: the claim window in force on the day a claim is lodged (6 months [002 4.3])."""
     v = book.lookup(f"{PROCEDURE}.claim_window_months", lodged_on)
-    months = int(v.value) if v and v.value is not None else 6
-    return add_months(invoice_date, months)
+    return int(v.value) if v and v.value is not None else 6
+
+
+def claim_deadline(book: PolicyBook, invoice_date: date, lodged_on: date) -> date:
+    return add_months(invoice_date, claim_window_months(book, lodged_on))
 
 
 def check_deadline(book: PolicyBook, schemes: tuple[str, ...], e: ExpenseFacts, lodged_on: date, overridden: bool = False) -> None:
@@ -37,7 +41,7 @@ def check_deadline(book: PolicyBook, schemes: tuple[str, ...], e: ExpenseFacts, 
     if lodged_on > last:
         raise errors.DeadlinePassed(
             f"expense {e.id}: invoice dated {e.invoice_date}, claim lodged {lodged_on}; "
-            f"the 6-month window closed on {last} [002 4.3]",
+            f"the {claim_window_months(book, lodged_on)}-month window closed on {last} [002 4.3]",
             field="expenses",
         )
 

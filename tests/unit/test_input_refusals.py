@@ -432,3 +432,15 @@ def test_a_scenario_names_its_own_handles_in_messages_not_the_ledgers_ids():
     with pytest.raises(ScenarioError) as caught:
         run_scenario(text + '  - {at: "2026-08-03T09:01:00+08:00", do: claim, claim: C2, recipient: R2, expenses: [E1], handler: h1}\n')
     assert str(caught.value) == "step 7 (claim): expenses: expense 'E1' is not an expense of this recipient"
+
+
+def test_a_deadline_refusal_names_the_window_in_force():
+    # given the claim window amended to 3 months (R-PH-5 [002 4.3] as a dated parameter)
+    text = _HEAD + (
+        '  - {at: "2026-01-05T09:03:00+08:00", do: set_parameter, name: changning.post_hoc_procedure.claim_window_months, value: 3, effective_from: "2026-01-01"}\n'
+        + _receipt_step(service_date='"2026-01-02"', invoice_date='"2026-01-02"')
+        + '  - {at: "2026-05-06T09:00:00+08:00", do: claim, claim: C1, recipient: R1, expenses: [E1], handler: h1}\n')
+    # when a claim is lodged after it closed, then the refusal names 3 months and the day it closed
+    step = run_scenario(text)["steps"][-1]
+    assert step["code"] == "DEADLINE_PASSED", step
+    assert "the 3-month window closed on 2026-04-02" in step["message"], step
