@@ -148,8 +148,9 @@ def _pending(proposal: dict[str, Any]) -> None:
 
 
 def propose_write_off(app: LedgerCore, cmd: m.ProposeWriteOff) -> Result:
-    """A clearing officer proposes writing off every open case at its balance (R-CLR-3
-    [000 第七条]); nothing is written off until a distinct officer approves."""
+    """A clearing officer proposes writing off every open case at its balance, less what the
+    recipient's pending supplementary payouts will offset (:func:`_writable`; R-CLR-3 [000 第七条]);
+    nothing is written off until a distinct officer approves."""
     r = app.recipient(cmd.recipient)
     writable = _writable(r)
     if not writable:
