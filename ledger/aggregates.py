@@ -209,6 +209,16 @@ class Recipient(Aggregate):
     def open_balance(self) -> Decimal:
         return sum((c.balance for c in self.open_cases()), ZERO)
 
+    def forgivable(self) -> list[tuple[CaseState, Decimal]]:
+        """The open cases, oldest first, each with what a write-off may forgive of it (R-CLR-3
+        [000 第七条]): its balance less what the recipient's pending supplementary payouts will
+        offset when paid (payouts offset the open cases oldest first). Forgiving that part too
+        would pay the person twice for one cost (R-CLR-2, R-4L-6 [000 第七条])."""
+        cases = self.open_cases()
+        pending = sum((s.amount for s in self.supplementary.values() if s.paid_at is None), ZERO)
+        covered = dict(clearing.oldest_first(pending, [(c.id, c.balance) for c in cases]))
+        return [(c, c.balance - covered.get(c.id, ZERO)) for c in cases if c.balance - covered.get(c.id, ZERO) > 0]
+
     def write_off_proposals(self) -> dict[str, dict[str, Any]]:
         """Write-off proposals by id (R-CLR-3), pending, approved or refused; a state restored
         from a snapshot taken before proposals were events has none."""

@@ -94,17 +94,6 @@ def repay(app: LedgerCore, cmd: m.Repay) -> Result:
     return app._commit(cmd, Result(), r)
 
 
-def _writable(r: Recipient) -> list[tuple[Any, Decimal]]:
-    """The open cases and what of each a write-off may forgive: its balance less what the
-    recipient's pending supplementary payouts will offset when paid (R-CLR-3: they offset the open
-    cases oldest first). Forgiving that part too would pay the person twice for one cost (R-CLR-2,
-    R-4L-6 [000 第七条])."""
-    cases = r.open_cases()
-    pending = sum((s.amount for s in r.supplementary.values() if s.paid_at is None), ZERO)
-    covered = dict(clearing.oldest_first(pending, [(c.id, c.balance) for c in cases]))
-    return [(c, c.balance - covered.get(c.id, ZERO)) for c in cases if c.balance - covered.get(c.id, ZERO) > 0]
-
-
 def _nothing_writable(r: Recipient, field: str) -> errors.NothingOwed:
     if r.open_cases():
         return errors.NothingOwed(
@@ -116,11 +105,11 @@ def _nothing_writable(r: Recipient, field: str) -> errors.NothingOwed:
 
 def write_off(app: LedgerCore, cmd: m.WriteOff) -> Result:
     """Write off the open clearing balance, less what pending supplementary payouts will offset
-    (:func:`_writable`); the approver must differ from the clearing officer (R-CLR-3)."""
+    (``Recipient.forgivable``); the approver must differ from the clearing officer (R-CLR-3)."""
     if same_identity(cmd.officer) == same_identity(cmd.approver):
         raise errors.SameOfficer("a write-off needs an approver distinct from the clearing officer (R-CLR-3)", rule="R-CLR-3", field="approver")
     r = app.recipient(cmd.recipient)
-    writable = _writable(r)
+    writable = r.forgivable()
     if not writable:
         raise _nothing_writable(r, "recipient")
     allocations = [
@@ -149,10 +138,10 @@ def _pending(proposal: dict[str, Any]) -> None:
 
 def propose_write_off(app: LedgerCore, cmd: m.ProposeWriteOff) -> Result:
     """A clearing officer proposes writing off every open case at its balance, less what the
-    recipient's pending supplementary payouts will offset (:func:`_writable`; R-CLR-3 [000 第七条]);
+    recipient's pending supplementary payouts will offset (``Recipient.forgivable``; R-CLR-3 [000 第七条]);
     nothing is written off until a distinct officer approves."""
     r = app.recipient(cmd.recipient)
-    writable = _writable(r)
+    writable = r.forgivable()
     if not writable:
         raise _nothing_writable(r, "recipient")
     proposal_id = str(uuid.uuid5(NAMESPACE, f"{r.id}:write-off:{len(r.write_off_proposals()) + 1}"))
@@ -167,7 +156,7 @@ def propose_write_off(app: LedgerCore, cmd: m.ProposeWriteOff) -> Result:
 def approve_write_off(app: LedgerCore, cmd: m.ApproveWriteOff) -> Result:
     """A second officer approves a proposal (R-CLR-3 [000 第七条]: an approver distinct from the
     clearing officer, compared as identities). Each case is written off at what was proposed for
-    it, never past what may be forgiven of it now (:func:`_writable`: a repayment or offset since
+    it, never past what may be forgiven of it now (``Recipient.forgivable``: a repayment or offset since
     lowers its balance, a pending supplementary payout what it will offset)."""
     r, proposal = _proposal_owner(app, cmd.proposal)
     _pending(proposal)
@@ -177,7 +166,7 @@ def approve_write_off(app: LedgerCore, cmd: m.ApproveWriteOff) -> Result:
             rule="R-CLR-3", field="approver",
         )
     allocations = []
-    now = {c.id: a for c, a in _writable(r)}  # a repayment, offset or new pending payout since lowers it
+    now = {c.id: a for c, a in r.forgivable()}  # a repayment, offset or new pending payout since lowers it
     for entry in proposal["cases"]:
         case = r.cases.get(entry["case"])
         if case is None or now.get(case.id, ZERO) <= 0:

@@ -19,6 +19,7 @@ import pytest
 from clearing_story import HOSPITAL_3, Story, app_on, at, id_number, parse
 from commands import clearing_runs
 from commands import clearing_views as views
+from commands import queries
 from commands import models as m
 from infra.settings import Settings
 from ledger.aggregates import ClearingLog, Recipient
@@ -119,6 +120,38 @@ def test_write_off_proposed_refused_and_approved_by_distinct_officers(settings_f
     assert app.run(m.ProposeWriteOff(recipient=rid, officer="CLR-1", at=parse(at("2026-05-08")))).code == "NOTHING_OWED"
     with pytest.raises(Exception, match="unknown write-off proposal"):
         app.run(m.ApproveWriteOff(proposal=str(uuid.uuid4()), approver="APR-1"))
+
+
+def test_a_write_off_forgives_only_what_pending_supplementary_payouts_will_not_offset(settings_for: Settings) -> None:
+    # given the module's story in full: E1 72000 and E2 8000 (cap 80000) paid, then 居保大病 40000
+    # on E1: E1 due 40000 (a case of 72000 - 40000), E2 due 16000 (a supplementary payout of 8000)
+    story = Story(app_on(settings_for))
+    story.person("R1", id_number(42), "low_income")
+    story.expense("E1", "R1", at("2026-02-01"), visit="inpatient", facility=HOSPITAL_3, service="2026-02-01", in_scope="90000.00", **MARKED)
+    story.expense("E2", "R1", at("2026-02-02"), visit="inpatient", facility=HOSPITAL_3, service="2026-02-02", in_scope="20000.00")
+    story("aid", at("2026-03-10"), claim="C1", recipient="R1", expenses=["E1", "E2"])
+    story("settle_insurance", at("2026-04-02"), expense="E1", scheme="critical_illness", amount="40000.00")
+    [case] = story.cases("R1")
+    [supp] = story.supplementary("R1")
+    owed, pending = D(case["amount"]), D(supp["amount"])
+    assert pending > 0 and supp["status"] == "pending"
+    app, rid = story.app, str(story.recipient("R1").id)
+    # when a write-off is proposed and approved, then it forgives the balance less the pending
+    # payout, which still offsets the rest when paid (R-CLR-2, R-CLR-3): the person is paid once
+    proposed = app.run(m.ProposeWriteOff(recipient=rid, officer="CLR-1", at=parse(at("2026-05-01"))))
+    assert D(proposed.ids["amount"]) == owed - pending
+    done = app.run(m.ApproveWriteOff(proposal=proposed.ids["proposal"], approver="APR-1", at=parse(at("2026-05-02"))))
+    assert D(done.ids["written_off"]) == owed - pending
+    assert story.recipient("R1").open_balance() == pending
+    # then nothing is left to forgive while the payout is pending, and it says why
+    again = app.run(m.ProposeWriteOff(recipient=rid, officer="CLR-1", at=parse(at("2026-05-03"))))
+    assert again.code == "NOTHING_OWED" and "pending supplementary" in again.message
+    story("pay_supplementary", at("2026-05-04"), recipient="R1")
+    r = story.recipient("R1")
+    assert r.open_balance() == 0
+    # the funds' net outflow is what is due now plus what was forgiven, not the payout on top
+    outflow = sum(queries.fund_movements(r).values(), D(0))
+    assert outflow == sum((D(a.due["total"]) for a in r.expenses.values()), D(0)) + (owed - pending)
 
 
 def test_clearing_run_picks_scope_and_triggers_from_what_changed(settings_for: Settings) -> None:
