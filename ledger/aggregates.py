@@ -230,6 +230,14 @@ class Recipient(Aggregate):
                 return s
         return None
 
+    def subsidies_of_year(self, year: int) -> list[dict[str, Any]]:
+        """The enrolment subsidies (R-INS-2 [001 二(二)1; 004 四(一)]) already carried by this
+        recipient's resident-insurance enrolments that start in ``year``: a year's contribution is
+        paid once, however often its enrolment is recorded. A subsidy belongs to the enrolment
+        recorded with it (the same event, so the same recorded time)."""
+        starts = {f.recorded_at.isoformat() for f in self.insurance_facts if f.kind == "start" and f.scheme == "resident" and f.valid_from.year == year}
+        return [s for s in self.subsidies if s.get("at") in starts]
+
     def receipt_aided_by(self, facts: ExpenseFacts) -> str | None:
         """R-PH-7: which expense (if any) already got aid on this receipt."""
         key = facts.receipt_key

@@ -140,8 +140,9 @@ class PassState:
     caps_value: dict[tuple[str, int, str], Decimal | None] = field(default_factory=dict)
     month: dict[tuple[int, int], list] = field(default_factory=dict)  # [aid, visits]
     suspension: tuple[str, datetime] | None = None  # (expense id that started it, its decision time)
+    reopened: datetime | None = None  # the district review whose restart of the month count the pass has applied
     ma_outpatient: dict[int, list] = field(default_factory=dict)  # year -> [allowance used, cash]
-    ma_inpatient: dict[int, Decimal] = field(default_factory=dict)
+    ma_inpatient: dict[int, tuple[Decimal, Decimal]] = field(default_factory=dict)  # year -> (self-pay, total)
     lyg_cumulative: dict[int, Decimal] = field(default_factory=dict)
 
     def copy(self) -> "PassState":
@@ -154,6 +155,7 @@ class PassState:
             dict(self.caps_value),
             {k: list(v) for k, v in self.month.items()},
             self.suspension,
+            self.reopened,
             {k: list(v) for k, v in self.ma_outpatient.items()},
             dict(self.ma_inpatient),
             dict(self.lyg_cumulative),
@@ -364,22 +366,25 @@ def _mutual_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, self_pay: Decimal, s
         raise _Refusal("NOT_ELIGIBLE", "R-MA-1", f"no mutual-aid contribution paid for {on.year} [003 三]")
     year = e.invoice_date.year
     if e.visit_type is VisitType.INPATIENT:
-        cum_before = st.ma_inpatient.get(year, ZERO)
+        # R-MA-2: the year's two running figures, each inpatient expense adding to both, so that a
+        # year whose expenses are judged under two contribution records (a December stay invoiced
+        # in January) sums self-pay with self-pay and totals with totals.
+        cum_self_pay, cum_total = st.ma_inpatient.get(year, (ZERO, ZERO))
+        st.ma_inpatient[year] = (cum_self_pay + self_pay, cum_total + e.total)
         if joined.has_home_insurance:
             rate_v = pol.need(scheme, "inpatient.rate.with_home_insurance", on)
             threshold = joined.home_insurance_deductible
-            base = self_pay
+            base, cum_before = self_pay, cum_self_pay
             basis = "year's cumulative inpatient self-pay above the home deductible"
         else:
             rate_v = pol.need(scheme, "inpatient.rate.without_home_insurance", on)
             thr_v = pol.need(scheme, "inpatient.threshold.without_home_insurance", on)
             threshold = thr_v.value
-            base = e.total
+            base, cum_before = e.total, cum_total
             basis = "year's cumulative inpatient total above the threshold"
         cum_after = cum_before + base
         added = clamp0(cum_after - threshold) - clamp0(cum_before - threshold)
         amount = money(added * rate_v.value)
-        st.ma_inpatient[year] = cum_after
         trace = {
             "scheme": scheme,
             "zh": "社区医疗互助帮困（住院）",
@@ -810,17 +815,27 @@ def _step(
             message=f"receipt {_receipt_text(_receipt_key(e))} already aided as {first} (R-CLR-1(b), [002 4.5])",
         )
         return a, st
-    if st.suspension is not None:
-        start_at = st.suspension[1]
-        if any(start_at < lift.recorded_at <= d.decided_at for lift in k.lifts):
-            # R-4L-4 [000 第四条(三) 经区医疗保障局合理性审定后，再行开通]: the district's review
-            # reopens 四医联动 and the month's ceiling and visit count start again from it
-            # (ADR 0007), so a reopened expense is not suspended again at once.
+    held = st.suspension
+    if held is not None:
+        # R-4L-4 [000 第四条(三) 经区医疗保障局合理性审定后，再行开通]: the district's first review
+        # after the suspension began reopens 四医联动 for the expenses decided after it, and the
+        # month's ceiling and visit count start again from it (ADR 0007), so a reopened expense
+        # is not suspended again at once. An expense later in the pass but decided before the
+        # review was decided under the suspension and stays suspended: a late claim invoiced
+        # earlier does not reopen what was decided before the review.
+        review = min((lift.recorded_at for lift in k.lifts if held[1] < lift.recorded_at <= d.decided_at), default=None)
+        if review is None:
+            held = None
+        else:
+            if st.reopened != review:
+                st.month.clear()
+                st.reopened = review
             st.suspension = None
-            st.month.clear()
     a, st = _assess_one(pol, k, e, st, schemes, known_at)
     if a.suspension_started is not None:
         st.suspension = (e.id, d.decided_at)
+    elif held is not None:
+        st.suspension = held  # still in force for what was decided before the review
     return a, st
 
 

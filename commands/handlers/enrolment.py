@@ -126,11 +126,27 @@ def _enrolment_subsidy(app: LedgerCore, r: Recipient, cmd: m.Insure) -> dict[str
     if cmd.scheme.value != "resident":
         return None
     held = categories_on(r.knowledge(), cmd.valid_from)
+    subsidy = None
     if Scheme.SHANGHAI_MEDICAL_AID.value in app.schemes:
-        return _shanghai_subsidy(app, r, cmd, {h.category for h in held})
-    if Scheme.LIANYUNGANG.value in app.schemes:
-        return _lianyungang_subsidy(app, cmd, held)
-    return None
+        subsidy = _shanghai_subsidy(app, r, cmd, {h.category for h in held})
+    elif Scheme.LIANYUNGANG.value in app.schemes:
+        subsidy = _lianyungang_subsidy(app, cmd, held)
+    return _less_already_paid(subsidy, r.subsidies_of_year(cmd.valid_from.year))
+
+
+def _less_already_paid(subsidy: dict[str, Any] | None, earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A year's contribution is subsidised once (R-INS-2): an enrolment recorded again for a year
+    whose contribution was already paid in full carries nothing more, and a fixed subsidy only
+    what the year's earlier enrolments did not already pay (a subsidy set since, say)."""
+    if subsidy is None or not earlier:
+        return subsidy
+    if subsidy["kind"] == "contribution_paid_in_full":
+        return None if any(s.get("kind") == "contribution_paid_in_full" for s in earlier) else subsidy
+    paid = sum((Decimal(s.get("amount") or "0") for s in earlier), ZERO)
+    rest = money(Decimal(subsidy["amount"]) - paid)
+    if rest <= 0:
+        return None
+    return dict(subsidy, amount=fmt(rest), already_paid=fmt(paid))
 
 
 def _age(app: LedgerCore, r: Recipient, on: date, rule: str) -> int:

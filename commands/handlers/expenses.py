@@ -67,9 +67,23 @@ def settle_insurance(app: LedgerCore, cmd: m.SettleInsurance) -> Result:
     # amount are recorded as paid (the facts as they happened); self-pay is then 0.00 and any aid
     # already paid on the expense becomes an overpayment to clear (R-CLR-1(a)).
     moment = app._now(cmd.at)
-    r.trigger_event(Recipient.InsuranceSettled, timestamp=moment, expense_id=cmd.expense, scheme=cmd.scheme.value, amount=cmd.amount)
-    app._reconcile(r, Trigger.LATE_INSURANCE.value, moment, {"expense": cmd.expense, "scheme": cmd.scheme.value, "amount": fmt(cmd.amount)})
-    return app._commit(cmd, Result(), r)
+    # R-CLR-1(b) [002 4.5; 000 第七条]: the same receipt is one receipt under whichever recipient it
+    # was recorded, so a payment on it is a fact of every recording: the one that was aided sees
+    # it and clears, whichever recording the payment names, and no two recordings of one receipt
+    # show two self-pays.
+    holders: dict[str, Recipient] = {str(r.id): r}
+    recordings = [(r, cmd.expense)]
+    rc = app.receipt(acc.facts.receipt_key)
+    for eid, rid in rc.expenses if rc is not None else ():
+        holder = holders.get(rid) or app.recipient(recipient_of(eid))
+        if eid != cmd.expense and eid in holder.expenses:
+            holders[rid] = holder
+            recordings.append((holder, eid))
+    for holder, eid in recordings:
+        holder.trigger_event(Recipient.InsuranceSettled, timestamp=moment, expense_id=eid, scheme=cmd.scheme.value, amount=cmd.amount)
+    for holder in holders.values():
+        app._reconcile(holder, Trigger.LATE_INSURANCE.value, moment, {"expense": cmd.expense, "scheme": cmd.scheme.value, "amount": fmt(cmd.amount)})
+    return app._commit(cmd, Result(), *holders.values())
 
 
 def one_stop(app: LedgerCore, cmd: m.OneStop) -> Result:

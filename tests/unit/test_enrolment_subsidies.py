@@ -92,3 +92,41 @@ def test_lianyungang_other_recipients_get_the_countys_amount_once_set(lianyungan
                                           effective_from=date(2026, 1, 1), at=t("2026-01-02"))).status == "accepted"
     s = subsidy_on_insure(lianyungang, ADULT_1962, "lyg_extended")
     assert (s["kind"], s["amount"], s["category"]) == ("fixed_subsidy", "120.00", "lyg_extended")
+
+
+def _insure_again(app: LedgerApp, rid: str, day: str, valid_from: str = "2026-01-01") -> dict | None:
+    before = app.recorder.max_notification_id()
+    assert app.run(m.Insure.model_validate({"recipient": rid, "scheme": "resident", "from": valid_from, "at": t(day)})).status == "accepted"
+    [started] = [e for e in (app.mapper.to_domain_event(n) for n in app.recorder.select_notifications(start=before + 1, limit=50))
+                 if isinstance(e, Recipient.InsuranceEnrolmentStarted)]
+    return started.subsidy
+
+
+def test_a_years_contribution_is_subsidised_once_however_often_its_enrolment_is_recorded(shanghai: LedgerApp) -> None:
+    # given a low-income recipient aged 60+ whose 2026 enrolment carried the fixed subsidy
+    assert shanghai.run(m.SetParameter(name="shanghai.medical_aid.enrolment_subsidy.low_income_60plus", value="300.00",
+                                       effective_from=date(2026, 1, 1), at=t("2026-01-02"))).status == "accepted"
+    s = subsidy_on_insure(shanghai, ADULT_1958, "low_income")
+    assert (s["kind"], s["amount"]) == ("fixed_subsidy", "300.00")
+    rid = str(shanghai.recipient_id_for(ADULT_1958))
+    # when the same year's enrolment is recorded again, or another from March of that year
+    assert _insure_again(shanghai, rid, "2026-01-07") is None
+    assert _insure_again(shanghai, rid, "2026-03-02", valid_from="2026-03-01") is None
+    # then the next year's enrolment is a year of its own
+    assert _insure_again(shanghai, rid, "2026-12-20", valid_from="2027-01-01")["amount"] == "300.00"
+
+
+def test_a_fixed_subsidy_raised_since_pays_only_the_rest_on_a_new_enrolment_of_the_year(lianyungang: LedgerApp) -> None:
+    # given an enrolment of 2026 recorded while the county's amount was 0 until set
+    s = subsidy_on_insure(lianyungang, ADULT_1962, "lyg_extended")
+    assert s["amount"] == "0.00"
+    assert lianyungang.run(m.SetParameter(name="lianyungang.medical_aid.enrolment_subsidy.other", value="120.00",
+                                          effective_from=date(2026, 1, 1), at=t("2026-01-10"))).status == "accepted"
+    # when the enrolment is recorded again, then it carries what the year has not been paid
+    again = _insure_again(lianyungang, str(lianyungang.recipient_id_for(ADULT_1962)), "2026-01-11")
+    assert (again["amount"], again["already_paid"]) == ("120.00", "0.00")
+    assert _insure_again(lianyungang, str(lianyungang.recipient_id_for(ADULT_1962)), "2026-01-12") is None
+    # a dibao adult's contribution paid in full is not paid in full twice
+    s = subsidy_on_insure(lianyungang, ADULT_1958, "lyg_key", subtype="低保")
+    assert s["kind"] == "contribution_paid_in_full"
+    assert _insure_again(lianyungang, str(lianyungang.recipient_id_for(ADULT_1958)), "2026-01-13") is None
