@@ -366,7 +366,7 @@ def _mutual_aid(pol: Policy, k: Knowledge, e: ExpenseFacts, self_pay: Decimal, s
         raise _Refusal("NOT_ELIGIBLE", "R-MA-1", f"no mutual-aid contribution paid for {on.year} [003 三]")
     year = e.invoice_date.year
     if e.visit_type is VisitType.INPATIENT:
-        # R-MA-2: the year's two running figures, each inpatient expense adding to both, so that a
+        # R-MA-2 [003 五(三)]: the year's two running figures, each inpatient expense adding to both, so that a
         # year whose expenses are judged under two contribution records (a December stay invoiced
         # in January) sums self-pay with self-pay and totals with totals.
         cum_self_pay, cum_total = st.ma_inpatient.get(year, (ZERO, ZERO))

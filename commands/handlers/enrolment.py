@@ -135,7 +135,7 @@ def _enrolment_subsidy(app: LedgerCore, r: Recipient, cmd: m.Insure) -> dict[str
 
 
 def _less_already_paid(subsidy: dict[str, Any] | None, earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """A year's contribution is subsidised once (R-INS-2): an enrolment recorded again for a year
+    """A year's contribution is subsidised once (R-INS-2 [001 二(二)1; 004 四(一)]): an enrolment recorded again for a year
     whose contribution was already paid in full carries nothing more, and a fixed subsidy only
     what the year's earlier enrolments did not already pay (a subsidy set since, say)."""
     if subsidy is None or not earlier:

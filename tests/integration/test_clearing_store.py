@@ -85,3 +85,31 @@ def test_since_looks_only_at_recipients_with_events_after_it(settings_for: Setti
     assert recipients_since(story.app, parse(at("2026-03-20"))) == [r1, r2]
     summary = run(story.app, since=parse(at("2026-03-20")), at=parse(at("2026-04-02")))
     assert (summary.recipients_seen, summary.recipients_changed, summary.supplementary_opened) == (2, 0, 0)
+
+
+def test_insurance_named_on_one_recording_clears_the_recording_aided_under_another_recipient(settings_for: Settings) -> None:
+    # given one receipt recorded under R1 (E1) and again under R2 (E1b), aided as E1b:
+    # low_income inpatient, 80% of self-pay 1000.00 = 800.00, city and district 1:1
+    story = Story(app_on(settings_for))
+    story.person("R1", id_number(31), "low_income")
+    story.person("R2", id_number(32), "low_income")
+    for handle, person in (("E1", "R1"), ("E1b", "R2")):
+        story.expense(handle, person, at("2026-02-01"), visit="inpatient", facility=HOSPITAL_3, service="2026-02-01",
+                      no="SH-2026-0001", in_scope="1000.00")
+    story("aid", at("2026-02-10"), claim="C1", recipient="R2", expenses=["E1b"])
+    # when 500.00 of 综合减负 is recorded on R1's recording (R-CLR-1(a)(b), R-INS-4)
+    story("settle_insurance", at("2026-03-01"), expense="E1", scheme="burden_reduction", amount="500.00")
+    # then, in one transaction on this store, both recordings show one self-pay and R2 owes the difference
+    rate = D("0.80")
+    due = (D("1000.00") - D("500.00")) * rate
+    excess = D("1000.00") * rate - due
+    again = Story(app_on(settings_for))
+    again.runner.recipients, again.runner.expenses = story.runner.recipients, story.runner.expenses
+    report = again.report()
+    assert {h: report["expenses"][h]["self_pay"] for h in ("E1", "E1b")} == {"E1": "500.00", "E1b": "500.00"}
+    assert report["expenses"]["E1b"]["due"]["total"] == f"{due:.2f}"
+    [case] = again.cases("R2")
+    assert (case["expense"], case["trigger"], case["amount"], case["status"]) == ("E1b", "late_insurance", f"{excess:.2f}", "open")
+    assert case["by_fund"] == {"city": f"{excess / 2:.2f}", "district": f"{excess / 2:.2f}"}
+    assert again.cases("R1") == []
+    again.books("R2").assert_balanced()
