@@ -48,13 +48,26 @@ from ledger.facts import DecisionRef, ExpenseFacts, city_read
 from ledger.money import ZERO, fmt
 from ledger.policy import packs as policy_packs
 from ledger.policy.params import PolicyError
-from ledger.values import CST, Channel, Scheme, Trigger, local_date, micros, receipt_identity
+from ledger.values import CST, Channel, Scheme, Trigger, local_date, micros, receipt_identity, same_identity
 
 _log = logging.getLogger("ledger.city")
 
 DEFAULT_OFFICERS = ("handler-default", "reviewer-default", "approver-default")
 #: The scenario contract's ``pay`` without a payer: a fourth officer, distinct from the three.
 DEFAULT_PAYER = "payer-default"
+
+
+def default_payer(*signers: str | None) -> str:
+    """The disbursing officer when a ``pay`` names none (SCENARIOS.md ``pay``: "a distinct default
+    officer"): ``payer-default``, or ``payer-default-2``, ``-3``, … when a signer of the claim is
+    already that person (compared as people type them, R-PH-4 [002 3.4, 3.5])."""
+    taken = {same_identity(s) for s in signers if s}
+    n = 1
+    while True:
+        candidate = DEFAULT_PAYER if n == 1 else f"{DEFAULT_PAYER}-{n}"
+        if same_identity(candidate) not in taken:
+            return candidate
+        n += 1
 
 
 @dataclass
@@ -245,7 +258,9 @@ class LedgerCore(Application):
     def _now(self, at: datetime | None) -> datetime:
         """Recorded time: the command's ``at`` (or now), strictly after the last one recorded here,
         so that "known at T" cuts never split what one command recorded from the next."""
-        moment = at or datetime.now(CST)  # one clock for people: +08:00 (Asia/Shanghai)
+        # One clock for people: +08:00 (Asia/Shanghai), whatever offset the time was given in; the
+        # instant is the same, and every time stored and shown reads in China Standard Time.
+        moment = (at or datetime.now(CST)).astimezone(CST)
         with self._clock_lock:
             if self._last_at is not None and moment <= self._last_at:
                 moment = self._last_at + timedelta(microseconds=1)

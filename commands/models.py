@@ -7,6 +7,7 @@ errors name the field and the rule; nothing is recorded for an invalid command.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -44,9 +45,12 @@ Money = Annotated[Decimal, BeforeValidator(_money)]
 
 
 def _id_number(value: Any) -> str:
+    """The number's form, birth date and check digit. Whether the birth date is past is judged
+    against the day the command is recorded (its ``at``), not the clock's: a command replays the
+    same whenever it is run (``Enrol._born_by_enrolment``)."""
     if not isinstance(value, str):
         raise ValueError("must be a string of 18 characters")
-    return validate_id_number(value, today=datetime.now(CST).date())
+    return validate_id_number(value, today=None)
 
 
 IdNumber = Annotated[str, BeforeValidator(_id_number)]
@@ -62,7 +66,43 @@ def _name(value: Any) -> Any:
 
 
 Name = Annotated[str, BeforeValidator(_name), Field(min_length=1, max_length=200)]
-Ref = Annotated[str, Field(min_length=1, max_length=200)]
+
+#: The rule a blank identity breaks (named in messages and by the adapters).
+BLANK_RULE = ("SCENARIOS.md: handles, officers, receipt numbers and facility codes are compared after NFKC, "
+              "case folding and trimming, so one that is empty once trimmed names no one")
+
+
+def _not_blank(value: Any) -> Any:
+    """A handle, an officer or a receipt's number or code: nothing but whitespace (U+3000 included)
+    would be the empty identity once trimmed, the same for every blank one typed."""
+    if isinstance(value, str) and value and not value.strip():
+        raise PydanticCustomError("blank_identity", "must not be empty or only whitespace")
+    return value
+
+
+Ref = Annotated[str, BeforeValidator(_not_blank), Field(min_length=1, max_length=200)]
+
+#: The rule a date given in another form breaks.
+DATE_FORM_RULE = "SCENARIOS.md: dates are YYYY-MM-DD"
+_DATE_FORM = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _day(value: Any) -> Any:
+    """A calendar date written ``YYYY-MM-DD`` (or a date the YAML or JSON reader already made one):
+    never a number of seconds since 1970, a time of day, or another order of the parts."""
+    if isinstance(value, datetime):
+        raise PydanticCustomError("date_form", "must be a date YYYY-MM-DD, not a date and time")
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and _DATE_FORM.fullmatch(value.strip()):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            raise PydanticCustomError("date_form", "{value} is not a calendar date", {"value": value.strip()}) from None
+    raise PydanticCustomError("date_form", "must be a date written YYYY-MM-DD, got {value}", {"value": repr(value)})
+
+
+Day = Annotated[date, BeforeValidator(_day)]
 
 
 # -- what every command refuses ------------------------------------------------------------------
@@ -200,11 +240,11 @@ class Enrol(Command):
 class GrantCategory(Command):
     recipient: Ref
     category: Category
-    valid_from: date = Field(alias="from")
-    valid_to: date | None = Field(default=None, alias="to")
+    valid_from: Day = Field(alias="from")
+    valid_to: Day | None = Field(default=None, alias="to")
     subtype: str | None = Field(default=None, max_length=100)
-    determined_on: date | None = None
-    means_test_expenses_from: date | None = None
+    determined_on: Day | None = None
+    means_test_expenses_from: Day | None = None
     household_medical_spending_12m: Money | None = None
     household_annual_disposable_income: Money | None = None
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -221,7 +261,7 @@ class GrantCategory(Command):
 class RevokeCategory(Command):
     recipient: Ref
     category: Category
-    valid_from: date = Field(alias="from")
+    valid_from: Day = Field(alias="from")
     reason: str | None = Field(default=None, max_length=500)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -229,8 +269,8 @@ class RevokeCategory(Command):
 class Insure(Command):
     recipient: Ref
     scheme: InsuranceScheme
-    valid_from: date = Field(alias="from")
-    valid_to: date | None = Field(default=None, alias="to")
+    valid_from: Day = Field(alias="from")
+    valid_to: Day | None = Field(default=None, alias="to")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
@@ -243,7 +283,7 @@ class Insure(Command):
 class EndInsurance(Command):
     recipient: Ref
     scheme: InsuranceScheme
-    valid_to: date = Field(alias="to")
+    valid_to: Day = Field(alias="to")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
@@ -265,7 +305,7 @@ class FacilityIn(BaseModel):
     level: int = Field(ge=1, le=3)
     district_designated: bool = False
     out_of_province: bool = False
-    code: str | None = Field(default=None, min_length=1, max_length=100)
+    code: Annotated[str, BeforeValidator(_not_blank), Field(min_length=1, max_length=100)] | None = None
 
 
 class RecordExpense(Command):
@@ -273,9 +313,9 @@ class RecordExpense(Command):
     handle: str | None = Field(default=None, max_length=200)
     visit_type: VisitType
     facility: FacilityIn
-    service_date: date
-    invoice_date: date
-    invoice_no: str = Field(min_length=1, max_length=100)
+    service_date: Day
+    invoice_date: Day
+    invoice_no: Annotated[str, BeforeValidator(_not_blank), Field(min_length=1, max_length=100)]
     total: Money
     in_scope: Money
     basic_insurance_paid: Money
@@ -385,8 +425,8 @@ class SignBatch(Command):
 class SetParameter(Command):
     name: str = Field(min_length=3, max_length=200)
     value: Any
-    effective_from: date
-    effective_to: date | None = None
+    effective_from: Day
+    effective_to: Day | None = None
     reference: str = Field(default="amendment", max_length=500)
 
     @model_validator(mode="after")
@@ -426,7 +466,7 @@ class Repay(Command):
     recipient: Ref
     amount: Money
     officer: Ref | None = None
-    received_on: date | None = None
+    received_on: Day | None = None
     voucher: str | None = Field(default=None, min_length=1, max_length=100)
     method: Literal["cash", "bank_transfer", "offset"] | None = None
 

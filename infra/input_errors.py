@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from commands.models import DATE_RANGE_RULE, PRINTABLE_TEXT_RULE
+from commands.models import BLANK_RULE, DATE_FORM_RULE, DATE_RANGE_RULE, PRINTABLE_TEXT_RULE
 from ledger import errors
 from ledger.values import Category, Channel, Evidence, FacilityKind, InsuranceScheme, SettlementScheme, VisitType
 
@@ -25,7 +25,7 @@ _R_ID = re.compile(r"\bR-[A-Z0-9]+-\d+\b")
 MONEY_RULE = "RULES.md preamble: money is yuan in plain digits 0-9 with at most two decimals (fen), never negative, never rounded on input"
 ID_NUMBER_RULE = (
     "GB 11643: an 18-character resident id number, 17 digits and a digit or X, carrying a real birth date "
-    "(1900-01-01 to today) and a valid check digit; the region code's history is not checked (SCENARIOS.md enrol)"
+    "(1900-01-01 to the day the command is recorded) and a valid check digit; the region code's history is not checked (SCENARIOS.md enrol)"
 )
 DATES_RULE = "RULES.md §1: the invoice is issued on or after the service (discharge) date"
 
@@ -36,6 +36,8 @@ _KIND_RULES = {
     "date_after_recording": "R-TIME-1",
     "birth_date_after_recording": ID_NUMBER_RULE,
     "empty_name": "SCENARIOS.md enrol: a person's name, not empty once trimmed",
+    "blank_identity": BLANK_RULE,
+    "date_form": DATE_FORM_RULE,
 }
 
 _ENUM_RULES: dict[type[Enum], str] = {
@@ -94,7 +96,7 @@ def rule_for(model: type[BaseModel] | None, field: str, kind: str, message: str)
     if annotation is Decimal:
         return MONEY_RULE
     if annotation is date:
-        return "SCENARIOS.md: dates are YYYY-MM-DD"
+        return DATE_FORM_RULE
     name = model.__name__ if model is not None else "the command"
     if kind == "missing":
         return f"commands/models.py {name}: a required field"

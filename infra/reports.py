@@ -42,6 +42,7 @@ from infra import working_days
 from infra.contract import messages as pm
 from infra.relay import Topology, ensure_stream, safe_name
 from ledger.money import ZERO, fmt
+from ledger.procedure import MONTHLY_DAYS, PROCEDURE
 from ledger.values import CST, FUNDS, SCHEME_ZH
 
 log = logging.getLogger("ledger.reports")
@@ -116,6 +117,19 @@ claim_amounts = sa.Table(
     sa.Column("amount", sa.String(20), nullable=False),
 )
 
+#: R-PH-3, R-PH-6: amendments of the procedure's days of the month, as published
+#: (``policy.parameter_amended``); the latest published that covers a month's first day wins.
+procedure_days = sa.Table(
+    "report_procedure_days",
+    metadata,
+    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(200), nullable=False, index=True),
+    sa.Column("effective_from", sa.String(10), nullable=False),
+    sa.Column("effective_to", sa.String(10)),
+    sa.Column("value", sa.Integer),  # null: the amendment ends the day (the text's day applies)
+)
+PROCEDURE_DAYS = {f"{PROCEDURE}.{key}": key for key in MONTHLY_DAYS}
+
 
 def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
     """WAL with ``synchronous=NORMAL``: a commit is durable against a crash of the process (what
@@ -158,7 +172,7 @@ class ReportStore:
     def reset(self) -> None:
         """Forget everything (before a rebuild from a replay at position 0)."""
         with self.engine.begin() as conn:
-            for table in (claim_amounts, claims, recipients, inbox):
+            for table in (claim_amounts, claims, recipients, inbox, procedure_days):
                 conn.execute(table.delete())
             conn.execute(tracking.update().where(tracking.c.name == self.name).values(last_position=0, applied=0, repeats=0, skipped=0, replayed_to=None))
 
@@ -253,8 +267,26 @@ class ReportStore:
         return applied
 
     # -- the report ---------------------------------------------------------------------------
+    def days_of(self, month: str) -> dict[str, int]:
+        """R-PH-3, R-PH-6 [002 3.3, 3.5]: the procedure's days for ``month`` under the amendments
+        received, each looked up on the month's first day; the text's where none covers it."""
+        first = f"{month}-01"
+        days = dict(MONTHLY_DAYS)
+        with self.engine.connect() as conn:
+            for name, key in PROCEDURE_DAYS.items():
+                row = conn.execute(
+                    sa.select(procedure_days.c.value)
+                    .where(procedure_days.c.name == name, procedure_days.c.effective_from <= first,
+                           sa.or_(procedure_days.c.effective_to.is_(None), procedure_days.c.effective_to >= first))
+                    .order_by(procedure_days.c.position.desc())
+                    .limit(1)
+                ).first()
+                if row is not None and row.value is not None:
+                    days[key] = int(row.value)
+        return days
+
     def monthly(self, month: str) -> "MonthlyReport":
-        sched = working_days.schedule(month)
+        sched = working_days.schedule(month, self.days_of)
         with self.engine.connect() as conn:
             streets = {r.recipient_key: r.street for r in conn.execute(sa.select(recipients))}
             rows = list(
@@ -347,7 +379,18 @@ def _on_paid(conn: sa.Connection, m: pm.AidPaid) -> None:
     )
 
 
+def _on_parameter(conn: sa.Connection, m: pm.PolicyParameterAmended) -> None:
+    p = m.payload
+    if p.name not in PROCEDURE_DAYS:
+        return
+    values = {"name": p.name, "effective_from": p.effective_from.isoformat(),
+              "effective_to": p.effective_to.isoformat() if p.effective_to else None,
+              "value": int(p.value) if p.value is not None else None}
+    _upsert(conn, procedure_days, {"position": m.position}, values)
+
+
 _HANDLERS = {
+    "policy.parameter_amended": _on_parameter,
     "recipient.enrolled": _on_enrolled,
     "claim.lodged": _on_lodged,
     "claim.rejected": _on_rejected,
@@ -407,6 +450,7 @@ class MonthlyReport:
             "period": {"from": s.period_start.isoformat(), "to": s.period_end.isoformat()},
             "submission_due": s.submission.due.isoformat(),
             "payment_due": s.payment.due.isoformat(),
+            "auto_claims_due": s.auto_claims.isoformat() if s.auto_claims else None,
             "calendar": s.submission.basis if s.submission.basis == s.payment.basis else working_days.WEEKENDS_ONLY,
             "warning": self.warning,
             "streets": [

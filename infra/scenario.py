@@ -19,6 +19,7 @@ from commands.app import LedgerApp, Result
 from infra.wiring import memory_app
 from ledger import errors
 from ledger.policy.packs import JURISDICTIONS
+from ledger.values import CST
 from projections.report import scenario_views
 
 
@@ -331,7 +332,8 @@ def replay(text: str) -> tuple[str, Runner]:
         try:
             at = _parse_at(s.get("at"))
             if previous is not None and at < previous:
-                raise ScenarioError(f"at: {s.get('at')} is earlier than the step before (recorded times never go back)")
+                raise ScenarioError(f"at: {s.get('at')} ({at.astimezone(CST).isoformat()}) is earlier than the step before "
+                                    f"({previous.astimezone(CST).isoformat()}): recorded times never go back (RULES.md §1: one clock)")
             previous = at
             runner.step(i, s)
         except ScenarioError as exc:
@@ -358,9 +360,15 @@ def run_scenario(text: str, snapshot: tuple[date | None, datetime | None] | None
 
 
 def _validation_message(exc: ValidationError) -> str:
+    """Each problem as ``field: what is wrong [the rule]``, as ``ledger do`` describes it
+    (``infra.input_errors``); a rule the message already cites is not repeated."""
+    from commands import models as m
+    from infra.input_errors import describe_validation
+
+    model = getattr(m, exc.title, None)
+    model = model if isinstance(model, type) and issubclass(model, m.BaseModel) else None
     parts = []
-    for e in exc.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "input"
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+    for p in describe_validation(exc, model):
+        rule = "" if p["rule"] in p["message"] else f" [{p['rule']}]"
+        parts.append(f"{p['field']}: {p['message']}{rule}")
     return "; ".join(parts)

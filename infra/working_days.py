@@ -13,16 +13,30 @@ that year may move the real deadline.
 
 from __future__ import annotations
 
+import calendar
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import chinese_calendar
 
+from ledger.procedure import MONTHLY_DAYS
+
 OFFICIAL = "chinese_calendar"
 WEEKENDS_ONLY = "weekends_only"
 
-SUBMISSION_DAY = 20  # 汇总表 and 发放清单 reach the district by the 20th
-PAYMENT_DAY = 25  # the district pays to the person by the 25th
+SUBMISSION_DAY = MONTHLY_DAYS["summary_due_day"]  # 汇总表 and 发放清单 reach the district by the 20th
+PAYMENT_DAY = MONTHLY_DAYS["payment_due_day"]  # the district pays to the person by the 25th
+AUTO_CLAIM_DAY = MONTHLY_DAYS["auto_claim_day"]  # 免申即享 expenses ticked by the 15th [002 3.3]
+
+#: The procedure's days of a month (``YYYY-MM``): ``ledger.procedure.monthly_days`` under the
+#: policy in force (an amended ``summary_due_day`` moves the months it covers), or the text's.
+DaysOf = Callable[[str], Mapping[str, int]]
+
+
+def text_days(month: str) -> Mapping[str, int]:
+    """The days as [002 3.3, 3.5] writes them, for a reader with no policy book."""
+    return MONTHLY_DAYS
 
 
 def is_working_day(day: date) -> tuple[bool, str]:
@@ -47,7 +61,7 @@ def next_working_day(day: date) -> tuple[date, str]:
 
 @dataclass(frozen=True)
 class Deadline:
-    nominal: date  # the 20th or the 25th
+    nominal: date  # the 20th or the 25th (or the days the policy in force sets)
     due: date  # moved to the next working day where needed
     basis: str  # OFFICIAL or WEEKENDS_ONLY
 
@@ -65,6 +79,9 @@ class Schedule:
     payment: Deadline
     period_start: date  # first approval day the report covers (day after last month's cut-off)
     period_end: date  # the submission deadline: approvals up to it are reported this month
+    #: R-PH-3 [002 3.3] "每月15日前": the day the month's 免申即享 claims are due (the text moves
+    #: only 3.5's days to the next working day, so this one is not moved)
+    auto_claims: date | None = None
 
     @property
     def warning(self) -> str | None:
@@ -90,30 +107,40 @@ def shift_month(month: str, delta: int) -> str:
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
-def deadline(month: str, day: int) -> Deadline:
+def _day_of(month: str, day: int) -> date:
+    """``day`` of ``month``, or the month's last day where it has no such day (a 31 in April)."""
     year, mon = _month(month)
-    nominal = date(year, mon, day)
+    return date(year, mon, min(day, calendar.monthrange(year, mon)[1]))
+
+
+def deadline(month: str, day: int) -> Deadline:
+    nominal = _day_of(month, day)
     due, basis = next_working_day(nominal)
     return Deadline(nominal, due, basis)
 
 
-def schedule(month: str) -> Schedule:
-    """R-PH-6 [002 3.5] for ``month`` (YYYY-MM). The report of a month covers the claims approved
-    after the previous month's submission deadline, up to and including this month's (ADR 0012)."""
-    submission = deadline(month, SUBMISSION_DAY)
-    previous = deadline(shift_month(month, -1), SUBMISSION_DAY)
+def schedule(month: str, days_of: DaysOf = text_days) -> Schedule:
+    """R-PH-6 [002 3.5] for ``month`` (YYYY-MM), on the days ``days_of`` gives for each month
+    (R-PH-3, R-PH-6: the policy's ``summary_due_day``, ``payment_due_day`` and ``auto_claim_day``).
+    The report of a month covers the claims approved after the previous month's submission
+    deadline, up to and including this month's (ADR 0012)."""
+    days = days_of(month)
+    submission = deadline(month, days["summary_due_day"])
+    previous_month = shift_month(month, -1)
+    previous = deadline(previous_month, days_of(previous_month)["summary_due_day"])
     return Schedule(
         month=month,
         submission=submission,
-        payment=deadline(month, PAYMENT_DAY),
+        payment=deadline(month, days["payment_due_day"]),
         period_start=previous.due + timedelta(days=1),
         period_end=submission.due,
+        auto_claims=_day_of(month, days["auto_claim_day"]),
     )
 
 
-def settlement_month(approved_on: date) -> str:
+def settlement_month(approved_on: date, days_of: DaysOf = text_days) -> str:
     """The report month an approval (on a China Standard Time date) belongs to."""
     month = f"{approved_on.year:04d}-{approved_on.month:02d}"
-    if approved_on <= deadline(month, SUBMISSION_DAY).due:
+    if approved_on <= deadline(month, days_of(month)["summary_due_day"]).due:
         return month
     return shift_month(month, 1)

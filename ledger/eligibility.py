@@ -8,6 +8,10 @@ from datetime import date, timedelta
 from ledger.facts import CategoryFact, Knowledge, MutualAidYear
 
 #: Lianyungang sub-types aided only from the county's determination date (R-CAT-5, [004 三]).
+#: Lianyungang's categories (R-CAT-5 [004 二, 三]): aided from the identity or its determination,
+#: with no means-test back-dating (R-CAT-3 is Changning's [002 4.3]).
+LIANYUNGANG_CATEGORIES = frozenset({"lyg_key", "lyg_extended"})
+
 DETERMINATION_SUBTYPES = {"temporary_relief_major_illness", "temporary_relief", "临时救助重大病患者"}
 
 
@@ -77,6 +81,9 @@ def categories_on(knowledge: Knowledge, on: date) -> list[Holding]:
 
     R-CAT-3 [002 4.3]: a person recognised during a year is also aided for that year's expenses
     counted in the means test (from ``means_test_expenses_from``), though they predate the grant.
+    That is Changning's procedure: Lianyungang's categories are aided only from the day the
+    identity is held or, where the county must determine it, from the determination date
+    (R-CAT-5 [004 三] "经县(区)级民政部门认定后…"), never before it.
     """
     held: list[Holding] = []
     for category, spans in category_periods(knowledge).items():
@@ -84,7 +91,7 @@ def categories_on(knowledge: Knowledge, on: date) -> list[Holding]:
             if start <= on and (end is None or on <= end):
                 held.append(Holding(category, start, end, src.subtype, "held", "R-CAT-1"))
                 break
-            mt = src.means_test_expenses_from
+            mt = None if category in LIANYUNGANG_CATEGORIES else src.means_test_expenses_from
             if mt and mt <= on < start and on.year == start.year and (end is None or on <= end):
                 held.append(Holding(category, start, end, src.subtype, "means_test", "R-CAT-3"))
                 break

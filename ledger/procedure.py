@@ -22,6 +22,26 @@ def procedure_in_force(book: PolicyBook, schemes: tuple[str, ...], on: date) -> 
     return bool(v and v.value)
 
 
+#: The month's days in the text [002 3.3, 3.5]: the 免申即享 claims ticked by the 15th (R-PH-3), the
+#: street's summary and payout list at the district by the 20th, the money paid to the person by
+#: the 25th (R-PH-6). The pack publishes them as parameters from the procedure's start; these are
+#: what a month has where the book has none.
+MONTHLY_DAYS: dict[str, int] = {"auto_claim_day": 15, "summary_due_day": 20, "payment_due_day": 25}
+
+
+def monthly_days(book: PolicyBook | None, month_start: date) -> dict[str, int]:
+    """R-PH-3, R-PH-6 [002 3.3, 3.5]: the procedure's days for the month that begins on
+    ``month_start``, each looked up on that first day (docs/policy-parameters.md), so an amendment
+    moves the months it covers; the text's days where the book has no value."""
+    days = dict(MONTHLY_DAYS)
+    if book is not None:
+        for key in days:
+            v = book.lookup(f"{PROCEDURE}.{key}", month_start.replace(day=1))
+            if v is not None and v.value is not None:
+                days[key] = int(v.value)
+    return days
+
+
 def claim_window_months(book: PolicyBook, lodged_on: date) -> int:
     """R-PH-5: the claim window in force on the day a claim is lodged (6 months [002 4.3])."""
     v = book.lookup(f"{PROCEDURE}.claim_window_months", lodged_on)

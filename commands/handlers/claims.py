@@ -10,7 +10,7 @@ import uuid
 from datetime import date, datetime, timedelta
 
 from commands import models as m
-from commands.core import LedgerCore, DEFAULT_PAYER, Result
+from commands.core import LedgerCore, Result, default_payer
 from ledger import errors, procedure
 from ledger.aggregates import Claim, ClaimBatch, Recipient
 from ledger.money import ZERO, fmt
@@ -94,7 +94,7 @@ def pay(app: LedgerCore, cmd: m.Pay) -> Result:
         raise errors.ClaimClosed("claim already paid", code="ALREADY_PAID", field="claim")
     if c.status != "approved":
         raise errors.NotApproved(f"claim is {c.status}: only an approved claim is paid [002 3.4]", field="claim")
-    payer = cmd.payer or DEFAULT_PAYER
+    payer = cmd.payer or default_payer(c.handler, c.reviewer, c.approver)
     procedure.check_officers(c.handler, c.reviewer, c.approver, payer)
     r = app.recipient(c.recipient_id)
     moment = app._now(cmd.at)

@@ -504,13 +504,25 @@ class District:
             self._books = (self.position, books)
             return books
 
+    def _days_of(self, month: str) -> dict[str, int]:
+        """R-PH-3, R-PH-6: the procedure's days of ``month`` under the policy as recorded now."""
+        from ledger import errors
+        from ledger.procedure import monthly_days
+
+        year, mon = (int(x) for x in month.split("-"))
+        try:
+            book = self.app.policy().book
+        except errors.InvalidInput:  # no policy recorded yet: the text's days
+            book = None
+        return monthly_days(book, date(year, mon, 1))
+
     def report(self, month: str) -> Any:
         """The month's street summary and payout list, as ``ReportStore.monthly`` selects them:
         claims approved in the settlement period ending on the (moved) 20th, not rejected."""
         from infra import working_days
         from infra.reports import build_report
 
-        sched = working_days.schedule(month)
+        sched = working_days.schedule(month, self._days_of)
         lo, hi = sched.period_start.isoformat(), sched.period_end.isoformat()
         with self.lock:
             rows = [dict(r) for r in self.claims.values() if r["approved_on"] and lo <= r["approved_on"] <= hi and not r["rejected"]]

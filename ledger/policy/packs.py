@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -206,6 +207,9 @@ def _invalid(name: str, message: str) -> PolicyError:
     return PolicyError(f"{name}: {message}", code=INVALID_VALUE, field=name)
 
 
+_PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+
+
 def _decimal(name: str, raw: object) -> Decimal:
     if isinstance(raw, bool) or raw is None:
         raise _invalid(name, f"expected a decimal number, got {raw!r}")
@@ -214,8 +218,15 @@ def _decimal(name: str, raw: object) -> Decimal:
             value = raw
         elif isinstance(raw, float):
             value = Decimal(repr(raw))  # 0.9 -> Decimal("0.9"), never the binary expansion
-        elif isinstance(raw, (int, str)):
-            value = Decimal(str(raw).strip())
+        elif isinstance(raw, int):
+            value = Decimal(raw)
+        elif isinstance(raw, str):
+            text = raw.strip()
+            if not _PLAIN_NUMBER.fullmatch(text):
+                # Decimal() takes any Unicode digit ("０.５", "٠.٥"), exponents and underscores:
+                # a parameter is written as money is, in plain digits (RULES.md preamble)
+                raise _invalid(name, f"{raw!r} is not a plain number (digits 0-9, an optional sign and decimal point)")
+            value = Decimal(text)
         else:
             raise _invalid(name, f"expected a decimal number, got {raw!r}")
     except InvalidOperation:

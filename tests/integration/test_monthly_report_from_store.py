@@ -62,3 +62,39 @@ def test_the_report_catches_up_from_the_ledger_store_and_exports_for_people(sett
         assert "person R1" in text and id_number(61) not in text
     finally:
         store.close()
+
+
+def test_amended_procedure_days_move_the_months_they_cover(settings_for: Settings, tmp_path: Path) -> None:
+    """R-PH-3, R-PH-6 [002 3.3, 3.5]: ``summary_due_day``, ``payment_due_day`` and
+    ``auto_claim_day`` are looked up on the month's first day (docs/policy-parameters.md). May's
+    summary moved to the 10th sends a claim approved on the 12th to June's report; an amendment
+    that ends with May leaves June's payment on the 25th; April keeps the text's days."""
+    from datetime import date
+
+    from infra import working_days
+
+    story = Story(app_on(settings_for))
+    story.person("R1", id_number(71), "low_income")
+    story.expense("E1", "R1", at("2026-05-06"), service="2026-05-06", in_scope="100.00")
+    ph = "changning.post_hoc_procedure"
+    for name, value, to in (("summary_due_day", 10, None), ("payment_due_day", 15, "2026-05-31"), ("auto_claim_day", 8, None)):
+        line = story("set_parameter", at("2026-05-07"), name=f"{ph}.{name}", value=value, effective_from="2026-05-01",
+                     **({"effective_to": to} if to else {}))
+        assert line["status"] == "accepted", line
+    assert story("aid", at("2026-05-12"), claim="C1", recipient="R1", expenses=["E1"])["status"] == "accepted"
+    store = ReportStore(f"sqlite:///{tmp_path / 'reports.db'}")
+    try:
+        store.catch_up(story.app)
+        moved = lambda d: working_days.next_working_day(d)[0]  # noqa: E731 - 双休日及法定节假日顺延
+        april, may, june = (store.monthly(m).as_dict() for m in ("2026-04", "2026-05", "2026-06"))
+        assert (april["submission_due"], april["payment_due"], april["auto_claims_due"]) == (
+            moved(date(2026, 4, 20)).isoformat(), moved(date(2026, 4, 25)).isoformat(), "2026-04-15")
+        assert (may["submission_due"], may["payment_due"], may["auto_claims_due"]) == (
+            moved(date(2026, 5, 10)).isoformat(), moved(date(2026, 5, 15)).isoformat(), "2026-05-08")
+        assert (june["submission_due"], june["payment_due"]) == (moved(date(2026, 6, 10)).isoformat(), moved(date(2026, 6, 25)).isoformat())
+        assert may["period"]["to"] < "2026-05-12" <= june["period"]["to"]
+        assert [p["claim_id"] for p in june["payouts"]] == [story.runner.claims["C1"]] and may["payouts"] == []
+        store.reset()  # a rebuild forgets the amendments with the rest
+        assert store.days_of("2026-05") == {"auto_claim_day": 15, "summary_due_day": 20, "payment_due_day": 25}
+    finally:
+        store.close()

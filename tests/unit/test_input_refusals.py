@@ -104,12 +104,22 @@ def test_id_numbers_that_are_refused_say_why():
     assert "check digit" in _id_refusal(wrong_check(PUDONG_1950))
     assert "not a real date" in _id_refusal(gb11643("31010519500230123"))  # 30 February
     assert "not a real date" in _id_refusal(gb11643("31010519501301123"))  # month 13
-    assert "in the future" in _id_refusal(gb11643(f"310105{tomorrow:%Y%m%d}123"))
+    assert "after 2026-01-05, the day this enrolment is recorded" in _id_refusal(gb11643(f"310105{tomorrow:%Y%m%d}123"))
     assert "before 1900-01-01" in _id_refusal(gb11643("31010518991231123"))
     assert "18 characters" in _id_refusal(PUDONG_1950[:17])
     assert "17 digits" in _id_refusal("３１０１１５１９５００１０１１２３４")  # full-width digits
     assert "17 digits" in _id_refusal("31011519500101123" + "Y")
     assert "17 digits" in _id_refusal("3101151950_101123" + "4")
+
+
+def test_the_birth_date_is_judged_on_the_day_recorded_not_the_clocks():
+    """A scenario replayed on any day gives the same answer: a child born in 2027 enrolled at a
+    2027 ``at`` is taken, whatever the clock says today."""
+    born_2027 = gb11643("31010520270301002")
+    enrolled = m.Enrol(id_number=born_2027, name="新生儿", at=datetime(2027, 3, 5, 9, tzinfo=CST))
+    assert enrolled.id_number == born_2027
+    with pytest.raises(ValidationError):
+        m.Enrol(id_number=born_2027, name="新生儿", at=datetime(2027, 2, 28, 9, tzinfo=CST))
 
 
 def test_the_birth_date_may_be_today_but_not_after_the_day_of_enrolment():
@@ -444,3 +454,41 @@ def test_a_deadline_refusal_names_the_window_in_force():
     step = run_scenario(text)["steps"][-1]
     assert step["code"] == "DEADLINE_PASSED", step
     assert "the 3-month window closed on 2026-04-02" in step["message"], step
+
+
+# ----------------------------------------------------------------------------- dates and identities
+
+
+@pytest.mark.parametrize("raw", [0, 1770681600, "86400", "2026-02-10T00:00:00", "20260210", "2026/02/10", "２０２６-０２-１０",
+                                 datetime(2026, 2, 10, tzinfo=CST), "2026-02-30"])
+def test_a_date_is_written_yyyy_mm_dd_and_nothing_else(raw: Any):
+    """SCENARIOS.md: "Dates are YYYY-MM-DD". pydantic alone would read 0 as 1970-01-01 and a
+    midnight date-time as its date."""
+    with pytest.raises(ValidationError) as caught:
+        m.GrantCategory.model_validate({"recipient": RID, "category": "dibao", "from": raw, "at": AT})
+    [problem] = describe_validation(caught.value, m.GrantCategory)
+    assert problem["field"] == "from" and problem["rule"] == "SCENARIOS.md: dates are YYYY-MM-DD", problem
+
+
+def test_a_date_as_the_yaml_reader_makes_it_is_taken():
+    assert m.GrantCategory.model_validate({"recipient": RID, "category": "dibao", "from": date(2026, 2, 10)}).valid_from == date(2026, 2, 10)
+    assert m.GrantCategory.model_validate({"recipient": RID, "category": "dibao", "from": " 2026-02-10 "}).valid_from == date(2026, 2, 10)
+
+
+@pytest.mark.parametrize("field, model, payload", [
+    ("invoice_no", m.RecordExpense, {"recipient": RID, "visit_type": "outpatient", "facility": {"kind": "hospital", "level": 3},
+                                     "service_date": "2026-01-05", "invoice_date": "2026-01-05", "invoice_no": "\u3000 ",
+                                     "total": "1.00", "in_scope": "1.00", "basic_insurance_paid": "0.00", "at": AT}),
+    ("facility.code", m.RecordExpense, {"recipient": RID, "visit_type": "outpatient", "facility": {"kind": "hospital", "level": 3, "code": "  "},
+                                        "service_date": "2026-01-05", "invoice_date": "2026-01-05", "invoice_no": "A-1",
+                                        "total": "1.00", "in_scope": "1.00", "basic_insurance_paid": "0.00", "at": AT}),
+    ("handler", m.LodgeClaim, {"recipient": RID, "expenses": [EID], "handler": "   "}),
+    ("reviewer", m.Review, {"claim": CID, "reviewer": "\u3000"}),
+    ("payer", m.Pay, {"claim": CID, "payer": " "}),
+])
+def test_an_identity_that_is_blank_once_trimmed_is_refused(field: str, model: type[m.Command], payload: dict[str, Any]):
+    """Two blank receipt numbers would be one receipt, two blank officers one person."""
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(payload)
+    [problem] = describe_validation(caught.value, model)
+    assert problem["field"] == field and "only whitespace" in problem["message"] and "trimming" in problem["rule"], problem

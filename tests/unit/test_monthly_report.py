@@ -72,6 +72,7 @@ MAY = {
     "period": {"from": "2026-04-21", "to": "2026-05-20"},
     "submission_due": "2026-05-20",
     "payment_due": "2026-05-25",
+    "auto_claims_due": "2026-05-15",  # R-PH-3 [002 3.3] 每月15日前 (not moved)
     "calendar": "chinese_calendar",
     "warning": None,
     "streets": [

@@ -34,6 +34,11 @@ def test_recorded_times_are_made_and_shown_in_plus_eight():
     moment = datetime.fromisoformat(shown)
     assert utc + timedelta(minutes=3) <= moment <= utc + timedelta(minutes=5)
     assert moment.astimezone(CST).hour == 9
+    explained = explain_expense(app, eid)
+    policy = explained["decision"]["policy"]
+    assert policy["known_at"].endswith("+08:00"), policy  # the time the decision knew, as stored
+    r = app.recipient(rid)
+    assert {e.timestamp.utcoffset() for e in app.repository.event_store.get(r.id)} == {timedelta(hours=8)}
 
     now = app._now(None)  # noqa: SLF001 - the moment a command without `at` is recorded at
     assert now.utcoffset() == timedelta(hours=8)

@@ -236,6 +236,12 @@ def test_amendment_values_are_coerced_to_their_unit():
         (f"{PH}.critical_illness_evidence", "photo"),
         (f"{SH}.categories", ["dibao", "nobody"]),
         (f"{LY}.bands.extended", [{"upto": 10000, "percent": 50}]),
+        # written as money is written: plain digits 0-9 (Decimal() alone takes these)
+        (f"{SH}.rate.outpatient.dibao", "０.５"),
+        (f"{SH}.rate.outpatient.dibao", "٠.٥"),
+        (f"{SH}.rate.outpatient.dibao", "5e-1"),
+        (f"{SH}.rate.outpatient.dibao", "0.5_0"),
+        (f"{SH}.annual_cap.inpatient.dibao", "NaN"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_invalid(name, raw):

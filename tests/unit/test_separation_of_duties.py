@@ -103,6 +103,20 @@ def test_payment_records_its_payer_and_a_distinct_default(ledger: LedgerApp) -> 
     assert len({same_identity(x) for x in (c2.handler, c2.reviewer, c2.approver, c2.payer)}) == 4
 
 
+def test_the_default_payer_is_distinct_even_from_a_signer_spelled_like_it(ledger: LedgerApp) -> None:
+    """SCENARIOS.md ``pay``: "a distinct default officer when omitted". A handler who happens to
+    be called ``Payer-Default`` does not make the omitted payer refuse the claim."""
+    _, eid = given_expense(ledger)
+    rid = str(ledger.recipient_id_for(DIBAO_ID))
+    cid = ledger.run(m.LodgeClaim(recipient=rid, expenses=[eid], handler=" Payer-Default", at=t("2026-04-10"))).ids["claim"]
+    ledger.run(m.Review(claim=cid, reviewer="payer-default-2", at=t("2026-04-11")))
+    ledger.run(m.Approve(claim=cid, approver="Liu.Yang", at=t("2026-04-12")))
+    assert ledger.run(m.Pay(claim=cid, at=t("2026-04-25"))).status == "accepted"
+    c = ledger.claim(cid)
+    assert c.payer == "payer-default-3"
+    assert len({same_identity(x) for x in (c.handler, c.reviewer, c.approver, c.payer)}) == 4
+
+
 def test_a_payment_recorded_before_payers_reads_with_no_payer(ledger: LedgerApp) -> None:
     """Claim.Paid v1 (no ``payer``) is upcast on reading: old stores keep working."""
     cid = lodged(ledger)
