@@ -1239,11 +1239,17 @@ class LedgerCore(Application):
                 mine = elsewhere.setdefault(rid, {})
                 for eid, why in found.items():
                     mine.setdefault(eid, why)
+        # One moment for the whole run (ADR 0006: the events of one command share its time): the
+        # command's own when it recorded something at ``at`` already (a parameter amended), so a cut
+        # "as known at T" never holds an amendment without the cases and payouts it opened, nor
+        # one recipient's recomputation without another's.
+        with self._clock_lock:
+            shared = at is not None and self._last_at is not None and at.astimezone(CST) == self._last_at
+        moment = self._last_at if shared else self._now(at)
         for rid in list(self.recipient_ids() if recipients is None else recipients):
             for attempt in range(5):
                 r = self.recipient(rid)
                 before = (len(r.cases), len(r.supplementary))
-                moment = self._now(at) if at is None else self._now(at)
                 corrected = city_usage is not None and self._correct_city_reads(r, city_usage, moment)
                 if self._reconcile(r, trigger, moment, cause or {"run": "clearing"}, elsewhere.get(r.id)) or corrected:
                     try:

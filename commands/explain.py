@@ -341,6 +341,8 @@ def explain_expense(app: LedgerApp, expense_id: str, *, handles: dict[str, str] 
                     }
                 )
     view = queries.expense_view(recipient, expense_id)
+    if decision is not None and decision.get("claim"):
+        decision["officers"] = _officers(app, decision["claim"])
     return {
         "expense": expense_id,
         "handle": (handles or {}).get(expense_id, acc.handle),
@@ -371,4 +373,42 @@ def explain_expense(app: LedgerApp, expense_id: str, *, handles: dict[str, str] 
             if s.expense_id == expense_id
         ],
         "attempted_duplicates": list(acc.attempted_duplicates),
+        "refusals": _refusals(app, str(recipient.id), expense_id),
     }
+
+
+def _officers(app: LedgerApp, claim_id: str) -> dict[str, Any] | None:
+    """Who signed the claim (R-PH-4 [002 3.4, 3.5]): handler, reviewer, approver and the payer who
+    disbursed it (the fourth signature); a proxy is named by the masked number it was lodged with."""
+    try:
+        c = app.claim(claim_id)
+    except (errors.UnknownEntity, AggregateNotFoundError, ValueError):
+        return None  # a one-stop settlement has no claim
+    return {"handler": c.handler, "reviewer": c.reviewer, "approver": c.approver, "payer": getattr(c, "payer", None),
+            "channel": c.channel, "status": c.status}
+
+
+def _refusals(app: LedgerApp, recipient: str, expense_id: str) -> list[dict[str, Any]]:
+    """Every claim on this expense that a rule refused, with the refusal as recorded: code, rule and
+    message (clause included), when, and the expense the claim was refused on (a claim is refused
+    whole when any of its expenses is, SCENARIOS.md)."""
+    from commands.lookup import directory
+
+    out: list[dict[str, Any]] = []
+    for row in directory(app).rows("claims"):
+        if row.recipient != recipient or expense_id not in row.expenses or row.status != "rejected":
+            continue
+        c = app.claim(row.claim)
+        refused = next((e for e in app.events.get(c.id) if type(e).__name__ == "Rejected"), None)
+        rejection = getattr(c, "rejection", None) or {}
+        out.append({
+            "claim": row.claim,
+            "channel": row.channel,
+            "lodged_on": row.lodged_on,
+            "recorded_at": refused.timestamp.astimezone(CST).isoformat() if refused is not None else None,
+            "code": rejection.get("code"),
+            "rule": rejection.get("rule"),
+            "message": rejection.get("message"),
+            "on_expense": rejection.get("expense"),
+        })
+    return sorted(out, key=lambda x: x["recorded_at"] or "")

@@ -30,6 +30,7 @@ from ledger.values import (
     VisitType,
     birth_date,
     local_date,
+    street_name,
     validate_id_number,
 )
 
@@ -220,10 +221,15 @@ class Command(BaseModel):
         return value
 
 
+def _street(value: Any) -> Any:
+    """The street office, as kept and compared (``ledger.values.street_name``): R-PH-1 [002 4.1]."""
+    return street_name(value) if isinstance(value, str) else value
+
+
 class Enrol(Command):
     id_number: IdNumber
     name: Name
-    street: str = Field(default="", max_length=200)
+    street: Annotated[str, BeforeValidator(_street), Field(default="", max_length=200)] = ""
 
     @model_validator(mode="after")
     def _born_by_enrolment(self) -> "Enrol":

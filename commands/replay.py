@@ -31,6 +31,7 @@ from ledger import engine, errors
 from ledger.aggregates import PolicyLedger, Recipient
 from ledger.facts import DecisionRef
 from ledger.policy.params import PolicyBook
+from ledger.values import CST
 from projections.common import WorkerOpened
 
 #: The parts of a decision that are money or its outcome (compared first, reported as such).
@@ -187,7 +188,7 @@ def _replay_record(
         used = {
             "recipient_version": source.version if source is not None else None,
             "policy_version": policy_version,
-            "known_at": known_at.isoformat(),
+            "known_at": known_at.astimezone(CST).isoformat(),
         }
     result: engine.PassResult | None = None
     if source is not None:

@@ -54,7 +54,7 @@ from ledger.aggregates import Recipient
 from ledger.eligibility import categories_on
 from ledger.money import ZERO, fmt, money
 from ledger.policy.params import PolicyBook
-from ledger.values import CATEGORY_PRECEDENCE, CATEGORY_ZH, FUNDS, local_date
+from ledger.values import CATEGORY_PRECEDENCE, CATEGORY_ZH, CST, FUNDS, local_date
 
 FORMATS = ("json", "csv", "xlsx")
 
@@ -159,7 +159,7 @@ class Snapshot:
             "valid": self.valid.isoformat(),
             "valid_requested": self.valid_requested.isoformat() if self.valid_requested else None,
             "known_at": self.resolved_known_at.isoformat() if self.resolved_known_at else None,
-            "known_at_requested": self.known_at.isoformat() if self.known_at else None,
+            "known_at_requested": self.known_at.astimezone(CST).isoformat() if self.known_at else None,
             "store_position": self.position,
             "jurisdiction": self.jurisdiction,
             "policy": self.policy,

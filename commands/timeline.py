@@ -74,7 +74,8 @@ class Cut:
     def resolved_known_at(self) -> datetime | None:
         """T itself, or (when T was omitted) the recorded time of the latest event: the same
         request asked again with this instant gives the same answer."""
-        return self.known_at if self.known_at is not None else self.last_recorded_at
+        moment = self.known_at if self.known_at is not None else self.last_recorded_at
+        return moment.astimezone(CST) if moment is not None else None  # shown to people: +08:00
 
 
 def cut(app: Application, known_at: datetime | None = None) -> Cut:

@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 from ledger import errors, traces
-from ledger.eligibility import Holding, categories_on, insured_on, mutual_aid_year
+from ledger.eligibility import Holding, categories_on, category_periods, insured_on, mutual_aid_year
 from ledger.facts import DecisionRef, ExpenseFacts, Knowledge, city_read
 from ledger.money import ZERO, clamp0, fmt, money, split_city_district
 from ledger.policy.params import ParameterVersion, PolicyBook
@@ -541,7 +541,9 @@ def _option(
             raise _Refusal(
                 "NOT_INSURED",
                 "R-INS-1",
-                f"not enrolled in Shanghai basic medical insurance on {on} [000 第二条(二)1]",
+                # [001 二(二)1] for the city's aid; Changning's 四医联动 restates it [000 第二条(二)1]
+                f"not enrolled in Shanghai basic medical insurance on {on} "
+                + ("[001 二(二)1; 000 第二条(二)1]" if Scheme.FOUR_LINKAGE.value in shanghai else "[001 二(二)1]"),
             )
         notes.append({"rule": "R-INS-1", "insured": insured})
         if e.facility.out_of_province and not e.basic_insurance_settled:
@@ -570,6 +572,22 @@ def _option(
     return _Option(h, parts, state, started, notes)
 
 
+def _no_category(k: Knowledge, on: date, schemes: tuple[str, ...]) -> tuple[str, str]:
+    """Why no category counts on the service date (R-CAT-1 [002 3.2]). In Lianyungang a category
+    granted from an earlier day but determined by the county after the service date is aided only
+    from the determination (R-CAT-5 [004 三]): the refusal says so, with the date, under R-CAT-1."""
+    if Scheme.LIANYUNGANG.value in schemes:
+        for category, spans in category_periods(k).items():
+            for start, end, src in spans:
+                if src.valid_from <= on < start and (end is None or on <= end):
+                    # the code's rule stays R-CAT-1 (no category counts that day); the message names R-CAT-5
+                    return "R-CAT-1", (f"no recipient category counts on the service date {on}: {category} is held from "
+                                       f"{src.valid_from} but aided only from the county's determination date {start} "
+                                       "(R-CAT-5 [004 三])")
+        return "R-CAT-1", f"no recipient category held on the service date {on} [004 二]"
+    return "R-CAT-1", f"no recipient category held on the service date {on} [002 3.2]"
+
+
 def _assess_one(
     pol: Policy, k: Knowledge, e: ExpenseFacts, st: PassState, schemes: tuple[str, ...], known_at: datetime | None
 ) -> tuple[Assessment, PassState]:
@@ -590,15 +608,8 @@ def _assess_one(
     held = categories_on(k, e.service_date)
     trace: dict[str, Any] = {"waterfall": waterfall, "categories_held": [h.as_trace() for h in held]}
     if not held:
-        a = Assessment(
-            e.id,
-            False,
-            self_pay,
-            code="NOT_A_RECIPIENT",
-            rule="R-CAT-1",
-            message=f"no recipient category held on the service date {e.service_date} [002 3.2]",
-            trace=trace,
-        )
+        rule, message = _no_category(k, e.service_date, schemes)
+        a = Assessment(e.id, False, self_pay, code="NOT_A_RECIPIENT", rule=rule, message=message, trace=trace)
         return a, st
     options: list[_Option] = []
     refusals: list[tuple[Holding, _Refusal]] = []

@@ -254,6 +254,12 @@ def local_date(moment: datetime) -> date:
     return moment.astimezone(CST).date()
 
 
+def street_name(text: str | None) -> str:
+    """A street office's name as kept and compared: Unicode NFKC and trimmed (``华阳路街道 `` and
+    full-width spaces around it name one street office, R-PH-1 [002 4.1]); the script is kept."""
+    return unicodedata.normalize("NFKC", text or "").strip()
+
+
 def same_identity(text: str | None) -> str:
     """The form in which identities that people type are compared: receipts' facility codes and
     invoice numbers (R-CLR-1(b) [002 4.5]), officers (R-PH-4 [002 3.4]), names. Unicode NFKC (so

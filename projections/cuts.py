@@ -576,7 +576,8 @@ class Known:
 
     @property
     def resolved_known_at(self) -> datetime | None:
-        return self.known_at if self.known_at is not None else self.last_recorded_at
+        moment = self.known_at if self.known_at is not None else self.last_recorded_at
+        return moment.astimezone(CST) if moment is not None else None  # shown to people: +08:00
 
 
 def known_at(conn: Connection, t: datetime | None) -> Known:

@@ -11,6 +11,7 @@ maps claims to their recipient, for the claim events.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import BigInteger, Column, Integer, String, Table, Text, select
 from sqlalchemy.engine import Connection
 
 from ledger.aggregates import Claim, Recipient
+from ledger.values import CST
 from projections.common import Item, Projection, Store, insert_rows, dumps, fen, loads, metadata, utc, yuan_str
 
 statement = Table(
@@ -171,7 +173,7 @@ def for_recipient(conn: Connection, recipient: str) -> list[dict[str, Any]]:
         {
             "position": r.position,
             "kind": r.kind,
-            "recorded_at": r.recorded_at,
+            "recorded_at": datetime.fromisoformat(r.recorded_at.replace("Z", "+00:00")).astimezone(CST).isoformat(),  # stored UTC, shown +08:00
             "expense": r.expense_id,
             "claim": r.claim_id,
             "amount": yuan_str(r.amount_fen),
@@ -195,10 +197,6 @@ EXPORT_HEADER = ["记录时间", "类型", "费用编号", "申请编号", "金�
 
 def local_time(recorded_at: str) -> str:
     """A stored (UTC) recorded time as people read it: +08:00 (Asia/Shanghai), to the second."""
-    from datetime import datetime
-
-    from ledger.values import CST
-
     return datetime.fromisoformat(recorded_at.replace("Z", "+00:00")).astimezone(CST).isoformat(timespec="seconds")
 
 

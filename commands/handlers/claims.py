@@ -171,6 +171,10 @@ def sign_batch(app: LedgerCore, cmd: m.SignBatch) -> Result:
     on every claim as on a claim lodged by hand. Refused whole (SAME_OFFICER) when the officer
     already signed the batch in another role."""
     b = app.batch(cmd.batch)
+    if cmd.role in b.signatures:
+        # one signature per role: a second would rewrite who signed what the first signed
+        raise errors.ClaimClosed(
+            f"the batch is already signed as {cmd.role} by {b.signatures[cmd.role]!r} [002 3.3, 3.4]", field="role")
     signed = {"handler": b.handler, **b.signatures}
     procedure.check_officers(signed.get("handler"), cmd.officer if cmd.role == "reviewer" else signed.get("reviewer"),
                              cmd.officer if cmd.role == "approver" else signed.get("approver"),
@@ -184,5 +188,12 @@ def sign_batch(app: LedgerCore, cmd: m.SignBatch) -> Result:
             continue
         res = app.run(step[0](cid))
         outcomes[cid] = "accepted" if res.status == "accepted" else (res.code or "rejected")
+    if "accepted" not in outcomes.values():
+        # nothing was signed: the batch records no signature (each claim's refusal is recorded on it)
+        if not outcomes:
+            raise errors.ClaimClosed(f"no claim of the batch waits for the {cmd.role} [002 3.3, 3.4]", field="batch")
+        first = next(iter(outcomes.values()))
+        raise errors.Rejected(f"every claim of the batch refused the {cmd.role}'s signature ({first}) [002 3.4]",
+                              code=first, rule="R-PH-4", field="officer")
     b.trigger_event(ClaimBatch.Signed, timestamp=app._now(cmd.at), role=cmd.role, officer=cmd.officer, outcomes=outcomes)
     return app._commit(cmd, Result(ids={"batch": str(b.id), "outcomes": outcomes}), b)

@@ -79,6 +79,8 @@ def repay(app: LedgerCore, cmd: m.Repay) -> Result:
         raise errors.NothingOwed("the recipient has no open clearing balance", field="recipient")
     if cmd.amount > owed:
         raise errors.ExceedsBalance(f"amount: {cmd.amount} exceeds the open clearing balance {owed}; a case never goes below zero (R-CLR-3)", field="amount")
+    if cmd.voucher is not None:
+        _voucher_not_recorded(app, r, cmd.voucher)
     allocations = []
     for case_id, amount in clearing.oldest_first(cmd.amount, [(c.id, c.balance) for c in r.open_cases()]):
         by_fund = clearing.allocate(amount, r.cases[case_id].balance_by_fund)
@@ -92,6 +94,20 @@ def repay(app: LedgerCore, cmd: m.Repay) -> Result:
         officer=cmd.officer, received_on=received_on.isoformat(), voucher=cmd.voucher, method=cmd.method,
     )
     return app._commit(cmd, Result(), r)
+
+
+def _voucher_not_recorded(app: LedgerCore, r: Recipient, voucher: str) -> None:
+    """R-CLR-3 [000 第七条]: one receipt or voucher is one repayment. A voucher typed again (after
+    NFKC, case folding and trimming, as people type it) is refused, so money received once is
+    never counted twice; a repayment is rare, so its recipient's stream is read for it."""
+    wanted = same_identity(voucher)
+    for e in app.repository.event_store.get(r.id):
+        if isinstance(e, Recipient.RepaymentReceived) and e.voucher and same_identity(e.voucher) == wanted:
+            raise errors.Conflict(
+                f"voucher: {e.voucher!r} is already recorded for a repayment of {e.amount} received on {e.received_on} "
+                "(R-CLR-3 [000 第七条]: one voucher, one repayment)",
+                code="VOUCHER_RECORDED", rule="R-CLR-3", field="voucher",
+            )
 
 
 def _nothing_writable(r: Recipient, field: str) -> errors.NothingOwed:

@@ -202,9 +202,13 @@ def render(data: dict[str, Any]) -> list[str]:
     ]
     d = data.get("decision")
     if d is None:
-        lines.append("  Not decided yet 尚未作出救助决定.")
+        lines.append("  Not decided yet 尚未作出救助决定." if not data.get("refusals") else "  Not granted 未予救助: every claim on it was refused.")
     else:
         lines.append(f"Decision 救助决定 recorded {d['recorded_at']} · {d.get('channel')} {d.get('channel_zh') or ''} · claim {d.get('claim') or '—'}")
+        o = d.get("officers")
+        if o:
+            lines.append(f"  signed 签字 (R-PH-4 [002 3.4, 3.5]): handler 经办 {o.get('handler') or '—'} · reviewer 审核 {o.get('reviewer') or '—'}"
+                         f" · approver 审批 {o.get('approver') or '—'} · payer 拨付 {o.get('payer') or '—'}")
         if not d.get("granted"):
             lines.append(f"  refused 不予救助: {d.get('code')} ({d.get('rule')}) {d.get('message') or ''}")
         lines.append("  Waterfall 费用分解")
@@ -247,6 +251,9 @@ def render(data: dict[str, Any]) -> list[str]:
         )
     for s in data.get("supplementary", []):
         lines.append(f"Supplementary payout 补发 {s['supplementary']}: {s['trigger']} {s['trigger_zh']}, amount {s['amount']}, {s['status']}")
+    for x in data.get("refusals", []):
+        lines.append(f"Refused 拒绝 {x.get('recorded_at')} claim {x['claim']} ({x.get('channel')}): {x.get('code')} ({x.get('rule')}) "
+                     f"{x.get('message') or ''}")
     for a in data.get("attempted_duplicates", []):
         lines.append(f"Attempted duplicate 重复申请 {a.get('at')} via {a.get('channel')}: {a.get('reason')}")
     lines.append(f"Paid 已支付 {data['paid']['total']} ({_funds(data['paid']['by_fund'])}) · due now 现应得 {data['due']['total']}")

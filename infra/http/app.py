@@ -44,6 +44,7 @@ from infra.input_errors import rule_for
 from infra.settings import Settings, get_settings
 from ledger import errors
 from ledger.aggregates import Claim, PolicyLedger, Recipient
+from ledger.values import CST, street_name
 
 R = Role
 #: Routes that take a settlement file: their bodies may reach LEDGER_MAX_UPLOAD_BYTES (docs/import.md).
@@ -324,7 +325,7 @@ def _allow(operation: str) -> Callable[[Principal], Principal]:
 
 def _own_street(p: Principal, street: str, what: str = "recipient") -> None:
     """R-PH-1 [002 4.1]: a street handler acts only for recipients of their own street office."""
-    if p.role is Role.STREET_HANDLER and street != p.street:
+    if p.role is Role.STREET_HANDLER and street_name(street) != street_name(p.street):
         raise ApiError(403, "OTHER_STREET", f"this {what} belongs to another street office; a street handler acts for their own street only [002 4.1]", rule="R-PH-1", field=what)
 
 
@@ -342,6 +343,9 @@ def _log_read(svc: Service, p: Principal, operation: str, target: str, recipient
 def _aware(moment: datetime | None, name: str) -> None:
     if moment is not None and moment.tzinfo is None:
         raise ApiError(422, "INVALID_INPUT", f"{name}: a time needs a UTC offset, e.g. 2026-06-30T18:00:00+08:00", field=name)
+    if moment is not None and not 1900 <= moment.year <= 2199:
+        # as every command's recorded time (commands/models.py Command); 0001-01-01+01:00 has no UTC
+        raise ApiError(422, "INVALID_INPUT", f"{name}: a time must fall in the years 1900–2199", field=name)
 
 
 _SNAPSHOT_MEDIA = {
@@ -429,7 +433,7 @@ def _write(request: Request, p: Principal, key: str | None, body: BaseModel | No
         json.dumps(
             {"method": request.method, "path": request.url.path, "body": body.model_dump(mode="json", by_alias=True) if body else None},
             sort_keys=True, ensure_ascii=False,
-        ).encode("utf-8")
+        ).encode("utf-8", "surrogatepass")  # a lone surrogate is the command's to refuse (422), not the hash's
     ).hexdigest()
     key_reused = _problem(422, "IDEMPOTENCY_KEY_REUSED", "this Idempotency-Key was already used for a different request", field="Idempotency-Key")
     if scoped:
@@ -781,6 +785,10 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
     @op("POST", "/recipients/{recipient_id}/repayments", "repay", response_model=s.Accepted, summary="A repayment toward open clearing cases (R-CLR-3)",
         description="Records the receiving officer (the caller), the day, the receipt or voucher number and the method.")
     def repay(request: Request, p: Caller, recipient_id: RecipientId, body: s.RepayBody, key: IdempotencyKey = None) -> JSONResponse:
+        for name in ("voucher", "method"):  # as `ledger clearing repay`: the officer says on which voucher and how
+            if getattr(body, name) is None:
+                raise ApiError(422, "INVALID_INPUT", f"{name}: a repayment names its receipt or voucher and how it was paid "
+                               "(R-CLR-3 [000 第七条])", rule="R-CLR-3", field=name)
         return _command(request, p, key, body, m.Repay, {"recipient": str(recipient_id), "officer": p.officer})
 
     # Write-off proposals and their decisions are ledger events (WriteOffProposed, WriteOffApproved,
@@ -927,7 +935,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
             raise ApiError(404, "NOT_AVAILABLE", "replay is not available in this build (commands.replay)", field="expense_id")
         results = mod.replay_expense(svc.ledger, expense_id, known_at)
         _log_read(svc, p, "replay_expense", f"expense:{expense_id}", [str(r.id)])
-        return {"expense": expense_id, "known_at": known_at, "equal": all(x.equal for x in results),
+        return {"expense": expense_id, "known_at": known_at.astimezone(CST) if known_at else None, "equal": all(x.equal for x in results),
                 "results": jsonable_encoder([x.as_dict() for x in results])}
 
     # ------------------------------------------------------------------ settlement files (docs/import.md)
@@ -1026,7 +1034,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 - one block per endpoint reads 
         if p.role is Role.STREET_HANDLER:
             _own_street(p, street or p.street or "", "street")
             return p.street
-        return street
+        return street_name(street) if street is not None else None
 
     def _recipient_ref(svc: Service, p: Principal, text: str | None, street: str | None) -> str | None:
         from commands.lookup import is_exact_reference, resolve_recipient

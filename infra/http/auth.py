@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+from ledger.values import street_name
+
 MAX_TOKEN_CHARS = 2048
 _OFFICER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _STREET_MAX = 200
@@ -77,6 +79,8 @@ def _principal(officer: object, role: object, street: object, exp: object) -> Pr
         raise TokenError(f"role: unknown role {role!r}") from None
     if street is not None and (not isinstance(street, str) or not street.strip() or len(street) > _STREET_MAX):
         raise TokenError("street: a non-empty name of at most 200 characters")
+    if street is not None:
+        street = street_name(street)  # as enrolments keep it: NFKC, trimmed (R-PH-1 [002 4.1])
     if role_v is Role.STREET_HANDLER and street is None:
         raise TokenError("street: a street handler's token names their street (R-PH-1 [002 4.1])")
     if not isinstance(exp, int) or isinstance(exp, bool):

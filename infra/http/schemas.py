@@ -218,6 +218,7 @@ class ClaimView(BaseModel):
     handler: str
     reviewer: str | None = None
     approver: str | None = None
+    payer: str | None = None
     lodged_on: str
     rejection: dict[str, Any] | None = None
     paid_at: str | None = None

@@ -48,6 +48,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from infra.settings import Settings
+from ledger.values import CST
 from projections.common import add_missing_columns, create_missing_indexes
 
 metadata = MetaData()
@@ -186,7 +187,8 @@ class HttpStore:
         q = q.order_by(access_log.c.id).limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
-        return [{**dict(r), "at": _utc(r["at"]), "recipient": None if r["scope"] == "population" else recipient} for r in rows]
+        # shown to people: China Standard Time (stored in UTC)
+        return [{**dict(r), "at": _utc(r["at"]).astimezone(CST), "recipient": None if r["scope"] == "population" else recipient} for r in rows]
 
     # ------------------------------------------------------------------ idempotency
     def stored_response(self, key: str) -> StoredResponse | None:

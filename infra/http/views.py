@@ -93,6 +93,7 @@ def claim(c: Claim) -> dict[str, Any]:
         "handler": c.handler,
         "reviewer": c.reviewer,
         "approver": c.approver,
+        "payer": getattr(c, "payer", None),  # the fourth signature, who disbursed it (R-PH-4 [002 3.5])
         "lodged_on": c.lodged_on,
         "rejection": c.rejection,
         "paid_at": _iso(c.paid_at),

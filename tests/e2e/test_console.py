@@ -206,6 +206,8 @@ def run_flow(browser, server: Server, picked: dict[str, str], auditor: str, offi
     officer_page.goto(f"{base}/console/clearing")
     card = officer_page.locator(f".person[data-recipient='{rid}']")
     card.locator("input[name=amount]").fill("10.00")
+    card.locator("[data-check=repay-voucher]").fill("RCPT-E2E-1")
+    card.locator("[data-check=repay-method]").select_option("cash")
     card.locator("[data-check=repay-form] button[type=submit]").click()
     expect(officer_page.locator("[data-check=done]")).to_contain_text("已记录退款")
     expected = Decimal(picked["balance"]) - Decimal("10.00")

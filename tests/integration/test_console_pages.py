@@ -206,7 +206,8 @@ def test_clearing_workbench_writes_through_the_api(database_url):
         assert checked(page, "open-total") == [yuan("1990.00")]
         r1 = c.rid("R1")
         form = page[page.index(f'data-recipient="{r1}"'):]
-        fields = {"csrf": hidden(form, "csrf"), "key": hidden(form, "key"), "recipient": r1, "amount": "500.00"}
+        fields = {"csrf": hidden(form, "csrf"), "key": hidden(form, "key"), "recipient": r1, "amount": "500.00",
+                  "voucher": "RCPT-500", "method": "bank_transfer"}
         r = client.post("/console/clearing/repay", data=fields, follow_redirects=False)
         assert r.status_code == 303 and "done=repay" in r.headers["location"]
         assert c.balance("R1") == Decimal("1300.00")

@@ -191,3 +191,37 @@ def test_a_recorded_policy_version_is_read_from_the_store_once():
     earlier = app.policy(version=1)
     assert earlier.version == 1 and earlier is not first and reads == [head, 1]
     assert first.version == head and first.book.content_hash() == app.policy().book.content_hash()
+
+
+REFUSED = """name: explain-refused
+jurisdiction: shanghai
+steps:
+  - {at: "2026-01-05T09:00:00+08:00", do: enrol, recipient: R1, id_number: "310105195803122013", name: 王秀英, street: 华阳路街道}
+  - {at: "2026-01-05T09:01:00+08:00", do: grant_category, recipient: R1, category: dibao, from: "2025-01-01"}
+  - {at: "2026-01-10T10:00:00+08:00", do: record_expense, expense: E1, recipient: R1, visit_type: outpatient, facility: {kind: hospital, level: 3}, service_date: "2026-01-10", invoice_date: "2026-01-10", invoice_no: "N-1", total: "100.00", in_scope: "100.00", basic_insurance_paid: "0.00"}
+  - {at: "2026-01-20T10:00:00+08:00", do: aid, claim: C1, recipient: R1, expenses: [E1]}
+  - {at: "2026-01-21T09:00:00+08:00", do: insure, recipient: R1, scheme: resident, from: "2020-01-01"}
+  - {at: "2026-01-22T10:00:00+08:00", do: claim, claim: C2, recipient: R1, expenses: [E1], handler: Li.Hua}
+  - {at: "2026-01-23T10:00:00+08:00", do: review, claim: C2, reviewer: Zhao.Min}
+  - {at: "2026-01-24T10:00:00+08:00", do: approve, claim: C2, approver: Liu.Yang}
+  - {at: "2026-01-25T10:00:00+08:00", do: pay, claim: C2, payer: Chen.Fei}
+"""
+
+
+def test_a_refused_claim_and_the_four_signatures_are_explained(tmp_path: Path):
+    """An auditor sees why an expense was refused (code, rule and clause, when, on which claim) and,
+    once it is aided, who lodged, reviewed, approved and paid it (R-PH-4 [002 3.4, 3.5]). The city
+    scheme's insurance clause is its own, [001 二(二)1], not Changning's restatement."""
+    path = tmp_path / "refused.yaml"
+    path.write_text(REFUSED, encoding="utf-8")
+    result = _invoke("--scenario", str(path), "--expense", "E1", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    [refusal] = data["refusals"]
+    assert (refusal["code"], refusal["rule"], refusal["recorded_at"]) == ("NOT_INSURED", "R-INS-1", "2026-01-20T10:00:00+08:00")
+    assert refusal["message"].endswith("[001 二(二)1]"), refusal
+    officers = data["decision"]["officers"]
+    assert (officers["handler"], officers["reviewer"], officers["approver"], officers["payer"]) == ("Li.Hua", "Zhao.Min", "Liu.Yang", "Chen.Fei")
+    text = _invoke("--scenario", str(path), "--expense", "E1").output
+    assert "Refused 拒绝 2026-01-20T10:00:00+08:00" in text and "NOT_INSURED (R-INS-1)" in text
+    assert "payer 拨付 Chen.Fei" in text

@@ -126,7 +126,7 @@ def test_clearing_repayment_and_a_write_off_needing_a_second_officer(database_ur
         assert case["trigger"] == "late_insurance" and case["status"] == "open"
         assert Decimal(case["amount"]) == Decimal("400.00") * COVERAGE
 
-        assert api.post(f"/recipients/{rid}/repayments", clearing, {"amount": "100.00"}).status_code == 200
+        assert api.post(f"/recipients/{rid}/repayments", clearing, {"amount": "100.00", "voucher": "RCPT-100", "method": "cash"}).status_code == 200
         owed = Decimal(case["amount"]) - Decimal("100.00")
         assert api.get(f"/recipients/{rid}/clearing", clearing).json()["open_balance"] == _fen(owed)
 

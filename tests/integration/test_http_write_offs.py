@@ -29,6 +29,12 @@ def test_repayment_and_write_off_proposals_over_http(database_url):
         assert r.status_code == 200, r.text
         # the body cannot name another officer: the caller is the officer
         assert api.post(f"/recipients/{rid}/repayments", clearing, {"amount": "1.00", "officer": "someone-else"}).status_code == 422
+        # a repayment names its voucher and how it was paid, and one voucher is one repayment (R-CLR-3)
+        missing = api.post(f"/recipients/{rid}/repayments", clearing, {"amount": "1.00", "method": "cash"})
+        assert (missing.status_code, missing.json()["field"], missing.json()["rule"]) == (422, "voucher", "R-CLR-3")
+        again = api.post(f"/recipients/{rid}/repayments", clearing, {"amount": "10.00", "voucher": " ｒｃｐｔ-7", "method": "cash"})
+        assert (again.status_code, again.json()["code"], again.json()["field"]) == (409, "VOUCHER_RECORDED", "voucher")
+        assert api.get(f"/recipients/{rid}/clearing", clearing).json()["open_balance"] == f"{float(owed) - 10:.2f}"
         case = api.get(f"/clearing/cases/{rid}:case:1", clearing).json()
         [paid] = [h for h in case["history"] if h["kind"] == "repayment"]
         assert (paid["officer"], paid["voucher"], paid["method"], paid["received_on"]) == ("c-1", "RCPT-7", "bank_transfer", "2026-05-02")

@@ -169,3 +169,23 @@ def test_the_auto_batch_lodges_and_waits_for_three_officers(ledger: LedgerApp) -
     assert (c.status, c.reviewer, c.approver, c.payer) == ("paid", "Zhao.Min", "Liu.Yang", "Chen.Fei")
     b = ledger.batch(batch)
     assert b.signatures == {"reviewer": "Zhao.Min", "approver": "Liu.Yang", "payer": "Chen.Fei"}
+    # a second signature for a role is refused: it would rewrite who signed what the first signed
+    before = ledger.recorder.max_notification_id()
+    resign = ledger.run(m.SignBatch(batch=batch, role="reviewer", officer="Third.Person", at=t("2026-05-26")))
+    assert (resign.status, resign.code) == ("rejected", "CLAIM_CLOSED")
+    assert ledger.batch(batch).signatures["reviewer"] == "Zhao.Min"
+
+
+def test_a_batch_signature_that_signs_nothing_is_not_recorded(ledger: LedgerApp) -> None:
+    """R-PH-4: an approver who already reviewed every claim of the batch one by one is refused on
+    each claim; the batch then records no approver (who signed nothing)."""
+    given_expense(ledger, consent=True)
+    res = ledger.run(m.AutoClaims(month="2026-04", handler="system", at=t("2026-05-10")))
+    [cid], batch = res.ids["claims"], res.ids["batch"]
+    assert ledger.run(m.Review(claim=cid, reviewer="Wang.Li", at=t("2026-05-11"))).status == "accepted"
+    refused = ledger.run(m.SignBatch(batch=batch, role="approver", officer=" wang.li", at=t("2026-05-12")))
+    assert (refused.status, refused.code, refused.rule) == ("rejected", "SAME_OFFICER", "R-PH-4")
+    assert "approver" not in ledger.batch(batch).signatures and ledger.claim(cid).status == "reviewed"
+    empty = ledger.run(m.SignBatch(batch=batch, role="reviewer", officer="Zhao.Min", at=t("2026-05-12")))
+    assert (empty.status, empty.code) == ("rejected", "CLAIM_CLOSED")  # nothing waits for a reviewer
+    assert ledger.run(m.SignBatch(batch=batch, role="approver", officer="Liu.Yang", at=t("2026-05-13"))).status == "accepted"
