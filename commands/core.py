@@ -580,6 +580,22 @@ class LedgerCore(Application):
             raise errors.UnknownEntity(f"expense {expense_id!r} is not an expense of this recipient", field="expenses")
         return acc
 
+    @staticmethod
+    def expense_of(r: Recipient, ref: str) -> str:
+        """The id of the recipient's expense named by ``ref``: its id, or the handle it was recorded
+        with (ADR 0019: every command takes handles), compared as people type it (NFKC, case
+        folding, trimming). Unknown or shared by two of the recipient's expenses: refused."""
+        if ref in r.expenses:
+            return ref
+        wanted = same_identity(ref)
+        found = [eid for eid, acc in r.expenses.items() if acc.handle and same_identity(acc.handle) == wanted]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise errors.InvalidInput(f"expenses: {ref!r} names {len(found)} expenses of this recipient; give the expense id",
+                                      code="AMBIGUOUS", field="expenses", rule="ADR 0019")
+        raise errors.UnknownEntity(f"expense {ref!r} is not an expense of this recipient", field="expenses")
+
     # ------------------------------------------------------------------ policy
     def publish_packs(self, packs: Iterable[policy_packs.Pack], at: datetime | None = None) -> Result:
         """Publish policy packs as events; refused whole (POLICY_FLOOR) if any breaks its floor."""

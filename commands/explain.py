@@ -25,6 +25,7 @@ from commands import queries
 from commands.app import LedgerApp, recipient_of
 from commands.timeline import project
 from ledger import errors, traces
+from ledger.citations import cite
 from ledger.aggregates import Recipient
 from ledger.money import ZERO, fmt
 from ledger.values import CATEGORY_ZH, CST, SCHEME_ZH, VISIT_ZH
@@ -153,6 +154,8 @@ def _schemes(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "by_fund": {f: {"amount": a, "zh": FUND_ZH.get(f, f)} for f, a in (part or {}).get("by_fund", {}).items()},
             "rules": t.get("rules", []),
             "clause": t.get("clause"),
+            # each rule with its own clause (R-CAP-2 is [002 4.3], not the rates' [001 二(二)4])
+            "citations": cite(t.get("rules", [])),
         }
         if part is None:
             entry["why_not"] = t.get("suspended") or t.get("eligibility")
@@ -374,7 +377,37 @@ def explain_expense(app: LedgerApp, expense_id: str, *, handles: dict[str, str] 
         ],
         "attempted_duplicates": list(acc.attempted_duplicates),
         "refusals": _refusals(app, str(recipient.id), expense_id),
+        "payouts": _payouts(recipient, expense_id, handles),
     }
+
+
+def _payouts(r: Recipient, expense_id: str, handles: dict[str, str] | None) -> list[dict[str, Any]]:
+    """Every payout that paid this expense, and where its money went: a payout first offsets what
+    the person owes on open clearing cases, oldest first, and only the rest reaches them (R-CLR-3
+    [000 第七条]). ``paid`` counts the whole payout (SCENARIOS.md); the offsets show why the person
+    received less."""
+    out: list[dict[str, Any]] = []
+    for p in r.payouts:
+        mine = [x for x in p["payments"] if x.get("expense") == expense_id]
+        if not mine:
+            continue
+        offsets = [
+            {"case": o["case"], "expense": (handles or {}).get(r.cases[o["case"]].expense_id, r.cases[o["case"]].expense_id)
+             if o["case"] in r.cases else None, "amount": fmt(Decimal(str(o["amount"]))), "by_fund": o.get("by_fund", {})}
+            for o in p.get("offsets") or []
+        ]
+        out.append({
+            "recorded_at": p["at"].astimezone(CST).isoformat(),
+            "claim": p.get("claim"),
+            "channel": p.get("channel"),
+            "amount": fmt(sum((Decimal(str(x["total"])) for x in mine), ZERO)),
+            "payout_total": fmt(sum((Decimal(str(x["total"])) for x in p["payments"]), ZERO)),
+            "supplementary": [sid for x in mine for sid in x.get("supplementary", [])],
+            "offsets": offsets,
+            "to_person": fmt(Decimal(str(p["to_person"]))),
+            "rule": "R-CLR-3" if offsets else None,
+        })
+    return out
 
 
 def _officers(app: LedgerApp, claim_id: str) -> dict[str, Any] | None:

@@ -22,12 +22,11 @@ def lodge_claim(app: LedgerCore, cmd: m.LodgeClaim) -> Result:
     rejected as a whole when any expense it lists would be; the claim and the rejection are
     recorded either way."""
     r = app.recipient(cmd.recipient)
-    for eid in cmd.expenses:
-        app._expense(r, eid)
+    listed = [app.expense_of(r, ref) for ref in cmd.expenses]  # ids or the recipient's own handles
     moment = app._now(cmd.at)
     proxy = procedure.check_proxy(cmd.proxy_id_number, r.id_number, local_date(moment))
     lodged_on = local_date(moment)
-    ordered = app.claim_order(r, list(cmd.expenses))
+    ordered = app.claim_order(r, listed)
     claim = Claim._create(  # noqa: SLF001
         Claim.Lodged,
         id=uuid.uuid4(),

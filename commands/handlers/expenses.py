@@ -12,7 +12,7 @@ from commands.core import LedgerCore, Result, expense_ref, recipient_of
 from ledger import errors
 from ledger.aggregates import Receipt, Recipient
 from ledger.money import ZERO, fmt
-from ledger.values import Channel, Trigger, local_date, receipt_identity
+from ledger.values import Channel, Trigger, local_date, receipt_identity, same_identity
 
 
 def record_expense(app: LedgerCore, cmd: m.RecordExpense) -> Result:
@@ -24,6 +24,8 @@ def record_expense(app: LedgerCore, cmd: m.RecordExpense) -> Result:
     # R-CLR-1(b) [002 4.5; 000 第七条]: the same receipt (facility code and invoice number after
     # NFKC, case folding and trimming; the invoice number alone without a code) recorded again,
     # under this or any other recipient, is kept and flagged as a duplicate of the first.
+    if cmd.handle is not None:
+        _handle_free(r, cmd.handle)
     key = receipt_identity(cmd.facility.code, cmd.invoice_no)
     rc = app.receipt(key, saving=True)  # taken as new unless held: the save checks it (ADR 0021)
     if rc is None:
@@ -103,3 +105,14 @@ def one_stop(app: LedgerCore, cmd: m.OneStop) -> Result:
     [a] = app._record_decision(r, [cmd.expense], channel, None, moment, result)
     app._pay(r, None, channel, [(cmd.expense, a.summary())], moment, offset=False)
     return app._commit(cmd, Result(ids={"expense": cmd.expense, "aid": fmt(a.total)}), r)
+
+
+def _handle_free(r: Recipient, handle: str) -> None:
+    """A handle names one of the recipient's expenses (ADR 0019): one already given to another of
+    them, as people type it (NFKC, case folding, trimming), is refused, so a claim or a lookup
+    that names it never finds two."""
+    wanted = same_identity(handle)
+    for eid, acc in r.expenses.items():
+        if acc.handle and same_identity(acc.handle) == wanted:
+            raise errors.InvalidInput(f"handle: {handle!r} already names expense {eid} of this recipient (ADR 0019)",
+                                      code="HANDLE_TAKEN", field="handle", rule="ADR 0019")

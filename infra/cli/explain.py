@@ -109,7 +109,10 @@ def _scheme_lines(s: dict[str, Any]) -> list[str]:
     head = f"    {s['scheme']} {s['zh']}: {s['amount']}"
     if not s["applied"]:
         return [f"{head} (not applied: {s.get('why_not') or 'not eligible'})"]
-    lines = [f"{head} ({_funds(s['by_fund'])})  {', '.join(s.get('rules', []))} {s.get('clause') or ''}".rstrip()]
+    cited = ", ".join(f"{c['rule']} {c['clause']}" if c.get("clause") else c["rule"] for c in s.get("citations", []))
+    lines = [f"{head} ({_funds(s['by_fund'])})  {s.get('clause') or ''}".rstrip()]
+    if cited or s.get("rules"):
+        lines.append(f"      rules 依据: {cited or ', '.join(s.get('rules', []))}")
     if s["scheme"] == "changning.four_linkage":
         cov, city = s.get("coverage") or {}, s.get("city_part") or {}
         lines.append(
@@ -251,6 +254,13 @@ def render(data: dict[str, Any]) -> list[str]:
         )
     for s in data.get("supplementary", []):
         lines.append(f"Supplementary payout 补发 {s['supplementary']}: {s['trigger']} {s['trigger_zh']}, amount {s['amount']}, {s['status']}")
+    for p in data.get("payouts", []):
+        line = f"Payout 支付 {p['recorded_at']} ({p.get('channel')}): {p['amount']} for this expense"
+        if p.get("offsets"):
+            off = ", ".join(f"{o['amount']} to case {o['case']}" + (f" ({o['expense']})" if o.get("expense") else "") for o in p["offsets"])
+            line += (f"; the payout of {p['payout_total']} first offset {off} (R-CLR-3 [000 第七条]), "
+                     f"{p['to_person']} reached the person")
+        lines.append(line)
     for x in data.get("refusals", []):
         lines.append(f"Refused 拒绝 {x.get('recorded_at')} claim {x['claim']} ({x.get('channel')}): {x.get('code')} ({x.get('rule')}) "
                      f"{x.get('message') or ''}")

@@ -225,3 +225,20 @@ def test_a_refused_claim_and_the_four_signatures_are_explained(tmp_path: Path):
     text = _invoke("--scenario", str(path), "--expense", "E1").output
     assert "Refused 拒绝 2026-01-20T10:00:00+08:00" in text and "NOT_INSURED (R-INS-1)" in text
     assert "payer 拨付 Chen.Fei" in text
+
+
+def test_each_rule_is_cited_with_its_own_clause_and_offsets_are_shown():
+    """A city decision names R-CAP-2 with the clause that says it ([002 4.3] 按发票日期所在年度), not
+    only the rates' [001 二(二)4]; a payout that went to a clearing case says so (R-CLR-3): in
+    clearing-late-insurance-cap-room E2's supplementary 8000.00 all offsets E1's case."""
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "clearing-late-insurance-cap-room.yaml"
+    data = json.loads(_invoke("--scenario", str(path), "--expense", "E2", "--json").output)
+    [city] = [s for s in data["decision"]["schemes"] if s["scheme"] == "shanghai.medical_aid"]
+    cited = {c["rule"]: c["clause"] for c in city["citations"]}
+    assert cited["R-CAP-2"] == "[002 4.3]" and cited["R-INS-3"].startswith("[001 四")
+    first, supplementary = data["payouts"]
+    assert (first["amount"], first["offsets"], first["to_person"]) == ("8000.00", [], "8000.00")
+    [offset] = supplementary["offsets"]
+    assert (supplementary["amount"], offset["amount"], offset["expense"], supplementary["to_person"]) == ("8000.00", "8000.00", "E1", "0.00")
+    text = _invoke("--scenario", str(path), "--expense", "E2").output
+    assert "R-CAP-2 [002 4.3]" in text and "0.00 reached the person" in text

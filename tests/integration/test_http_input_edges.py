@@ -5,7 +5,7 @@ office (R-PH-1 [002 4.1])."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from http_helpers import STREET, api_on, id_number
 
@@ -43,3 +43,24 @@ def test_a_street_typed_with_spaces_or_full_width_is_the_same_street_office(data
         assert api.get(f"/recipients/{rid}", spaced).status_code == 200
         listed = api.get("/recipients", district, street=f" {STREET}").json()["items"]
         assert rid in {x["recipient"] for x in listed}, listed
+
+
+def test_a_claim_names_expenses_by_handle_and_a_handle_names_one_expense(database_url):
+    """ADR 0019: every command takes handles. A street office lodges a claim naming the receipt's
+    handle as typed (another case, padded); a second expense of the same person cannot take a
+    handle already given, so the claim never finds two."""
+    with api_on(database_url) as api:
+        rid = api.recipient(94)
+        system = api.auth("push", "system")
+        day = (date.today() - timedelta(days=10)).isoformat()
+        body = {"visit_type": "outpatient", "facility": {"kind": "community_health_centre", "level": 1, "district_designated": True, "code": "C-94"},
+                "service_date": day, "invoice_date": day, "invoice_no": "H-94-1", "total": "100.00", "in_scope": "100.00",
+                "basic_insurance_paid": "0.00", "handle": "H-UNIQUE-94"}
+        first = api.post(f"/recipients/{rid}/expenses", system, body)
+        assert first.status_code == 201, first.text
+        taken = api.post(f"/recipients/{rid}/expenses", system, {**body, "invoice_no": "H-94-2", "handle": " h-unique-94"})
+        assert (taken.status_code, taken.json()["code"], taken.json()["field"]) == (422, "HANDLE_TAKEN", "handle")
+        claim = api.post(f"/recipients/{rid}/claims", api.auth("h-1", "street_handler", STREET), {"expenses": ["h-unique-94 "]})
+        assert claim.status_code == 201, claim.text
+        cid = claim.json()["ids"]["claim"]
+        assert api.get(f"/claims/{cid}", api.auth("aud-1", "auditor")).json()["expenses"] == [first.json()["ids"]["expense"]]
