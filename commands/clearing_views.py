@@ -49,9 +49,10 @@ TRIGGERS: dict[str, dict[str, str]] = {
     },
     "cap_overrun": {
         "rule": "R-CLR-1(e)",
-        "rules": "R-CLR-1(e), R-CAP-2, R-CAP-3",
-        "clause": "[002 4.3]",
-        "means": "an expense decided out of invoice-date order took cap room an earlier decision had used",
+        "rules": "R-CLR-1(e), R-CAP-2, R-CAP-3, R-4L-4",
+        "clause": "[002 4.3; 000 第四条(三)]",
+        "means": "an expense decided out of invoice-date order took room an earlier decision had used under a limit: "
+                 "the annual aid limit (R-CAP-2, R-CAP-3) or 四医联动's monthly ceiling or visit count (R-4L-4)",
     },
 }
 
@@ -222,12 +223,25 @@ def case_detail(app: "LedgerApp", item_id: str) -> dict[str, Any]:
     previous_summary = before or previous_event.get("decision")
     # The difference recorded on the case is expected − now (a case) or now − expected (a payout):
     # what the ledger had settled on is recovered from "now" and that difference.
-    sign = 1 if is_case else -1
+    # One recomputation may open a case on the funds that paid too much and a payout on those that
+    # paid too little for the same expense (R-CLR-2, ADR 0009): every item it opened counts.
+    moment = item.opened_at if is_case else item.created_at
+    siblings = [(1, c) for c in r.cases.values() if c.expense_id == item.expense_id and c.opened_at == moment]
+    siblings += [(-1, x) for x in r.supplementary.values() if x.expense_id == item.expense_id and x.created_at == moment]
+    if not any(x is item for _, x in siblings):
+        siblings.append((1 if is_case else -1, item))
     now_scheme, now_fund = _decimal_map(current.get("by_scheme")), _decimal_map(current.get("by_fund"))
-    prev_scheme = _add(now_scheme, item.by_scheme, sign)
-    prev_fund = _add(now_fund, item.by_fund, sign)
+    prev_scheme, prev_fund = now_scheme, now_fund
+    for sign, x in siblings:
+        prev_scheme = _add(prev_scheme, x.by_scheme, sign)
+        prev_fund = _add(prev_fund, x.by_fund, sign)
     now_total = Decimal(current.get("total") or "0")
-    prev_total = Decimal(previous_event.get("total") or now_total + sign * item.amount)
+    prev_total = Decimal(previous_event.get("total") or now_total + sum((sign * x.amount for sign, x in siblings), Decimal(0)))
+    if before and before.get("by_scheme") is not None:
+        # the recomputation recorded what the ledger had settled on: a case and a payout are per
+        # fund, so they cannot say how the schemes moved (R-4L-2 [000 第六条])
+        prev_scheme, prev_fund = _decimal_map(before.get("by_scheme")), _decimal_map(before.get("by_fund"))
+        prev_total = Decimal(before.get("total") or prev_total)
     acc = r.expenses.get(item.expense_id)
     first = acc.decided if acc else None
     detail: dict[str, Any] = {

@@ -26,6 +26,8 @@ from commands.app import LedgerApp, recipient_of
 from commands.timeline import project
 from ledger import errors, traces
 from ledger.citations import cite
+from ledger.policy.packs import spec_for
+from ledger.policy.params import UnknownParameter
 from ledger.aggregates import Recipient
 from ledger.money import ZERO, fmt
 from ledger.values import CATEGORY_ZH, CST, SCHEME_ZH, VISIT_ZH
@@ -66,7 +68,7 @@ TRIGGER_ZH = {
     "duplicate": "重复救助",
     "category_change": "身份类别变更",
     "parameter_change": "政策参数调整",
-    "cap_overrun": "超出年度限额",
+    "cap_overrun": "超出限额（年度限额或四医联动月度限额）",
 }
 FACILITY_ZH = {"community_health_centre": "社区卫生服务中心", "hospital": "医院", "pharmacy": "药店"}
 
@@ -90,6 +92,15 @@ def _parameter(pv: dict[str, Any] | None) -> dict[str, Any] | None:
         "published_at": pv.get("published_at"),
     }
     out["setting_zh"] = TERMS_ZH["local_setting"] if out["local_setting"] else "政策规定"
+    if out["source"] == "amendment":
+        # an amendment is the office's, not the text's: say so, and name the clause it amends (a rate
+        # set to 0.70 is not what [001 二(二)4] says)
+        out["amended"] = True
+        out["setting_zh"] = "修订 amendment"
+        try:
+            out["amends_clause"] = spec_for(str(out["name"])).clause
+        except UnknownParameter:  # a name no longer known: nothing to cite
+            out["amends_clause"] = None
     return out
 
 
@@ -418,7 +429,9 @@ def _officers(app: LedgerApp, claim_id: str) -> dict[str, Any] | None:
     except (errors.UnknownEntity, AggregateNotFoundError, ValueError):
         return None  # a one-stop settlement has no claim
     return {"handler": c.handler, "reviewer": c.reviewer, "approver": c.approver, "payer": getattr(c, "payer", None),
-            "channel": c.channel, "status": c.status}
+            "channel": c.channel, "status": c.status, "by_proxy": bool(c.proxy_id_number),
+            # R-PH-5 [002 4.3]: lodged past the six-month window on the district's decision, and why
+            "deadline_override": getattr(c, "deadline_override", None)}
 
 
 def _refusals(app: LedgerApp, recipient: str, expense_id: str) -> list[dict[str, Any]]:

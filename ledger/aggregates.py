@@ -901,6 +901,10 @@ class Claim(Aggregate):
     __deepcopy__ = _deepcopy_small
 
     class Lodged(Aggregate.Created):
+        """v2 records the district officer's reason for lodging past the six-month window
+        (R-PH-5 [002 4.3], ``deadline_override``); claims lodged before have none."""
+
+        class_version = 2
         recipient_id: str
         expense_ids: list[str]
         handler: str
@@ -908,8 +912,15 @@ class Claim(Aggregate):
         proxy_id_number: str | None
         street: str
         lodged_on: str
+        deadline_override: str | None
 
-    def __init__(self, recipient_id: str, expense_ids: list[str], handler: str, channel: str, proxy_id_number: str | None, street: str, lodged_on: str):
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("deadline_override", None)
+
+    def __init__(self, recipient_id: str, expense_ids: list[str], handler: str, channel: str, proxy_id_number: str | None, street: str, lodged_on: str,
+                 deadline_override: str | None = None):
+        self.deadline_override = deadline_override
         self.recipient_id = recipient_id
         self.expense_ids = list(expense_ids)
         self.handler = handler

@@ -38,6 +38,7 @@ def lodge_claim(app: LedgerCore, cmd: m.LodgeClaim) -> Result:
         proxy_id_number=proxy,
         street=r.street,
         lodged_on=lodged_on.isoformat(),
+        deadline_override=cmd.deadline_override,  # R-PH-5 [002 4.3]: the district's reason, kept for audit
     )
     exc, eid, _ = app._first_rejection(r, ordered, cmd.channel.value, lodged_on, str(claim.id), moment, bool(cmd.deadline_override), deciding=False)
     if exc is not None:

@@ -84,6 +84,8 @@ def _setting(p: dict[str, Any] | None) -> str:
         return ""
     period = f"{p.get('effective_from')}–{p.get('effective_to') or ''}"
     kind = "local setting 本地设定" if p.get("local_setting") else "policy 政策规定"
+    if p.get("amended"):
+        kind = f"amendment 修订 of {p.get('amends_clause') or 'the pack'}" + (", a local setting" if p.get("local_setting") else "")
     return f"{p.get('name')} = {_value(p.get('value'))} {p.get('reference') or ''} ({kind}; in force {period})"
 
 
@@ -211,7 +213,10 @@ def render(data: dict[str, Any]) -> list[str]:
         o = d.get("officers")
         if o:
             lines.append(f"  signed 签字 (R-PH-4 [002 3.4, 3.5]): handler 经办 {o.get('handler') or '—'} · reviewer 审核 {o.get('reviewer') or '—'}"
-                         f" · approver 审批 {o.get('approver') or '—'} · payer 拨付 {o.get('payer') or '—'}")
+                         f" · approver 审批 {o.get('approver') or '—'} · payer 拨付 {o.get('payer') or '—'}"
+                         + (" · lodged by a proxy 代办 (R-PH-9 [002 4.7])" if o.get("by_proxy") else ""))
+            if o.get("deadline_override"):
+                lines.append(f"  window overridden 逾期特批 (R-PH-5 [002 4.3]): {o['deadline_override']}")
         if not d.get("granted"):
             lines.append(f"  refused 不予救助: {d.get('code')} ({d.get('rule')}) {d.get('message') or ''}")
         lines.append("  Waterfall 费用分解")

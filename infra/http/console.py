@@ -74,7 +74,7 @@ TRIGGER_ZH = {
     "duplicate": "重复救助",
     "category_change": "身份类别变更",
     "parameter_change": "政策参数调整",
-    "cap_overrun": "超出年度限额",
+    "cap_overrun": "超出限额（年度限额或四医联动月度限额）",
 }
 KIND_ZH = {"inpatient": "住院", "outpatient": "门急诊（含门诊大病）"}
 

@@ -242,3 +242,44 @@ def test_each_rule_is_cited_with_its_own_clause_and_offsets_are_shown():
     assert (supplementary["amount"], offset["amount"], offset["expense"], supplementary["to_person"]) == ("8000.00", "8000.00", "E1", "0.00")
     text = _invoke("--scenario", str(path), "--expense", "E2").output
     assert "R-CAP-2 [002 4.3]" in text and "0.00 reached the person" in text
+
+
+def test_an_amended_rate_is_shown_as_an_amendment_of_its_clause(tmp_path: Path):
+    """A rate set by ``set_parameter`` is the office's amendment, not the text: the explanation
+    says it amends [001 二(二)4] (which says 80% for low-income inpatients), not that it is policy."""
+    path = tmp_path / "amended.yaml"
+    path.write_text("""name: explain-amended
+jurisdiction: shanghai
+steps:
+  - {at: "2026-01-05T09:00:00+08:00", do: enrol, recipient: R1, id_number: "310105195803122013", name: 王秀英, street: 华阳路街道}
+  - {at: "2026-01-05T09:01:00+08:00", do: grant_category, recipient: R1, category: low_income, from: "2025-01-01"}
+  - {at: "2026-01-05T09:02:00+08:00", do: insure, recipient: R1, scheme: resident, from: "2020-01-01"}
+  - {at: "2026-01-06T09:00:00+08:00", do: set_parameter, name: shanghai.medical_aid.rate.inpatient.low_income, value: "0.70", effective_from: "2026-01-01"}
+  - {at: "2026-02-10T10:00:00+08:00", do: record_expense, expense: E1, recipient: R1, visit_type: inpatient, facility: {kind: hospital, level: 3}, service_date: "2026-02-10", invoice_date: "2026-02-10", invoice_no: "A-1", total: "1000.00", in_scope: "1000.00", basic_insurance_paid: "0.00"}
+  - {at: "2026-02-20T10:00:00+08:00", do: aid, claim: C1, recipient: R1, expenses: [E1]}
+""", encoding="utf-8")
+    data = json.loads(_invoke("--scenario", str(path), "--expense", "E1", "--json").output)
+    [city] = [s for s in data["decision"]["schemes"] if s["scheme"] == "shanghai.medical_aid"]
+    rate = city["rate"]
+    assert (rate["value"], rate["amended"], rate["amends_clause"], rate["setting_zh"]) == ("0.70", True, "[001 二(二)4]", "修订 amendment")
+    assert "amendment 修订 of [001 二(二)4]" in _invoke("--scenario", str(path), "--expense", "E1").output
+
+
+def test_a_deadline_override_and_its_reason_are_kept_for_the_auditor(tmp_path: Path):
+    """R-PH-5 [002 4.3]: a claim lodged past the six-month window on the district's decision keeps
+    the reason; the explanation shows it beside the signatures."""
+    path = tmp_path / "override.yaml"
+    path.write_text("""name: explain-override
+jurisdiction: shanghai.changning
+steps:
+  - {at: "2026-01-05T09:00:00+08:00", do: enrol, recipient: R1, id_number: "310105195803122013", name: 王秀英, street: 华阳路街道}
+  - {at: "2026-01-05T09:01:00+08:00", do: grant_category, recipient: R1, category: dibao, from: "2025-01-01"}
+  - {at: "2026-01-05T09:02:00+08:00", do: insure, recipient: R1, scheme: resident, from: "2020-01-01"}
+  - {at: "2026-01-05T10:00:00+08:00", do: record_expense, expense: E1, recipient: R1, visit_type: outpatient, facility: {kind: hospital, level: 3}, service_date: "2025-08-01", invoice_date: "2025-08-01", invoice_no: "O-1", total: "100.00", in_scope: "100.00", basic_insurance_paid: "0.00"}
+  - {at: "2026-04-10T10:00:00+08:00", do: claim, claim: C1, recipient: R1, expenses: [E1], handler: Li.Hua, deadline_override: "hospitalised abroad, memo 2026-17"}
+  - {at: "2026-04-11T10:00:00+08:00", do: review, claim: C1, reviewer: Zhao.Min}
+  - {at: "2026-04-12T10:00:00+08:00", do: approve, claim: C1, approver: Liu.Yang}
+""", encoding="utf-8")
+    data = json.loads(_invoke("--scenario", str(path), "--expense", "E1", "--json").output)
+    assert data["decision"]["officers"]["deadline_override"] == "hospitalised abroad, memo 2026-17"
+    assert "window overridden 逾期特批 (R-PH-5 [002 4.3]): hospitalised abroad" in _invoke("--scenario", str(path), "--expense", "E1").output

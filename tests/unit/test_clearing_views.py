@@ -69,3 +69,25 @@ def test_unknown_ids_are_named(story: Story) -> None:
         views.case_detail(story.app, "not-a-case")
     assert views.recipient_for(story.app, id_number(2)).id == r2
     assert views.recipient_for(story.app, str(r2)).id == r2
+
+
+def test_a_shift_between_funds_shows_the_decision_it_replaced() -> None:
+    """One recomputation opens a district case and a city payout on the same expense (R-CLR-2,
+    ADR 0009): both show the decision as it was, city 25.00 + 四医联动 70.00 = 95.00, not one rebuilt
+    from each item's own per-fund amount (clearing-funds-shift-same-total, E2)."""
+    from pathlib import Path
+
+    from infra.scenario import replay
+
+    text = (Path(__file__).resolve().parents[1] / "scenarios" / "clearing-funds-shift-same-total.yaml").read_text(encoding="utf-8")
+    _, runner = replay(text)
+    eid = runner.expenses["E2"]
+    r = runner.app.recipient(eid.split(":")[0])
+    items = [i for i in [*r.cases, *r.supplementary] if (r.cases.get(i) or r.supplementary.get(i)).expense_id == eid]
+    assert len(items) == 2
+    for item in items:
+        d = views.case_detail(runner.app, item)
+        before, now = d["decisions"]["previous"], d["decisions"]["current"]
+        assert before["by_scheme"] == {"changning.four_linkage": "70.00", "shanghai.medical_aid": "25.00"}, d["kind"]
+        assert before["by_fund"] == {"city": "12.50", "district": "82.50"} and before["total"] == "95.00"
+        assert now["by_fund"] == {"city": "25.00", "district": "70.00"} and now["total"] == "95.00"
