@@ -389,7 +389,31 @@ def explain_expense(app: LedgerApp, expense_id: str, *, handles: dict[str, str] 
         "attempted_duplicates": list(acc.attempted_duplicates),
         "refusals": _refusals(app, str(recipient.id), expense_id),
         "payouts": _payouts(recipient, expense_id, handles),
+        "suspensions": _suspensions(recipient, facts.service_date.isoformat(), handles),
     }
+
+
+def _suspensions(r: Recipient, service_date: str, handles: dict[str, str] | None) -> list[dict[str, Any]]:
+    """The person's 四医联动 suspensions in force by the expense's service date (R-4L-4 [000
+    第四条(三)]: 暂停享受, 经区医疗保障局合理性审定后再行开通): from when, started by which expense and why,
+    and the district review that lifted it (who, on which day), so a part "not applied: suspended"
+    says which suspension."""
+    out = []
+    for x in r.suspensions:
+        if x.get("from") and str(x["from"]) > service_date:
+            continue
+        out.append({
+            "scheme": x.get("scheme"),
+            "from": str(x.get("from")),
+            "expense": (handles or {}).get(x.get("expense") or "", x.get("expense")),
+            "reason": x.get("reason"),
+            "lifted": x.get("lifted"),
+            "reviewer": x.get("reviewer"),
+            "ended_by": x.get("ended_by"),  # "recomputation": a retroactive change no longer supports it
+            "rule": "R-4L-4",
+            "clause": "[000 第四条(三)]",
+        })
+    return out
 
 
 def _payouts(r: Recipient, expense_id: str, handles: dict[str, str] | None) -> list[dict[str, Any]]:

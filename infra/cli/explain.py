@@ -259,6 +259,14 @@ def render(data: dict[str, Any]) -> list[str]:
         )
     for s in data.get("supplementary", []):
         lines.append(f"Supplementary payout 补发 {s['supplementary']}: {s['trigger']} {s['trigger_zh']}, amount {s['amount']}, {s['status']}")
+    for x in data.get("suspensions", []):
+        if x.get("ended_by"):
+            lifted = f"ended on {x['lifted']}: a recomputation no longer supports it (R-TIME-2, R-CLR-2)"
+        elif x.get("lifted"):
+            lifted = f"lifted 再行开通 on {x['lifted']} by district review ({x.get('reviewer')}); the month's count restarts"
+        else:
+            lifted = "in force until a district review"
+        lines.append(f"Suspension 暂停 四医联动 from {x['from']}, started by expense {x.get('expense')} ({x['rule']} {x['clause']}): {lifted}")
     for p in data.get("payouts", []):
         line = f"Payout 支付 {p['recorded_at']} ({p.get('channel')}): {p['amount']} for this expense"
         if p.get("offsets"):

@@ -283,3 +283,13 @@ steps:
     data = json.loads(_invoke("--scenario", str(path), "--expense", "E1", "--json").output)
     assert data["decision"]["officers"]["deadline_override"] == "hospitalised abroad, memo 2026-17"
     assert "window overridden 逾期特批 (R-PH-5 [002 4.3]): hospitalised abroad" in _invoke("--scenario", str(path), "--expense", "E1").output
+
+
+def test_a_suspended_part_names_its_suspension_and_the_review_that_lifted_it():
+    """R-4L-4 [000 第四条(三)]: V10's 四医联动 part is not applied because V9 passed July's visit count;
+    the explanation names V9, the day, and the district review that reopened it."""
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "four-linkage-visit-count.yaml"
+    data = json.loads(_invoke("--scenario", str(path), "--expense", "V10", "--json").output)
+    [s] = data["suspensions"]
+    assert (s["expense"], s["from"], s["lifted"], s["reviewer"], s["clause"]) == ("V9", "2026-07-09", "2026-07-20", "D-cn-02", "[000 第四条(三)]")
+    assert "started by expense V9 (R-4L-4 [000 第四条(三)]): lifted 再行开通 on 2026-07-20" in _invoke("--scenario", str(path), "--expense", "V10").output
