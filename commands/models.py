@@ -529,6 +529,14 @@ class ClearingRun(Command):
     trigger: Literal["parameter_change", "category_change", "late_insurance", "cap_overrun", "duplicate"] = "parameter_change"
     since: datetime | None = None
 
+    @field_validator("since")
+    @classmethod
+    def _since_aware(cls, value: datetime | None) -> datetime | None:
+        """A time without an offset is eight hours ambiguous: refused, as every recorded time is."""
+        if value is not None and value.tzinfo is None:
+            raise ValueError("a time needs a UTC offset, e.g. 2026-01-01T00:00:00+08:00 (RULES.md §1: one clock, +08:00)")
+        return value
+
 
 #: A district code (ADR 0020, ``infra.districts.CODE``): it names a store, a stream and a subject.
 DistrictCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

@@ -28,9 +28,15 @@ def set_parameter(app: LedgerCore, cmd: m.SetParameter) -> Result:
         )
         policy_packs.validate(ledger.book, [version])
     except PolicyError as exc:
-        if exc.code in ("UNKNOWN_PARAMETER", "INVALID_VALUE"):
-            raise errors.InvalidInput(str(exc), code=exc.code, rule=exc.rule, field=exc.field or "name") from None
-        raise errors.PolicyFloor(str(exc), rule=exc.rule or "R-LYG-1", field=exc.field) from None
+        # the field is the command's (``name`` or ``value``); the message names the parameter
+        if exc.code == "UNKNOWN_PARAMETER":
+            raise errors.InvalidInput(f"{exc} (docs/policy-parameters.md lists every name the ledger accepts)", code=exc.code,
+                                      rule=exc.rule or "SCENARIOS.md set_parameter: the project documents every name it accepts",
+                                      field="name") from None
+        if exc.code == "INVALID_VALUE":
+            raise errors.InvalidInput(str(exc), code=exc.code, rule=exc.rule or "docs/policy-parameters.md: values by unit",
+                                      field="value") from None
+        raise errors.PolicyFloor(str(exc), rule=exc.rule or "R-LYG-1", field="value") from None
     ledger.trigger_event(PolicyLedger.ParameterAmended, timestamp=moment, version=version_to_event(version))
     app._commit(cmd, Result(), ledger)
     changed = app.clearing_run(Trigger.PARAMETER_CHANGE.value, at=moment, cause={"parameter": cmd.name})

@@ -185,6 +185,12 @@ def _ledger_error_response(exc: errors.LedgerError) -> JSONResponse:
 
 def _validation_problem(errs: list[Any]) -> JSONResponse:
     first = errs[0] if errs else {"loc": (), "msg": "invalid input"}
+    if first.get("type") == "json_invalid":
+        # FastAPI reports a body that is not JSON at ("body", <character offset>): the field is the body
+        at = next((x for x in first.get("loc", ()) if isinstance(x, int)), None)
+        where = f" at character {at}" if at is not None else ""
+        return _problem(422, "INVALID_INPUT", f"body: not valid JSON{where}: {first.get('msg', '')}", field="body",
+                        rule="RFC 8259: a request body is one JSON object")
     loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path", "header")]
     message = "; ".join(
         f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'input'}: {str(e.get('msg', '')).removeprefix('Value error, ')}"

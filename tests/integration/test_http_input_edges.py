@@ -64,3 +64,15 @@ def test_a_claim_names_expenses_by_handle_and_a_handle_names_one_expense(databas
         assert claim.status_code == 201, claim.text
         cid = claim.json()["ids"]["claim"]
         assert api.get(f"/claims/{cid}", api.auth("aud-1", "auditor")).json()["expenses"] == [first.json()["ids"]["expense"]]
+
+
+def test_a_body_that_is_not_json_and_a_parameter_refused_name_their_fields(database_url):
+    with api_on(database_url) as api:
+        district = api.auth("district-1", "district_officer")
+        r = api.client.post("/recipients", content=b'{"id_number":"1101', headers={**district, "Content-Type": "application/json"}).json()
+        assert (r["code"], r["field"], r["rule"]) == ("INVALID_INPUT", "body", "RFC 8259: a request body is one JSON object"), r
+        unknown = api.post("/policy/parameters", district, {"name": "no.such.param", "value": "1", "effective_from": "2026-01-01"}).json()
+        assert (unknown["code"], unknown["field"]) == ("UNKNOWN_PARAMETER", "name") and unknown["rule"], unknown
+        bad = api.post("/policy/parameters", district, {"name": "shanghai.medical_aid.rate.outpatient.dibao", "value": "０.５",
+                                                        "effective_from": "2026-01-01"}).json()
+        assert (bad["code"], bad["field"]) == ("INVALID_VALUE", "value") and bad["rule"], bad
