@@ -1158,7 +1158,7 @@ class LedgerCore(Application):
                 continue
             acc = r.expenses[eid]
             now = a.summary()
-            if _amounts(now) != _amounts(acc.due or {}):
+            if _amounts(now) != _amounts(acc.due or {}) or _standing_of(now) != _standing_of(acc.due or {}):
                 changed.append({"expense": eid, "previous": acc.due, "due": now})
             outcomes.append((eid, a, now))
         if changed:
@@ -1312,6 +1312,14 @@ def _amounts(summary: dict[str, Any]) -> tuple:
         tuple(sorted((summary.get("by_scheme") or {}).items())),
         tuple(sorted((summary.get("by_fund") or {}).items())),
     )
+
+
+def _standing_of(summary: dict[str, Any]) -> tuple:
+    """What a recomputation can change without changing the money: the category that won
+    (R-CAT-2 [001 二(一)]: the decision records why one won, and the annual limit is that
+    category's, R-CAP-1) and the refusal's code. A change is recorded (``AidReassessed``) though
+    nothing is paid or recovered."""
+    return summary.get("category"), summary.get("code")
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:

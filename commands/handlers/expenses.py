@@ -6,6 +6,7 @@ command, and returns its ``Result``; ``commands.handlers.HANDLERS`` registers th
 
 from __future__ import annotations
 
+from typing import Any
 
 from commands import models as m
 from commands.core import LedgerCore, Result, expense_ref, recipient_of
@@ -57,7 +58,21 @@ def record_expense(app: LedgerCore, cmd: m.RecordExpense) -> Result:
         duplicate_of=duplicate_of,
         source=cmd.source,
     )
+    if duplicate_of is not None:
+        _settlements_of_the_receipt(app, r, eid, duplicate_of, moment)
     return app._commit(cmd, Result(ids={"expense": eid, "duplicate_of": duplicate_of}), r)
+
+
+def _settlements_of_the_receipt(app: LedgerCore, r: Recipient, eid: str, first: str, moment: Any) -> None:
+    """R-CLR-1(b) with R-INS-3, R-INS-4 [002 4.5; 001 二(二)3]: a copy of a receipt is the same
+    receipt, so the insurance already paid on it is a fact of the copy too (``settle_insurance``
+    records a payment on every recording there is; this gives a recording made later the ones
+    paid before it). Aid on the copy is then computed on the same self-pay, whichever order the
+    payment and the copy were recorded in."""
+    holder = r if recipient_of(first) == r.id else app.recipient(recipient_of(first))
+    recorded = holder.expenses.get(first)
+    for settlement in recorded.facts.settlements if recorded is not None else ():
+        r.trigger_event(Recipient.InsuranceSettled, timestamp=moment, expense_id=eid, scheme=settlement.scheme, amount=settlement.amount)
 
 
 def settle_insurance(app: LedgerCore, cmd: m.SettleInsurance) -> Result:
