@@ -40,7 +40,14 @@ def lodge_claim(app: LedgerCore, cmd: m.LodgeClaim) -> Result:
         lodged_on=lodged_on.isoformat(),
         deadline_override=cmd.deadline_override,  # R-PH-5 [002 4.3]: the district's reason, kept for audit
     )
-    exc, eid, _ = app._first_rejection(r, ordered, cmd.channel.value, lodged_on, str(claim.id), moment, bool(cmd.deadline_override), deciding=False)
+    if cmd.channel is Channel.AUTO and not r.consent:
+        # R-PH-3 [002 3.3]: a claim is 免申即享 (auto) only for a person whose consent is signed and
+        # not withdrawn; marking another claim auto would record a consent that was never given
+        exc, eid = errors.NotEligible(
+            "channel: auto is the 免申即享 channel of a recipient who signed the consent, and this recipient's "
+            "consent is not signed (or was withdrawn) [002 3.3]; lodge it as post_hoc", rule="R-PH-3", field="channel"), None
+    else:
+        exc, eid, _ = app._first_rejection(r, ordered, cmd.channel.value, lodged_on, str(claim.id), moment, bool(cmd.deadline_override), deciding=False)
     if exc is not None:
         claim.trigger_event(Claim.Rejected, timestamp=moment, code=exc.code, rule=exc.rule, message=exc.message, expense_id=eid)
         if isinstance(exc, errors.Duplicate) and eid:
