@@ -195,6 +195,10 @@ class Recipient(Aggregate):
             carried_caps=dict(getattr(self, "carried_caps", {})),
             city_usage=dict(getattr(self, "city_usage", {})),
             city_corrections=tuple(getattr(self, "city_corrections", ())),
+            suspensions_recorded=tuple(
+                (x["expense"], datetime.fromisoformat(x["started_at"]))
+                for x in self.suspensions if x.get("scheme") == "changning.four_linkage" and x.get("started_at")
+            ),
         )
 
     def expense_facts(self) -> dict[str, ExpenseFacts]:

@@ -14,7 +14,7 @@ ceiling and visit count (R-4L-4), the mutual-aid year (R-MA-1, R-MA-2) and the L
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -812,6 +812,10 @@ def assess(
     return _result(out, st, k, pol, policy_hash, recomputed if start else None, new_memo)
 
 
+#: A crossing the pass finds that no record names yet: known now, so no review recorded so far lifts it.
+_NOT_YET_RECORDED = datetime.max.replace(tzinfo=timezone.utc)
+
+
 def _step(
     pol: Policy, k: Knowledge, d: DecisionRef, e: ExpenseFacts, first: str, st: PassState, schemes: tuple[str, ...], known_at: datetime | None
 ) -> tuple[Assessment, PassState]:
@@ -844,7 +848,10 @@ def _step(
             st.suspension = None
     a, st = _assess_one(pol, k, e, st, schemes, known_at)
     if a.suspension_started is not None:
-        st.suspension = (e.id, d.decided_at)
+        # A review lifts a crossing known when it was recorded (ADR 0007): from the crossing's
+        # record, or, for one this pass finds first (a late claim, a retroactive change), from
+        # now, after every review there is.
+        st.suspension = (e.id, k.crossing_known_since(e.id) or _NOT_YET_RECORDED)
     elif held is not None:
         st.suspension = held  # still in force for what was decided before the review
     return a, st

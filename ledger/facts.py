@@ -150,6 +150,15 @@ class Knowledge:
     #: not be read) is reassessed with this read instead (``city_block``). Compared, unlike
     #: ``city_usage``: a correction changes what a pass kept in memory assessed.
     city_corrections: tuple[tuple[datetime, str, dict], ...] = ()
+    #: R-4L-4 [000 第四条(三)]: the 四医联动 suspensions recorded, (expense that started it, recorded
+    #: time): a district review lifts a crossing only once the crossing was known, so a crossing a
+    #: late claim or a retroactive change finds after a review is not lifted by it (ADR 0007).
+    suspensions_recorded: tuple[tuple[str, datetime], ...] = ()
+
+    def crossing_known_since(self, expense_id: str) -> datetime | None:
+        """When the crossing at ``expense_id`` was first recorded, or None (not yet recorded: it is
+        being found now, after every review there is)."""
+        return next((t for eid, t in self.suspensions_recorded if eid == expense_id), None)
 
     def city_block(self, expense_id: str) -> dict | None:
         """The city read an expense's assessment counts (``city_read``): the latest correction of
@@ -179,6 +188,7 @@ class Knowledge:
             carried_caps=self.carried_caps,  # carried in when the recipient was created here
             city_usage=self.city_usage,  # each read belongs to its expense's first decision
             city_corrections=tuple(c for c in self.city_corrections if c[0] <= t),  # corrections as known at t
+            suspensions_recorded=tuple(x for x in self.suspensions_recorded if x[1] <= t),
         )
 
 
