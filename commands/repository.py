@@ -122,6 +122,17 @@ class LedgerRepository(Repository):
         reads.setdefault(aggregate_id, aggregate.version)
         return aggregate
 
+    def get_from_store(self, aggregate_id: Any) -> Any:
+        """The aggregate as the store holds it now, never a cached copy, with the version read noted
+        for the command's save (ADR 0021) like any other read: for an aggregate a command reads but
+        did not itself load before (another recipient's recording of a receipt), where a cached
+        copy would only make the save refuse it and the command run again."""
+        aggregate = self._get(aggregate_id, None, mutate_all)
+        reads = self.read_set()
+        if reads is not None:
+            reads.setdefault(aggregate_id, aggregate.version)
+        return aggregate
+
     def remember(self, aggregates: Iterable[Any]) -> None:
         """Keep just-saved aggregates in the cache as the latest state (the library does so only
         without fast-forward). With copies handed out (``deepcopy_from_cache``) the cache keeps a

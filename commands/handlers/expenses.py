@@ -69,7 +69,7 @@ def _settlements_of_the_receipt(app: LedgerCore, r: Recipient, eid: str, first: 
     records a payment on every recording there is; this gives a recording made later the ones
     paid before it). Aid on the copy is then computed on the same self-pay, whichever order the
     payment and the copy were recorded in."""
-    holder = r if recipient_of(first) == r.id else app.recipient(recipient_of(first))
+    holder = r if recipient_of(first) == r.id else app.repository.get_from_store(recipient_of(first))
     recorded = holder.expenses.get(first)
     for settlement in recorded.facts.settlements if recorded is not None else ():
         r.trigger_event(Recipient.InsuranceSettled, timestamp=moment, expense_id=eid, scheme=settlement.scheme, amount=settlement.amount)
