@@ -587,8 +587,7 @@ class LedgerCore(Application):
         folding, trimming). Unknown or shared by two of the recipient's expenses: refused."""
         if ref in r.expenses:
             return ref
-        wanted = same_identity(ref)
-        found = [eid for eid, acc in r.expenses.items() if acc.handle and same_identity(acc.handle) == wanted]
+        found = r.expenses_named(ref)
         if len(found) == 1:
             return found[0]
         if found:

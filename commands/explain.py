@@ -28,7 +28,7 @@ from ledger import errors, traces
 from ledger.citations import cite
 from ledger.policy.packs import spec_for
 from ledger.policy.params import UnknownParameter
-from ledger.aggregates import Recipient
+from ledger.aggregates import Claim, Recipient
 from ledger.money import ZERO, fmt
 from ledger.values import CATEGORY_ZH, CST, SCHEME_ZH, VISIT_ZH
 
@@ -469,7 +469,7 @@ def _refusals(app: LedgerApp, recipient: str, expense_id: str) -> list[dict[str,
         if row.recipient != recipient or expense_id not in row.expenses or row.status != "rejected":
             continue
         c = app.claim(row.claim)
-        refused = next((e for e in app.events.get(c.id) if type(e).__name__ == "Rejected"), None)
+        refused = next((e for e in app.events.get(c.id) if isinstance(e, Claim.Rejected)), None)
         rejection = getattr(c, "rejection", None) or {}
         out.append({
             "claim": row.claim,

@@ -36,7 +36,7 @@ from ledger import clearing, traces
 from ledger.money import ZERO
 from ledger.snapshots import StateSnapshot
 from ledger.policy.params import ParameterVersion, PolicyBook
-from ledger.values import Facility, VisitType
+from ledger.values import Facility, VisitType, same_identity
 
 NAMESPACE = uuid.UUID("6f1c7a52-3e0b-4d3e-9d55-0c1f3b2a9e11")
 
@@ -241,6 +241,12 @@ class Recipient(Aggregate):
         recorded with it (the same event, so the same recorded time)."""
         starts = {f.recorded_at.isoformat() for f in self.insurance_facts if f.kind == "start" and f.scheme == "resident" and f.valid_from.year == year}
         return [s for s in self.subsidies if s.get("at") in starts]
+
+    def expenses_named(self, handle: str) -> list[str]:
+        """The person's expenses recorded under ``handle``, compared as people type it (NFKC, case
+        folding, trimming; ADR 0019): a claim names its expenses by id or by these handles."""
+        wanted = same_identity(handle)
+        return [eid for eid, acc in self.expenses.items() if acc.handle and same_identity(acc.handle) == wanted]
 
     def receipt_aided_by(self, facts: ExpenseFacts) -> str | None:
         """R-PH-7: which expense (if any) already got aid on this receipt."""

@@ -848,7 +848,7 @@ def _step(
             st.suspension = None
     a, st = _assess_one(pol, k, e, st, schemes, known_at)
     if a.suspension_started is not None:
-        # A review lifts a crossing known when it was recorded (ADR 0007): from the crossing's
+        # R-4L-4 [000 第四条(三) 再行开通]: a review lifts a crossing known when it was recorded (ADR 0007): from the crossing's
         # record, or, for one this pass finds first (a late claim, a retroactive change), from
         # now, after every review there is.
         st.suspension = (e.id, k.crossing_known_since(e.id) or _NOT_YET_RECORDED)

@@ -13,7 +13,7 @@ from commands.core import LedgerCore, Result, expense_ref, recipient_of
 from ledger import errors
 from ledger.aggregates import Receipt, Recipient
 from ledger.money import ZERO, fmt
-from ledger.values import Channel, Trigger, local_date, receipt_identity, same_identity
+from ledger.values import Channel, Trigger, local_date, receipt_identity
 
 
 def record_expense(app: LedgerCore, cmd: m.RecordExpense) -> Result:
@@ -126,8 +126,6 @@ def _handle_free(r: Recipient, handle: str) -> None:
     """A handle names one of the recipient's expenses (ADR 0019): one already given to another of
     them, as people type it (NFKC, case folding, trimming), is refused, so a claim or a lookup
     that names it never finds two."""
-    wanted = same_identity(handle)
-    for eid, acc in r.expenses.items():
-        if acc.handle and same_identity(acc.handle) == wanted:
-            raise errors.InvalidInput(f"handle: {handle!r} already names expense {eid} of this recipient (ADR 0019)",
-                                      code="HANDLE_TAKEN", field="handle", rule="ADR 0019")
+    for eid in r.expenses_named(handle):
+        raise errors.InvalidInput(f"handle: {handle!r} already names expense {eid} of this recipient (ADR 0019)",
+                                  code="HANDLE_TAKEN", field="handle", rule="ADR 0019")
