@@ -128,7 +128,11 @@ def check_proxy(proxy_id_number: str | None, recipient_id_number: str, today: da
     try:
         number = validate_id_number(proxy_id_number, today=today)
     except ValueError as exc:
-        raise errors.InvalidInput(f"proxy_id_number {exc} (R-PH-9)", rule="R-PH-9", field="proxy_id_number") from None
+        # A proxy whose identity cannot be verified does not lodge: the claim is refused by the
+        # rule (recorded, as every refusal of a claim is), not treated as a malformed request.
+        raise errors.NotEligible(
+            f"the proxy's identity could not be verified: proxy_id_number {exc}; a proxy lodges only with a "
+            "resident id that is verified (R-PH-9 [002 4.7])", rule="R-PH-9", field="proxy_id_number") from None
     if number == recipient_id_number:
         return None  # the recipient in person
     return number

@@ -24,7 +24,11 @@ def lodge_claim(app: LedgerCore, cmd: m.LodgeClaim) -> Result:
     r = app.recipient(cmd.recipient)
     listed = [app.expense_of(r, ref) for ref in cmd.expenses]  # ids or the recipient's own handles
     moment = app._now(cmd.at)
-    proxy = procedure.check_proxy(cmd.proxy_id_number, r.id_number, local_date(moment))
+    unverified: errors.NotEligible | None = None
+    try:
+        proxy = procedure.check_proxy(cmd.proxy_id_number, r.id_number, local_date(moment))
+    except errors.NotEligible as exc:  # R-PH-9: recorded as the claim's refusal, the number is not kept
+        proxy, unverified = None, exc
     lodged_on = local_date(moment)
     ordered = app.claim_order(r, listed)
     claim = Claim._create(  # noqa: SLF001
@@ -40,7 +44,9 @@ def lodge_claim(app: LedgerCore, cmd: m.LodgeClaim) -> Result:
         lodged_on=lodged_on.isoformat(),
         deadline_override=cmd.deadline_override,  # R-PH-5 [002 4.3]: the district's reason, kept for audit
     )
-    if cmd.channel is Channel.AUTO and not r.consent:
+    if unverified is not None:
+        exc, eid = unverified, None
+    elif cmd.channel is Channel.AUTO and not r.consent:
         # R-PH-3 [002 3.3]: a claim is 免申即享 (auto) only for a person whose consent is signed and
         # not withdrawn; marking another claim auto would record a consent that was never given
         exc, eid = errors.NotEligible(
