@@ -30,7 +30,7 @@ from ledger.policy.packs import spec_for
 from ledger.policy.params import UnknownParameter
 from ledger.aggregates import Claim, Recipient
 from ledger.money import ZERO, fmt
-from ledger.values import CATEGORY_ZH, CST, SCHEME_ZH, VISIT_ZH
+from ledger.values import CATEGORY_ZH, CST, FUND_ZH, SCHEME_ZH, VISIT_ZH
 
 #: 中文 beside the English terms of an explanation.
 TERMS_ZH = {
@@ -61,7 +61,6 @@ TERMS_ZH = {
     "clearing_case": "个人清算",
     "supplementary": "补发",
 }
-FUND_ZH = {"city": "市级财政", "district": "区级财政", "mutual_aid": "医疗互助帮困资金", "social": "社会组织帮扶"}
 CHANNEL_ZH = {"one_stop": "一站式结算", "post_hoc": "事后救助", "auto": "免申即享", "supplementary": "补发"}
 TRIGGER_ZH = {
     "late_insurance": "保险后到（先救助后保险）",

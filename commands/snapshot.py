@@ -54,11 +54,10 @@ from ledger.aggregates import Recipient
 from ledger.eligibility import categories_on
 from ledger.money import ZERO, fmt, money
 from ledger.policy.params import PolicyBook
-from ledger.values import CATEGORY_PRECEDENCE, CATEGORY_ZH, CST, FUNDS, local_date
+from ledger.values import CATEGORY_PRECEDENCE, CATEGORY_ZH, CST, FUND_ZH, FUNDS, local_date
 
 FORMATS = ("json", "csv", "xlsx")
 
-FUND_ZH = {"city": "市级财政", "district": "区级财政", "mutual_aid": "互助帮困资金", "social": "社会组织"}
 
 #: (key, 中文) in export order; money columns are the ones after ``fund_zh``.
 COLUMNS: tuple[tuple[str, str], ...] = (

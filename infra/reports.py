@@ -43,12 +43,11 @@ from infra.contract import messages as pm
 from infra.relay import Topology, ensure_stream, safe_name
 from ledger.money import ZERO, fmt
 from ledger.procedure import MONTHLY_DAYS, PROCEDURE
-from ledger.values import CST, FUNDS, SCHEME_ZH
+from ledger.values import CST, FUND_ZH, FUNDS, SCHEME_ZH
 
 log = logging.getLogger("ledger.reports")
 
 CHANNEL_ZH = {"post_hoc": "事后申请", "auto": "免申即享"}
-FUND_ZH = {"city": "市级财政", "district": "区级财政", "mutual_aid": "互助帮困资金", "social": "社会组织"}
 UNKNOWN_STREET = "（未登记街镇）"
 REPORTED_CHANNELS = ("post_hoc", "auto")
 #: JetStream redelivers an unacknowledged message after this long. With one message in flight

@@ -143,6 +143,10 @@ SCHEME_ZH = {
     "lianyungang.medical_aid": "连云港医疗救助",
 }
 
+#: Who pays, as people read it on a statement, a report, a snapshot or an explanation: one label per
+#: fund everywhere (``FUNDS``).
+FUND_ZH = {"city": "市级财政", "district": "区级财政", "mutual_aid": "医疗互助帮困资金", "social": "社会组织帮扶"}
+
 
 @dataclass(frozen=True)
 class Facility:

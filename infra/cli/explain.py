@@ -98,7 +98,7 @@ def _value(value: Any) -> str:
 
 
 def _funds(by_fund: dict[str, Any]) -> str:
-    from commands.explain import FUND_ZH
+    from ledger.values import FUND_ZH
 
     parts = []
     for fund, amount in by_fund.items():

@@ -49,7 +49,7 @@ from infra.http import svg
 from infra.http.app import PERMISSIONS
 from infra.http.auth import Principal, Role, TokenError, verify
 from ledger import errors
-from ledger.values import CATEGORY_ZH, CST, SCHEME_ZH, local_date
+from ledger.values import CATEGORY_ZH, CST, FUND_ZH, SCHEME_ZH, local_date
 
 COOKIE = "ledger_console"
 EXPENSE_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}:[1-9][0-9]{0,8}")
@@ -67,7 +67,6 @@ ROLE_ZH = {
     "regulator": "监管部门",
     "system": "系统",
 }
-FUND_ZH = {"city": "市级财政", "district": "区级财政", "mutual_aid": "互助帮困资金", "social": "社会组织"}
 ACCOUNT_ZH = {"cash": "资金", "aid": "救助支出", "receivable": "应收（清算）", "written_off": "核销", "social_help": "社会帮扶", "subsidy": "参保补贴"}
 TRIGGER_ZH = {
     "late_insurance": "保险后到",
