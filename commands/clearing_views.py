@@ -253,6 +253,7 @@ def case_detail(app: "LedgerApp", item_id: str) -> dict[str, Any]:
         **{k: v for k, v in TRIGGERS.get(item.trigger, {}).items() if k != "rule"},
         "rule": TRIGGERS.get(item.trigger, {}).get("rule"),
         "cause": reassessed.cause if reassessed is not None else None,
+        "cause_text": cause_text(reassessed.cause if reassessed is not None else None, r),
         "recorded_at": (item.opened_at if is_case else item.created_at).isoformat(),
         "amount": fmt(item.amount),
         "by_scheme": _money(item.by_scheme),
@@ -314,6 +315,42 @@ def side_by_side(previous: dict[str, Any], current: dict[str, Any]) -> list[dict
     for fund in sorted(set(previous["by_fund"]) | set(current["by_fund"])):
         row(f"fund {fund}", previous["by_fund"].get(fund, "0.00"), current["by_fund"].get(fund, "0.00"), True)
     return rows
+
+
+def cause_text(cause: dict[str, Any] | None, r: Any) -> str | None:
+    """The recorded cause of a recomputation in words, an expense named by its handle and receipt
+    rather than its id (what a clearing officer reads in ``ledger clearing show``)."""
+    if not cause:
+        return None
+
+    def expense(ref: str) -> str:
+        acc = r.expenses.get(ref)
+        if acc is None:  # recorded by handle (or another recipient's receipt)
+            named = r.expenses_named(ref)
+            acc = r.expenses.get(named[0]) if named else None
+        if acc is None:
+            return f"expense {ref}"
+        return f"expense {acc.handle or ref} (receipt {acc.facts.invoice_no}, served {acc.facts.service_date.isoformat()})"
+
+    if "expense" in cause and "scheme" in cause:  # R-INS-4, R-CLR-1(a)
+        return f"{cause['scheme']} paid {cause.get('amount')} on {expense(str(cause['expense']))}, recorded after aid"
+    if "revoked_from" in cause:  # R-CLR-1(c)
+        return f"category {cause.get('category')} revoked from {cause['revoked_from']}"
+    if "granted_from" in cause:
+        return f"category {cause.get('category')} granted from {cause['granted_from']}"
+    if "insurance" in cause:
+        return f"{cause['insurance']} insurance enrolment recorded"
+    if "insurance_ended" in cause:
+        return f"{cause['insurance_ended']} insurance enrolment ended"
+    if "mutual_aid_year" in cause:
+        return f"mutual-aid participation for {cause['mutual_aid_year']} recorded or corrected"
+    if "parameter" in cause:  # R-CLR-1(d)
+        return f"parameter {cause['parameter']} amended"
+    if cause.get("run") == "clearing":
+        since = f" since {cause['since']}" if cause.get("since") else ""
+        city = " against the city's view of aid paid elsewhere (R-CAP-4)" if cause.get("city_view") else ""
+        return f"a clearing run{since}{city}"
+    return ", ".join(f"{k} {v}" for k, v in cause.items())
 
 
 def _expense_facts(acc: Any, expense_id: str) -> dict[str, Any]:

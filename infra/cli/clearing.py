@@ -240,7 +240,7 @@ def clearing_show(
     )
     out.print(f"trigger {d['trigger']} ({d.get('rules')} {d.get('clause')}): {d.get('means')}")
     if d.get("cause"):
-        out.print(f"cause: {json.dumps(d['cause'], ensure_ascii=False)}  recorded {d['recorded_at']}")
+        out.print(f"cause: {d.get('cause_text') or json.dumps(d['cause'], ensure_ascii=False)}  recorded {d['recorded_at']}")
     table = Table("", "previous decision", "current decision", "change")
     for row in d["side_by_side"]:
         table.add_row(row["item"], str(row["previous"] if row["previous"] is not None else "-"),

@@ -10,6 +10,7 @@ E1 self-pay 90000 → 72000; E2 20000 → 8000 (cap). 居保大病 40000 on E1 r
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date
 from decimal import Decimal
@@ -108,6 +109,8 @@ def test_write_off_proposed_refused_and_approved_by_distinct_officers(settings_f
     assert {p["id"]: p["status"] for p in views.write_off_proposals(app)} == {pid: "refused", second: "approved"}
 
     detail = views.case_detail(app, case.id)
+    # the cause in words, the expense by its handle and receipt, not its id
+    assert re.fullmatch(r"critical_illness paid \S+ on expense E1 \(receipt \S+, served 2026-\d\d-\d\d\), recorded after aid", detail["cause_text"]), detail["cause_text"]
     steps = [(h["kind"], h.get("officer"), h.get("reason")) for h in detail["history"] if h["kind"].startswith("write_off_")]
     assert steps == [
         ("write_off_proposed", "CLR-1", "长期无力偿还"),

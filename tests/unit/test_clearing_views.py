@@ -47,6 +47,7 @@ def test_a_case_shows_both_decisions_fund_by_fund(story: Story) -> None:
     assert (cur["category"], cur["total"], cur["by_fund"]) == ("low_income", "95.00", {"city": "25.00", "district": "70.00"})
     assert cur["by_scheme"] == {"changning.four_linkage": "45.00", "shanghai.medical_aid": "50.00"}
     assert d["cause"] == {"category": "destitute", "revoked_from": "2025-06-01"}
+    assert d["cause_text"] == "category destitute revoked from 2025-06-01"
     rows = {r["item"]: (r["previous"], r["current"], r["change"]) for r in d["side_by_side"]}
     assert rows["fund district"] == ("50.00", "70.00", "20.00")
     assert rows["scheme changning.four_linkage"] == ("0.00", "45.00", "45.00")
@@ -59,6 +60,7 @@ def test_a_supplementary_payout_shows_both_decisions(story: Story) -> None:
     assert d["kind"] == "supplementary_payout" and d["status"] == "pending"
     assert (d["decisions"]["previous"]["total"], d["decisions"]["current"]["total"]) == ("10000.00", "10400.00")
     assert d["cause"] == {"parameter": "shanghai.medical_aid.annual_cap.outpatient.low_income"}
+    assert d["cause_text"] == "parameter shanghai.medical_aid.annual_cap.outpatient.low_income amended"
 
 
 def test_unknown_ids_are_named(story: Story) -> None:
