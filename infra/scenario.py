@@ -69,19 +69,27 @@ class Runner:
         self.steps: list[dict[str, Any]] = []
 
     # -- handles -------------------------------------------------------------------------
+    @staticmethod
+    def _handle(value: Any, field: str) -> str:
+        """A handle as the file wrote it: a text or a whole number (``R1``, ``1``), never a list,
+        a mapping, a truth value or a blank."""
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+            raise ScenarioError(f"{field}: expected a handle (a name such as R1 or E1), got {value!r}")
+        return str(value)
+
     def _r(self, step: dict, key: str = "recipient") -> str:
-        handle = str(step[key])
+        handle = self._handle(step[key], key)
         if handle not in self.recipients:
             raise ScenarioError(f"unknown recipient handle {handle!r}")
         return self.recipients[handle]
 
     def _e(self, handle: Any) -> str:
-        if str(handle) not in self.expenses:
+        if self._handle(handle, "expense") not in self.expenses:
             raise ScenarioError(f"unknown expense handle {handle!r}")
         return self.expenses[str(handle)]
 
     def _c(self, step: dict) -> str:
-        handle = str(step["claim"])
+        handle = self._handle(step["claim"], "claim")
         if handle not in self.claims:
             raise ScenarioError(f"unknown claim handle {handle!r}")
         return self.claims[handle]
@@ -99,7 +107,7 @@ class Runner:
     # -- one step ------------------------------------------------------------------------
     def step(self, index: int, step: dict) -> None:
         do = step.get("do")
-        if do not in _FIELDS:
+        if not isinstance(do, str) or do not in _FIELDS:
             raise ScenarioError(f"unknown command {do!r}")
         required, optional = _FIELDS[do]
         missing = sorted(required - set(step))
@@ -107,9 +115,13 @@ class Runner:
             raise ScenarioError(f"{do}: missing field(s) {', '.join(missing)}")
         unknown = sorted(set(step) - required - optional - {"at", "do"})
         if unknown:
-            raise ScenarioError(f"{do}: unknown field(s) {', '.join(unknown)}")
+            raise ScenarioError(f"{do}: unknown field(s) {', '.join(map(repr, unknown))}")
+        empty = sorted(k for k in required if step[k] is None)
+        if empty:  # YAML's null (``~``, nothing after the colon) is no value, never the text "None"
+            raise ScenarioError(f"{do}: {', '.join(empty)}: a required field has no value (null)")
         at = _parse_at(step.get("at"))
-        fields = {k: v for k, v in step.items() if k not in ("at", "do")}
+        # an optional field given as null is an optional field not given
+        fields = {k: v for k, v in step.items() if k not in ("at", "do") and v is not None}
         result = getattr(self, f"_do_{do}")(fields, at)
         entry: dict[str, Any] = {"index": index, "do": do, "status": result.status}
         if result.status != "accepted":
@@ -121,7 +133,7 @@ class Runner:
         return self.app.run(cmd)
 
     def _do_enrol(self, f: dict, at: datetime) -> Result:
-        handle = str(f.pop("recipient"))
+        handle = self._handle(f.pop("recipient"), "recipient")
         if handle in self.recipients:
             raise ScenarioError(f"recipient handle {handle!r} is already enrolled")
         res = self._run(m.Enrol, at, **{k: (str(v) if k == "id_number" else v) for k, v in f.items()})
@@ -154,10 +166,13 @@ class Runner:
         raise AttributeError(name)
 
     def _do_record_expense(self, f: dict, at: datetime) -> Result:
-        handle = str(f.pop("expense"))
+        handle = self._handle(f.pop("expense"), "expense")
         if handle in self.expenses:
             raise ScenarioError(f"expense handle {handle!r} is already used")
-        res = self._run(m.RecordExpense, at, **{**f, "recipient": self._r(f), "handle": handle, "invoice_no": str(f["invoice_no"])})
+        invoice_no = f["invoice_no"]
+        if isinstance(invoice_no, bool) or not isinstance(invoice_no, (str, int)):
+            raise ScenarioError(f"invoice_no: expected the receipt's number as text, got {invoice_no!r}")
+        res = self._run(m.RecordExpense, at, **{**f, "recipient": self._r(f), "handle": handle, "invoice_no": str(invoice_no)})
         self.expenses[handle] = res.ids["expense"]
         return res
 
@@ -173,7 +188,7 @@ class Runner:
         return [self._e(h) for h in f["expenses"]]
 
     def _do_claim(self, f: dict, at: datetime) -> Result:
-        handle = str(f.pop("claim"))
+        handle = self._handle(f.pop("claim"), "claim")
         if handle in self.claims:
             raise ScenarioError(f"claim handle {handle!r} is already used")
         res = self._run(m.LodgeClaim, at, **{**f, "recipient": self._r(f), "expenses": self._expense_list(f)})
@@ -191,7 +206,7 @@ class Runner:
         return self._run(m.Pay, at, claim=self._c(f), **({"payer": f["payer"]} if f.get("payer") is not None else {}))
 
     def _do_aid(self, f: dict, at: datetime) -> Result:
-        handle = str(f["claim"])
+        handle = self._handle(f["claim"], "claim")
         if handle in self.claims:
             raise ScenarioError(f"claim handle {handle!r} is already used")
         recipient, expenses = self._r(f), self._expense_list(f)
@@ -265,6 +280,8 @@ def _parse_at(value: Any) -> datetime:
         raise ScenarioError(f"at: expected an ISO 8601 time with an offset, got {value!r}")
     if moment.tzinfo is None:
         raise ScenarioError(f"at: {value!r} has no UTC offset")
+    if not 1900 <= moment.year <= 2199:
+        raise ScenarioError(f"at: {value!r}: a recorded time falls in the years 1900–2199")
     return moment
 
 
@@ -292,19 +309,27 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^-?(?:0|[1-9][0-9]*)$"), list("-0123456789"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^-?(?:0|[1-9][0-9]*)\.[0-9]+$"), list("-0123456789"))
+# A decimal fraction is kept as the text written (``85.50``, ``100.0000000000000001``), never a binary
+# float: an amount with more than two decimals is then refused by name instead of rounded on reading.
+_Loader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loader.construct_scalar(node))
 
 
 def load(text: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader with stricter numbers
     except yaml.YAMLError as exc:
-        raise ScenarioError(f"not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ScenarioError(f"not valid YAML{where}: {what}") from None
+    except RecursionError:
+        raise ScenarioError("not a scenario: the file nests too deeply, or an anchor refers to itself") from None
     if not isinstance(data, dict):
         raise ScenarioError("a scenario is a mapping with name, jurisdiction and steps")
     for key in ("name", "jurisdiction", "steps"):
         if key not in data:
             raise ScenarioError(f"missing top-level field {key!r}")
-    if data["jurisdiction"] not in JURISDICTIONS:
+    if not isinstance(data["jurisdiction"], str) or data["jurisdiction"] not in JURISDICTIONS:
         raise ScenarioError(f"unknown jurisdiction {data['jurisdiction']!r} (known: {', '.join(JURISDICTIONS)})")
     if not isinstance(data["steps"], list):
         raise ScenarioError("steps: expected a list")
@@ -315,7 +340,10 @@ def replay(text: str) -> tuple[str, Runner]:
     """Replay a scenario into a fresh in-memory ledger (raises ScenarioError); its name and the
     runner, whose ``app`` and handle maps adapters such as ``ledger explain --scenario`` read."""
     data = load(text)
-    steps = [_stringify_dates(s) for s in data["steps"]]
+    try:
+        steps = [_stringify_dates(s) for s in data["steps"]]
+    except RecursionError:
+        raise ScenarioError("steps: nested too deeply, or an anchor refers to itself") from None
     first = None
     for i, s in enumerate(steps, start=1):
         if not isinstance(s, dict):

@@ -196,7 +196,37 @@ MALFORMED = {
     "underscored-amount": (_GOOD_HEAD + _EXPENSE.format(total="1_000"), 3, "total"),
     "sexagesimal-amount": (_GOOD_HEAD + _EXPENSE.format(total="1:30"), 3, "total"),
     "exponent-amount": (_GOOD_HEAD + _EXPENSE.format(total="1e3"), 3, "total"),
+    # an unquoted fraction is read as the text written, not a binary float rounded to 100.0
+    "many-decimals-unquoted": (_GOOD_HEAD + _EXPENSE.format(total="100.0000000000000001"), 3, "total"),
+    "command-a-list": (_GOOD_HEAD + '  - {at: "2026-01-05T09:02:00+08:00", do: [insure], recipient: R1}\n', 3, "unknown command"),
+    "handle-null": (_GOOD_HEAD + '  - {at: "2026-01-05T09:02:00+08:00", do: consent_auto_claim, recipient: ~, signed: true}\n', 3, "recipient"),
+    "invoice-no-null": (_GOOD_HEAD + _EXPENSE.format(total='"10.00"').replace("invoice_no: X-1", "invoice_no: null"), 3, "invoice_no"),
+    "invoice-no-a-list": (_GOOD_HEAD + _EXPENSE.format(total='"10.00"').replace("invoice_no: X-1", "invoice_no: [1, 2]"), 3, "invoice_no"),
+    "handle-a-mapping": (_GOOD_HEAD + '  - {at: "2026-01-05T09:02:00+08:00", do: consent_auto_claim, recipient: {a: 1}, signed: true}\n', 3, "recipient"),
+    "recorded-time-out-of-range": (_GOOD_HEAD + '  - {at: "9999-12-31T23:59:59-08:00", do: consent_auto_claim, recipient: R1, signed: true}\n', 3, "at"),
+    "first-recorded-time-out-of-range": ('name: m\njurisdiction: shanghai\nsteps:\n  - {at: "0001-01-01T05:00:00+08:00", do: enrol, recipient: R1, id_number: "310105195803122013", name: X}\n', 1, "at"),
 }
+
+#: Files that are not scenarios at all: exit 2 with one line that says why, never a traceback.
+NOT_A_SCENARIO = {
+    "jurisdiction-a-list": ("name: m\njurisdiction: [shanghai.changning]\nsteps: []\n", "unknown jurisdiction"),
+    "anchor-to-itself": ("name: m\njurisdiction: shanghai\nsteps:\n  - &s [*s]\n", "anchor"),
+    "nested-too-deep": ("name: m\njurisdiction: shanghai\nsteps:\n  - {at: x, do: enrol, name: " + "[" * 3000 + "]" * 3000 + "}\n", "nests too deeply"),
+    "yaml-syntax": (_GOOD_HEAD.replace("name: 王秀英}", "name: 王秀英"), "line 5"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_A_SCENARIO))
+def test_a_file_that_is_not_a_scenario_exits_2_with_one_line(case: str, tmp_path: Path):
+    from infra.cli import app
+
+    text, words = NOT_A_SCENARIO[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(app, ["scenario", "run", str(path), "--json"])
+    assert result.exit_code == 2, result.output
+    message = result.stderr if hasattr(result, "stderr") else result.output
+    assert words in message and len(message.strip().splitlines()) == 1, message
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))

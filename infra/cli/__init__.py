@@ -77,7 +77,7 @@ def scenario_run(
     try:
         report = run_scenario(text, snapshot)
     except ScenarioError as exc:
-        typer.echo(f"malformed scenario {file}: {exc}", err=True)
+        typer.echo(" ".join(f"malformed scenario {file}: {exc}".split()), err=True)  # one line (SCENARIOS.md)
         raise typer.Exit(2) from None
     if as_json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")

@@ -146,7 +146,8 @@ def _build_specs() -> dict[str, ParameterSpec]:
     ph = CHANGNING_POST_HOC
     day = dict(minimum=1, maximum=31, bound_clause="a day of the month")
     add(f"{ph}.in_force", "bool", "§6", "[002 通知]")
-    add(f"{ph}.claim_window_months", "count", "R-PH-5", "[002 4.3]")
+    add(f"{ph}.claim_window_months", "count", "R-PH-5", "[002 4.3]", minimum=1, maximum=120, bound_rule="R-PH-5",
+        bound_clause="[002 4.3] a claim window of whole months (1 to 120)")
     add(f"{ph}.critical_illness_evidence", "text", "R-INS-5", "[002 3.6]",
         choices=("settlement_slip", "receipt_marking"))
     add(f"{ph}.auto_claim_day", "count", "R-PH-3", "[002 3.3]", bound_rule="R-PH-3", **day)

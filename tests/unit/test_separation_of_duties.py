@@ -58,7 +58,9 @@ def test_identities_compare_after_nfkc_case_folding_and_trimming() -> None:
     assert same_identity("wang.li") != same_identity("wang.lin")
 
 
-@pytest.mark.parametrize("alias", ["wang.li", "  WANG.LI", "Ｗａｎｇ．Ｌｉ", "wang.li\u3000"])
+@pytest.mark.parametrize("alias", ["wang.li", "  WANG.LI", "Ｗａｎｇ．Ｌｉ", "wang.li\u3000",
+                                   # characters that show nothing: joiners, a Hangul filler, a combining grapheme joiner
+                                   "Wang.Li\u200d", "Wang\u200c.Li", "Wang.Li\u3164", "Wa\u034fng.Li", "\u2800Wang.Li"])
 def test_the_handler_under_another_spelling_cannot_review(ledger: LedgerApp, alias: str) -> None:
     cid = lodged(ledger)
     before = ledger.recorder.max_notification_id()
