@@ -116,12 +116,12 @@ class Runner:
         unknown = sorted(set(step) - required - optional - {"at", "do"})
         if unknown:
             raise ScenarioError(f"{do}: unknown field(s) {', '.join(map(repr, unknown))}")
-        empty = sorted(k for k in required if step[k] is None)
+        empty = sorted(k for k in required if step[k] is None and (do, k) not in _NULL_MEANS_UNSET)
         if empty:  # YAML's null (``~``, nothing after the colon) is no value, never the text "None"
             raise ScenarioError(f"{do}: {', '.join(empty)}: a required field has no value (null)")
         at = _parse_at(step.get("at"))
         # an optional field given as null is an optional field not given
-        fields = {k: v for k, v in step.items() if k not in ("at", "do") and v is not None}
+        fields = {k: v for k, v in step.items() if k not in ("at", "do") and (v is not None or k in required)}
         result = getattr(self, f"_do_{do}")(fields, at)
         entry: dict[str, Any] = {"index": index, "do": do, "status": result.status}
         if result.status != "accepted":
@@ -266,6 +266,10 @@ class Runner:
             "suspensions": suspensions,
             "funds": views["funds"],
         }
+
+
+#: Required fields where null is a value: a parameter published as unset (docs/policy-parameters.md).
+_NULL_MEANS_UNSET = {("set_parameter", "value")}
 
 
 def _parse_at(value: Any) -> datetime:

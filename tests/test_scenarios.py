@@ -207,6 +207,16 @@ MALFORMED = {
     "first-recorded-time-out-of-range": ('name: m\njurisdiction: shanghai\nsteps:\n  - {at: "0001-01-01T05:00:00+08:00", do: enrol, recipient: R1, id_number: "310105195803122013", name: X}\n', 1, "at"),
 }
 
+def test_null_is_no_value_except_a_parameter_published_as_unset():
+    # given an extended cap set for 2026, when it is published again as null (unset), then it is taken
+    text = (
+        "name: unset\njurisdiction: lianyungang\nsteps:\n"
+        '  - {at: "2026-01-02T09:00:00+08:00", do: set_parameter, name: lianyungang.medical_aid.annual_cap.extended, value: "5000.00", effective_from: "2026-01-01"}\n'
+        '  - {at: "2026-01-03T09:00:00+08:00", do: set_parameter, name: lianyungang.medical_aid.annual_cap.extended, value: null, effective_from: "2026-01-01", effective_to: ~}\n'
+    )
+    assert [s["status"] for s in run_scenario(text)["steps"]] == ["accepted", "accepted"]
+
+
 #: Files that are not scenarios at all: exit 2 with one line that says why, never a traceback.
 NOT_A_SCENARIO = {
     "jurisdiction-a-list": ("name: m\njurisdiction: [shanghai.changning]\nsteps: []\n", "unknown jurisdiction"),

@@ -174,11 +174,13 @@ def test_relay_killed_three_times_the_consumer_processes_each_event_once_in_orde
     assert [e for _, e in events] == [str(m.event_id) for m in expected]
     assert dedup.stats.processed == len(rows) and dedup.stats.invalid == 0
 
-    # Each kill was mid-way: the relay had recorded less than the consumer had processed.
-    for tracked, seen in kills:
-        assert 0 < tracked < seen < positions[-1], kills
-    resent = sum(bisect.bisect_right(positions, seen) - bisect.bisect_right(positions, tracked) for tracked, seen in kills)
-    assert resent >= 2 * KILLS
+    # The kills were mid-way: the relay had recorded less than the consumer had processed. A kill
+    # is sent after the page was seen mid-way, and on a loaded machine the relay may record the
+    # page in between: such a kill re-sends nothing, so at least two of the three must be mid-way.
+    mid_way = [(tracked, seen) for tracked, seen in kills if 0 < tracked < seen < positions[-1]]
+    assert len(mid_way) >= KILLS - 1, kills
+    resent = sum(bisect.bisect_right(positions, seen) - bisect.bisect_right(positions, tracked) for tracked, seen in mid_way)
+    assert resent >= 2 * len(mid_way)
 
     # Raw deliveries: every event at least once; the repeats are exactly what was dropped.
     raw_events = [p for t, p in raw if t != CHECKPOINT]
