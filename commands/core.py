@@ -19,6 +19,9 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Iterator as _Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -51,6 +54,8 @@ from ledger.policy.params import PolicyError
 from ledger.values import CST, Channel, Scheme, Trigger, local_date, micros, receipt_identity, same_identity
 
 _log = logging.getLogger("ledger.city")
+#: The moment a shorthand (``aid``, the signed 免申即享 batch) records all of its commands at.
+_ONE_MOMENT: ContextVar[datetime | None] = ContextVar("one_moment", default=None)
 
 DEFAULT_OFFICERS = ("handler-default", "reviewer-default", "approver-default")
 #: The scenario contract's ``pay`` without a payer: a fourth officer, distinct from the three.
@@ -260,12 +265,27 @@ class LedgerCore(Application):
         so that "known at T" cuts never split what one command recorded from the next."""
         # One clock for people: +08:00 (Asia/Shanghai), whatever offset the time was given in; the
         # instant is the same, and every time stored and shown reads in China Standard Time.
+        shared = _ONE_MOMENT.get()
+        if shared is not None:  # a shorthand's commands, recorded at its one moment
+            return shared
         moment = (at or datetime.now(CST)).astimezone(CST)
         with self._clock_lock:
             if self._last_at is not None and moment <= self._last_at:
                 moment = self._last_at + timedelta(microseconds=1)
             self._last_at = moment
         return moment
+
+    @contextmanager
+    def _one_moment(self, at: datetime | None) -> _Iterator[datetime]:
+        """Every command run inside records at one moment, this block's (ADR 0006): ``aid`` is a
+        claim, a review, an approval and a payment "all at ``at``" (SCENARIOS.md), so a cut as known
+        at ``at`` holds all four or none."""
+        moment = self._now(at)
+        token = _ONE_MOMENT.set(moment)
+        try:
+            yield moment
+        finally:
+            _ONE_MOMENT.reset(token)
 
     def _command_record(self, cmd: m.Command, result: Result, at: datetime | None) -> CommandRecord:
         """The idempotency record: the command's type, its result and its fingerprint (kept with
@@ -938,19 +958,20 @@ class LedgerCore(Application):
         """The scenario contract's shorthand: claim + review + approve + pay with three distinct
         default officers and the default payer (R-PH-4)."""
         handler, reviewer, approver = DEFAULT_OFFICERS
-        lodged = self.run(m.LodgeClaim(recipient=recipient, expenses=expenses, handler=handler, at=at, command_id=command_id and f"{command_id}:claim"))
-        if lodged.status != "accepted":
-            return lodged
-        claim_id = lodged.ids["claim"]
-        for step in (
-            m.Review(claim=claim_id, reviewer=reviewer, at=at, command_id=command_id and f"{command_id}:review"),
-            m.Approve(claim=claim_id, approver=approver, at=at, command_id=command_id and f"{command_id}:approve"),
-            m.Pay(claim=claim_id, at=at, command_id=command_id and f"{command_id}:pay"),
-        ):
-            res = self.run(step)
-            if res.status != "accepted":
-                res.ids.setdefault("claim", claim_id)
-                return res
+        with self._one_moment(at):
+            lodged = self.run(m.LodgeClaim(recipient=recipient, expenses=expenses, handler=handler, at=at, command_id=command_id and f"{command_id}:claim"))
+            if lodged.status != "accepted":
+                return lodged
+            claim_id = lodged.ids["claim"]
+            for step in (
+                m.Review(claim=claim_id, reviewer=reviewer, at=at, command_id=command_id and f"{command_id}:review"),
+                m.Approve(claim=claim_id, approver=approver, at=at, command_id=command_id and f"{command_id}:approve"),
+                m.Pay(claim=claim_id, at=at, command_id=command_id and f"{command_id}:pay"),
+            ):
+                res = self.run(step)
+                if res.status != "accepted":
+                    res.ids.setdefault("claim", claim_id)
+                    return res
         return Result(ids={"claim": claim_id})
 
     def recipient_ids(self) -> Iterator[uuid.UUID]:
@@ -981,12 +1002,13 @@ class LedgerCore(Application):
         """The scenario contract's ``auto_claims`` shorthand: the batch lodged by the default handler,
         then reviewed, approved and paid by the default officers (R-PH-3, R-PH-4)."""
         handler, reviewer, approver = DEFAULT_OFFICERS
-        lodged = self.run(m.AutoClaims(month=month, handler=handler, at=at))
-        batch = lodged.ids.get("batch")
-        if lodged.status != "accepted" or not batch:
-            return lodged
-        for role, officer in (("reviewer", reviewer), ("approver", approver), ("payer", DEFAULT_PAYER)):
-            self.run(m.SignBatch(batch=batch, role=role, officer=officer, at=at))
+        with self._one_moment(at):
+            lodged = self.run(m.AutoClaims(month=month, handler=handler, at=at))
+            batch = lodged.ids.get("batch")
+            if lodged.status != "accepted" or not batch:
+                return lodged
+            for role, officer in (("reviewer", reviewer), ("approver", approver), ("payer", DEFAULT_PAYER)):
+                self.run(m.SignBatch(batch=batch, role=role, officer=officer, at=at))
         return lodged
 
     # ------------------------------------------------------------------ 四医联动 district actions

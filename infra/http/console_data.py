@@ -12,6 +12,7 @@ exactly as the relay would feed it.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import threading
 import uuid
 from collections import defaultdict
@@ -280,17 +281,34 @@ def timeline(app: Any, r: Recipient) -> list[Entry]:
     """Every event of the person and of their claims, in recorded order, each with its effective
     date where it has one; a fact recorded after its effective date is marked retroactive
     (R-TIME-2: it changes what was true before the ledger knew it)."""
-    entries = [_entry(e, r) for e in app.events.get(r.id)]
+    events = list(app.events.get(r.id))
+    streams = [[_entry(e, r) for e in events]]
     claims: set[str] = set()
-    for e in app.events.get(r.id):
+    for e in events:
         if isinstance(e, Recipient.ClaimAttached) or (isinstance(e, (Recipient.AidDecided, Recipient.AidPaid)) and e.claim_id):
             claims.add(e.claim_id)
     for cid in sorted(claims):
-        entries += [_claim_entry(e) for e in app.events.get(uuid.UUID(cid))]
-    # At one recorded time the claim's signature comes first: it is what the recipient's decision
-    # or payment recorded with it follows from.
-    entries.sort(key=lambda x: (x.recorded_at, x.aggregate != "claim", x.version))
-    return entries
+        streams.append([_claim_entry(e) for e in app.events.get(uuid.UUID(cid))])
+    # Each stream stays in its own order. At one recorded time (``aid`` records its four commands at
+    # one moment, ADR 0006) the steps of a claim come in the order they happen: lodged, reviewed,
+    # approved and decided, paid; at one step the claim's signature comes first, as what the
+    # recipient's decision or payment recorded with it follows from.
+    return [x for _, x in heapq.merge(*(_staged(s) for s in streams), key=lambda kx: kx[0])]
+
+
+#: The step of a claim an event belongs to, for ordering events recorded at one moment.
+_CLAIM_STEP = {"Lodged": 0, "ClaimAttached": 0, "Reviewed": 1, "Approved": 2, "Rejected": 2, "AidDecided": 2, "Paid": 3, "AidPaid": 3}
+
+
+def _staged(stream: list[Entry]) -> Iterator[tuple[tuple[Any, ...], Entry]]:
+    """``stream`` (one aggregate's entries, in version order) keyed for the merge: by recorded time,
+    then the claim step so far at that time (never going back, so the stream keeps its order)."""
+    at, step = None, 0
+    for x in stream:
+        if x.recorded_at != at:
+            at, step = x.recorded_at, 0
+        step = max(step, _CLAIM_STEP.get(x.kind, 0))
+        yield (x.recorded_at, step, x.aggregate != "claim", x.version), x
 
 
 # ------------------------------------------------------------------------------------ charts' data

@@ -168,6 +168,13 @@ def test_scenario_runner_adds_the_snapshot(tmp_path: Path) -> None:
     # Known the day after the settlement: 80% of 5,250.00, the overpayment open.
     later = json.loads(runner.invoke(app, ["scenario", "run", str(scenario), "--json", "--snapshot-valid", "2026-06-30", "--snapshot-known-at", "2026-05-03"]).stdout)
     assert [(r["aid_due"], r["clearing_open"]) for r in later["snapshot"]["rows"]] == [("2100.00", "3900.00"), ("2100.00", "3900.00")]
+    # Known at the aid step's own time: its claim, review, approval and payment are all "at at"
+    # (SCENARIOS.md), so a snapshot at that instant holds all of them, and one a microsecond before none.
+    def at(t: str) -> list[tuple[str, str]]:
+        out = json.loads(runner.invoke(app, ["scenario", "run", str(scenario), "--json", "--snapshot-valid", "2026-06-30", "--snapshot-known-at", t]).stdout)
+        return [(r["aid_due"], r["aid_paid"]) for r in out["snapshot"]["rows"]]
+    assert at("2026-04-10T10:00:00+08:00") == [("6000.00", "6000.00"), ("6000.00", "6000.00")]
+    assert at("2026-04-10T09:59:59.999999+08:00") == []
     bad = runner.invoke(app, ["scenario", "run", str(scenario), "--json", "--snapshot-valid", "June"])
     assert bad.exit_code == 2
 
