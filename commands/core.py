@@ -786,7 +786,7 @@ class LedgerCore(Application):
         if acc.claim_id is not None and acc.claim_id != claim_id:
             raise errors.Duplicate(f"expense {eid}: already listed on open claim {acc.claim_id} [002 4.5]", field="expenses")
         book = self.policy().book
-        if channel != Channel.ONE_STOP.value:
+        if channel != Channel.ONE_STOP.value and procedure.governs(r.knowledge(), acc.facts):
             procedure.check_deadline(book, self.schemes, acc.facts, lodged_on, override)
             procedure.check_settled(self.schemes, acc.facts)
             procedure.check_evidence(book, self.schemes, acc.facts)

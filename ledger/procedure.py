@@ -8,11 +8,22 @@ from __future__ import annotations
 from datetime import date
 
 from ledger import errors
-from ledger.facts import ExpenseFacts
+from ledger.eligibility import categories_on
+from ledger.facts import ExpenseFacts, Knowledge
 from ledger.policy.params import PolicyBook
-from ledger.values import Scheme, add_months, same_identity, validate_id_number
+from ledger.values import Category, Scheme, add_months, same_identity, validate_id_number
 
 PROCEDURE = Scheme.POST_HOC_PROCEDURE.value
+
+
+def governs(k: Knowledge, e: ExpenseFacts) -> bool:
+    """Whether the procedure's checks on an expense (R-PH-5, R-INS-5, R-INS-6) apply to its claim.
+    [002 1 范围] 本规范适用于…办理医疗救助（事后救助）的操作: the procedure is medical aid's. A claim
+    of someone who, on the service date, holds only the community mutual-aid plan's category is
+    that plan's, with its own procedure [003 六] (an application at the street's community affairs
+    centre, no claim window, no 居保大病: its participants are outside Shanghai basic insurance)."""
+    held = {h.category for h in categories_on(k, e.service_date)}
+    return held != {Category.MUTUAL_AID_PARTICIPANT.value}
 
 
 def procedure_in_force(book: PolicyBook, schemes: tuple[str, ...], on: date) -> bool:
