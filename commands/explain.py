@@ -25,7 +25,7 @@ from commands import queries
 from commands.app import LedgerApp, recipient_of
 from commands.timeline import project
 from ledger import errors, traces
-from ledger.citations import cite
+from ledger.citations import cite, clause_of
 from ledger.policy.packs import spec_for
 from ledger.policy.params import UnknownParameter
 from ledger.aggregates import Claim, Recipient
@@ -372,6 +372,15 @@ def explain_expense(app: LedgerApp, expense_id: str, *, handles: dict[str, str] 
             "critical_illness_related": facts.critical_illness_related,
             "critical_illness_evidence": facts.critical_illness_evidence,
             "duplicate_of": (handles or {}).get(facts.duplicate_of or "", facts.duplicate_of),
+            # Every insurance payment recorded on the receipt, and the self-pay they leave now
+            # (R-INS-3, R-INS-4): one recorded after the latest decision that moved no money (the
+            # aid was held at a cap, say) is shown here, as no reassessment records it.
+            "settlements": [
+                {"scheme": x.scheme, "zh": TERMS_ZH.get(x.scheme, x.scheme), "amount": fmt(x.amount),
+                 "recorded_at": x.recorded_at.astimezone(CST).isoformat(), "rule": "R-INS-4", "clause": clause_of("R-INS-4")}
+                for x in facts.settlements
+            ],
+            "self_pay_now": view.get("self_pay"),
         },
         "decision": decision,
         "reassessments": reassessments,

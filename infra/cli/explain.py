@@ -205,6 +205,11 @@ def render(data: dict[str, Any]) -> list[str]:
         + (" · dispensing only 门诊配药" if f.get("dispensing_only") else "")
         + (f" · duplicate of 重复票据 {f['duplicate_of']}" if f.get("duplicate_of") else ""),
     ]
+    for x in f.get("settlements", []):
+        lines.append(f"  insurance paid on the receipt 保险支付: {x['scheme']} {x.get('zh') or ''} {x['amount']}, recorded {x['recorded_at']} "
+                     f"({x['rule']} {x.get('clause') or ''})")
+    if f.get("settlements"):
+        lines.append(f"  self-pay now 现自负医疗费用 {f.get('self_pay_now')} (R-INS-3)")
     d = data.get("decision")
     if d is None:
         lines.append("  Not decided yet 尚未作出救助决定." if not data.get("refusals") else "  Not granted 未予救助: every claim on it was refused.")

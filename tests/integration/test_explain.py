@@ -163,6 +163,10 @@ def test_explain_over_the_configured_store(database_url: str):
     assert (again["trigger"], again["total"], again["self_pay"]) == ("late_insurance", "4200.00", "5250.00")
     assert Decimal(data["clearing_cases"][0]["amount"]) == Decimal("7800.00")
     assert data["paid"]["total"] == "12000.00" and data["due"]["total"] == "4200.00"
+    # the receipt's insurance payments and the self-pay they leave now, beside the first decision's
+    [paid_by] = data["facts"]["settlements"]
+    assert (paid_by["scheme"], paid_by["amount"], paid_by["rule"]) == ("critical_illness", "9750.00", "R-INS-4")
+    assert paid_by["recorded_at"].endswith("+08:00") and data["facts"]["self_pay_now"] == "5250.00"
     waterfall = {row["step"]: row["amount"] for row in d["waterfall"]}
     assert waterfall == {
         "total": "50000.00", "out_of_scope": "10000.00", "in_scope": "40000.00", "basic_insurance": "25000.00",
