@@ -328,8 +328,8 @@ def cause_text(cause: dict[str, Any] | None, r: Any) -> str | None:
         if acc is None:  # recorded by handle (or another recipient's receipt)
             named = r.expenses_named(ref)
             acc = r.expenses.get(named[0]) if named else None
-        if acc is None:
-            return f"expense {ref}"
+        if acc is None:  # the settlement was recorded on another recipient's record of the receipt
+            return f"expense {ref}, another record of the receipt (R-CLR-1(b))"
         return f"expense {acc.handle or ref} (receipt {acc.facts.invoice_no}, served {acc.facts.service_date.isoformat()})"
 
     if "expense" in cause and "scheme" in cause:  # R-INS-4, R-CLR-1(a)
@@ -344,6 +344,8 @@ def cause_text(cause: dict[str, Any] | None, r: Any) -> str | None:
         return f"{cause['insurance_ended']} insurance enrolment ended"
     if "mutual_aid_year" in cause:
         return f"mutual-aid participation for {cause['mutual_aid_year']} recorded or corrected"
+    if "decision" in cause:  # R-CLR-1(e): an earlier-invoiced expense decided later took cap room first
+        return f"a later decision ({cause['decision']}) on an expense invoiced earlier took the cap room first (R-CAP-2, R-CLR-1(e))"
     if "parameter" in cause:  # R-CLR-1(d)
         return f"parameter {cause['parameter']} amended"
     if cause.get("run") == "clearing":

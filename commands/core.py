@@ -51,7 +51,7 @@ from ledger.facts import DecisionRef, ExpenseFacts, city_read
 from ledger.money import ZERO, fmt
 from ledger.policy import packs as policy_packs
 from ledger.policy.params import PolicyError
-from ledger.values import CST, Channel, Scheme, Trigger, local_date, micros, receipt_identity, same_identity
+from ledger.values import CST, Category, Channel, Scheme, Trigger, local_date, micros, receipt_identity, same_identity
 
 _log = logging.getLogger("ledger.city")
 #: The moment a shorthand (``aid``, the signed 免申即享 batch) records all of its commands at.
@@ -786,7 +786,7 @@ class LedgerCore(Application):
         if acc.claim_id is not None and acc.claim_id != claim_id:
             raise errors.Duplicate(f"expense {eid}: already listed on open claim {acc.claim_id} [002 4.5]", field="expenses")
         book = self.policy().book
-        if channel != Channel.ONE_STOP.value and procedure.governs(r.knowledge(), acc.facts):
+        if channel != Channel.ONE_STOP.value:
             procedure.check_deadline(book, self.schemes, acc.facts, lodged_on, override)
             procedure.check_settled(self.schemes, acc.facts)
             procedure.check_evidence(book, self.schemes, acc.facts)
@@ -830,6 +830,9 @@ class LedgerCore(Application):
         seen: set[tuple[str, str]] = set()
         procedural: tuple[errors.Rejected, str] | None = None
         checked: list[str] = []
+        # A procedural refusal of an expense the mutual-aid plan may aid waits for the assessment:
+        # it stands unless the plan wins the expense ([002 1 范围], [003 六]; procedure.may_be_mutual_aid).
+        waiting: dict[str, errors.Rejected] = {}
         self._unit.city_unread = []  # receipts the city view could not be asked about (``_check_city_receipt``)
         for eid in ordered:
             key = r.expenses[eid].facts.receipt_key if eid in r.expenses else None
@@ -840,6 +843,11 @@ class LedgerCore(Application):
                 seen.add(key)
             try:
                 self._check_claimable(r, eid, channel, lodged_on, claim_id, override)
+            except procedure.PROCEDURAL as exc:
+                if not procedure.may_be_mutual_aid(r.knowledge(), r.expenses[eid].facts):
+                    procedural = (exc, eid)
+                    break
+                waiting[eid] = exc
             except errors.Rejected as exc:
                 procedural = (exc, eid)
                 break
@@ -854,6 +862,8 @@ class LedgerCore(Application):
             result.city = {**(result.city or {"district": self.city.district}), "receipts_unread": unread}
         for eid in checked:
             a = result.assessments[eid]
+            if eid in waiting and not (a.granted and a.category == Category.MUTUAL_AID_PARTICIPANT.value):
+                return waiting[eid], eid, result
             if not a.granted:
                 return a.rejection(), eid, result
         if procedural is not None:

@@ -30,6 +30,7 @@ from ledger.values import (
     VisitType,
     birth_date,
     local_date,
+    same_identity,
     street_name,
     validate_id_number,
 )
@@ -75,9 +76,10 @@ BLANK_RULE = ("SCENARIOS.md: handles, officers, receipt numbers and facility cod
 
 def _not_blank(value: Any) -> Any:
     """A handle, an officer or a receipt's number or code: nothing but whitespace (U+3000 included)
-    would be the empty identity once trimmed, the same for every blank one typed."""
-    if isinstance(value, str) and value and not value.strip():
-        raise PydanticCustomError("blank_identity", "must not be empty or only whitespace")
+    or characters that show nothing would be the empty identity once compared
+    (``ledger.values.same_identity``), the same for every blank one typed."""
+    if isinstance(value, str) and value and not same_identity(value):
+        raise PydanticCustomError("blank_identity", "must not be empty, only whitespace or only characters that show nothing")
     return value
 
 

@@ -191,6 +191,8 @@ class Runner:
         handle = self._handle(f.pop("claim"), "claim")
         if handle in self.claims:
             raise ScenarioError(f"claim handle {handle!r} is already used")
+        if isinstance(f.get("proxy_id_number"), int) and not isinstance(f["proxy_id_number"], bool):
+            f["proxy_id_number"] = str(f["proxy_id_number"])  # an unquoted number, as enrol's id_number
         res = self._run(m.LodgeClaim, at, **{**f, "recipient": self._r(f), "expenses": self._expense_list(f)})
         if "claim" in res.ids:
             self.claims[handle] = res.ids["claim"]

@@ -16,14 +16,18 @@ from ledger.values import Category, Scheme, add_months, same_identity, validate_
 PROCEDURE = Scheme.POST_HOC_PROCEDURE.value
 
 
-def governs(k: Knowledge, e: ExpenseFacts) -> bool:
-    """Whether the procedure's checks on an expense (R-PH-5, R-INS-5, R-INS-6) apply to its claim.
-    [002 1 范围] 本规范适用于…办理医疗救助（事后救助）的操作: the procedure is medical aid's. A claim
-    of someone who, on the service date, holds only the community mutual-aid plan's category is
-    that plan's, with its own procedure [003 六] (an application at the street's community affairs
-    centre, no claim window, no 居保大病: its participants are outside Shanghai basic insurance)."""
-    held = {h.category for h in categories_on(k, e.service_date)}
-    return held != {Category.MUTUAL_AID_PARTICIPANT.value}
+#: The refusals of the procedure's own checks on an expense (R-PH-5, R-INS-6, R-INS-5).
+PROCEDURAL = (errors.DeadlinePassed, errors.NotYetSettled, errors.EvidenceMissing)
+
+
+def may_be_mutual_aid(k: Knowledge, e: ExpenseFacts) -> bool:
+    """Whether an expense may be aided by the community mutual-aid plan rather than medical aid:
+    its person holds the plan's category on the service date. [002 1 范围] 本规范适用于…办理医疗救助
+    （事后救助）的操作: the procedure (R-PH-5, R-INS-5, R-INS-6) is medical aid's; the plan has its own
+    [003 六] (an application at the street's community affairs centre, no claim window, no 居保大病:
+    its participants are outside Shanghai basic insurance). Such an expense's procedural refusal
+    stands only when the assessment does not aid it under the plan (R-CAT-2 picks the winner)."""
+    return any(h.category == Category.MUTUAL_AID_PARTICIPANT.value for h in categories_on(k, e.service_date))
 
 
 def procedure_in_force(book: PolicyBook, schemes: tuple[str, ...], on: date) -> bool:

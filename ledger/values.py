@@ -264,13 +264,14 @@ def street_name(text: str | None) -> str:
     return unicodedata.normalize("NFKC", text or "").strip()
 
 
-#: Characters that show nothing (Unicode's Default_Ignorable_Code_Point, DerivedCoreProperties.txt,
-#: and the blank braille pattern): ``Wang.Li`` with a zero-width joiner, a Hangul filler or a
-#: combining grapheme joiner inside is still ``Wang.Li`` to anyone reading it, so it is to the
-#: comparison too (R-PH-4: one person cannot sign twice by adding an invisible character).
+#: Characters that show nothing (Unicode's Default_Ignorable_Code_Point, DerivedCoreProperties.txt):
+#: ``Wang.Li`` with a zero-width joiner, a Hangul filler or a combining grapheme joiner inside is
+#: still ``Wang.Li`` to anyone reading it, so it is to the comparison too (R-PH-4: one person cannot
+#: sign twice by adding an invisible character). A blank that shows as a blank (a space, U+2800) is
+#: kept: ``12 34`` is not ``1234``.
 _SHOWS_NOTHING = dict.fromkeys(
     [0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, *range(0x180B, 0x1810), *range(0x200B, 0x2010),
-     *range(0x202A, 0x202F), *range(0x2060, 0x2070), 0x2800, 0x3164, *range(0xFE00, 0xFE10), 0xFEFF, 0xFFA0,
+     *range(0x202A, 0x202F), *range(0x2060, 0x2070), 0x3164, *range(0xFE00, 0xFE10), 0xFEFF, 0xFFA0,
      *range(0xFFF0, 0xFFF9), *range(0x1BCA0, 0x1BCA4), *range(0x1D173, 0x1D17B), *range(0xE0000, 0xE1000)]
 )
 
@@ -280,8 +281,8 @@ def same_identity(text: str | None) -> str:
     invoice numbers (R-CLR-1(b) [002 4.5]), officers (R-PH-4 [002 3.4]), names. Unicode NFKC (so
     full-width ``ＡＢ１`` is ``ab1``), case folding and trimming; ``Wang.Li`` and `` wang.li`` are
     one person (SCENARIOS.md ``review``). Characters that show nothing are left out first
-    (``_SHOWS_NOTHING``)."""
-    folded = unicodedata.normalize("NFKC", text or "").casefold()
+    (``_SHOWS_NOTHING``), and again after normalising: ``Jose`` + U+034F + U+0301 is ``josé``."""
+    folded = unicodedata.normalize("NFKC", (text or "").translate(_SHOWS_NOTHING)).casefold()
     return unicodedata.normalize("NFKC", folded).translate(_SHOWS_NOTHING).strip()
 
 

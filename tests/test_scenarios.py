@@ -202,6 +202,7 @@ MALFORMED = {
     "handle-null": (_GOOD_HEAD + '  - {at: "2026-01-05T09:02:00+08:00", do: consent_auto_claim, recipient: ~, signed: true}\n', 3, "recipient"),
     "invoice-no-null": (_GOOD_HEAD + _EXPENSE.format(total='"10.00"').replace("invoice_no: X-1", "invoice_no: null"), 3, "invoice_no"),
     "invoice-no-a-list": (_GOOD_HEAD + _EXPENSE.format(total='"10.00"').replace("invoice_no: X-1", "invoice_no: [1, 2]"), 3, "invoice_no"),
+    "invoice-no-shows-nothing": (_GOOD_HEAD + _EXPENSE.format(total='"10.00"').replace("invoice_no: X-1", 'invoice_no: "\u3164"'), 3, "invoice_no"),
     "handle-a-mapping": (_GOOD_HEAD + '  - {at: "2026-01-05T09:02:00+08:00", do: consent_auto_claim, recipient: {a: 1}, signed: true}\n', 3, "recipient"),
     "recorded-time-out-of-range": (_GOOD_HEAD + '  - {at: "9999-12-31T23:59:59-08:00", do: consent_auto_claim, recipient: R1, signed: true}\n', 3, "at"),
     "first-recorded-time-out-of-range": ('name: m\njurisdiction: shanghai\nsteps:\n  - {at: "0001-01-01T05:00:00+08:00", do: enrol, recipient: R1, id_number: "310105195803122013", name: X}\n', 1, "at"),
@@ -215,6 +216,20 @@ def test_null_is_no_value_except_a_parameter_published_as_unset():
         '  - {at: "2026-01-03T09:00:00+08:00", do: set_parameter, name: lianyungang.medical_aid.annual_cap.extended, value: null, effective_from: "2026-01-01", effective_to: ~}\n'
     )
     assert [s["status"] for s in run_scenario(text)["steps"]] == ["accepted", "accepted"]
+
+
+def test_a_claim_by_an_unverified_proxy_is_refused_and_records_who_lodged_it():
+    # given a claim lodged by a proxy whose id fails its check digit (R-PH-9 [002 4.7])
+    text = _GOOD_HEAD + (
+        '  - {at: "2026-01-05T09:02:00+08:00", do: insure, recipient: R1, scheme: resident, from: "2020-01-01"}\n'
+        + _EXPENSE.format(total='"10.00"').replace("09:02:00", "09:03:00")
+        + '  - {at: "2026-01-06T09:00:00+08:00", do: claim, claim: C1, recipient: R1, expenses: [E1], handler: H1, proxy_id_number: 310105197909099018}\n'
+    )
+    _, runner = replay(text)
+    # then the step is a refusal by the rule, and the claim records the number it was lodged with
+    assert {k: runner.steps[-1][k] for k in ("status", "code", "rule")} == {"status": "rejected", "code": "NOT_ELIGIBLE", "rule": "R-PH-9"}
+    claim = runner.app.claim(runner.claims["C1"])
+    assert (claim.status, claim.proxy_id_number) == ("rejected", "310105197909099018")
 
 
 #: Files that are not scenarios at all: exit 2 with one line that says why, never a traceback.

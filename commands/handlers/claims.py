@@ -27,8 +27,8 @@ def lodge_claim(app: LedgerCore, cmd: m.LodgeClaim) -> Result:
     unverified: errors.NotEligible | None = None
     try:
         proxy = procedure.check_proxy(cmd.proxy_id_number, r.id_number, local_date(moment))
-    except errors.NotEligible as exc:  # R-PH-9: recorded as the claim's refusal, the number is not kept
-        proxy, unverified = None, exc
+    except errors.NotEligible as exc:  # R-PH-9: the claim is refused; who lodged it is recorded as given
+        proxy, unverified = (cmd.proxy_id_number or "").strip() or None, exc
     lodged_on = local_date(moment)
     ordered = app.claim_order(r, listed)
     claim = Claim._create(  # noqa: SLF001

@@ -270,6 +270,8 @@ def _count(name: str, raw: object) -> int:
         text = raw.strip()
         if text.lstrip("+-").isdigit():
             return int(text)
+        if _PLAIN_NUMBER.fullmatch(text) and Decimal(text) == Decimal(text).to_integral_value():
+            return int(Decimal(text))  # 6.0 as written in a file is the count 6
     raise _invalid(name, f"expected a whole number, got {raw!r}")
 
 

@@ -465,3 +465,11 @@ def test_rule_ids_exist_in_rules_md():
             assert f"**{rule}**" in text, rule
         else:
             assert re.search(rf"^## {rule[1:]}\. ", text, re.M), rule
+
+
+def test_a_count_is_a_whole_number_however_it_is_written():
+    # "6.0" as a scenario file keeps it is the count 6; "6.5" and "6e0" are not counts
+    assert coerce_value(f"{PH}.claim_window_months", "6.0") == coerce_value(f"{PH}.claim_window_months", 6) == 6
+    for raw in ("6.5", "6e0", "six"):
+        with pytest.raises(PolicyError):
+            coerce_value(f"{PH}.claim_window_months", raw)
