@@ -269,6 +269,8 @@ def _four_linkage_eligible(e: ExpenseFacts) -> tuple[bool, str]:
     f = e.facility
     if f.kind is FacilityKind.PHARMACY:
         return False, "a pharmacy is never eligible (R-4L-1)"
+    if f.out_of_province:
+        return False, "a facility out of the province is not in Changning's own network (R-4L-1)"
     if not f.district_designated:
         return False, "not a district-designated facility of Changning's own network (R-4L-1)"
     if f.kind is FacilityKind.COMMUNITY_HEALTH_CENTRE:

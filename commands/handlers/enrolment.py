@@ -140,8 +140,10 @@ def _less_already_paid(subsidy: dict[str, Any] | None, earlier: list[dict[str, A
     what the year's earlier enrolments did not already pay (a subsidy set since, say)."""
     if subsidy is None or not earlier:
         return subsidy
+    if any(s.get("kind") == "contribution_paid_in_full" for s in earlier):
+        return None  # the year's whole contribution is paid already: a fixed subsidy would pay it twice
     if subsidy["kind"] == "contribution_paid_in_full":
-        return None if any(s.get("kind") == "contribution_paid_in_full" for s in earlier) else subsidy
+        return subsidy
     paid = sum((Decimal(s.get("amount") or "0") for s in earlier), ZERO)
     rest = money(Decimal(subsidy["amount"]) - paid)
     if rest <= 0:
