@@ -76,14 +76,15 @@ def test_employee_insurance_gets_no_subsidy(shanghai: LedgerApp) -> None:
     assert subsidy_on_insure(shanghai, CHILD_2015, "dibao", scheme="employee") is None
 
 
-@pytest.mark.parametrize("subtype", ["dibao", "低保", "特困供养", "destitute", "孤儿", " Orphan "])
+@pytest.mark.parametrize("subtype", ["dibao", "低保", "特困供养", "destitute", "孤儿", " Orphan ", "低保对象（城市）", "农村特困供养人员", "社会散居孤儿"])
 def test_lianyungang_dibao_destitute_and_orphans_are_paid_in_full(lianyungang: LedgerApp, subtype: str) -> None:
     s = subsidy_on_insure(lianyungang, ADULT_1962, "lyg_key", subtype=subtype)
     assert (s["kind"], s["clause"]) == ("contribution_paid_in_full", "[004 四(一)]")
 
 
-def test_lianyungang_other_recipients_get_the_local_setting_zero_until_set(lianyungang: LedgerApp) -> None:
-    s = subsidy_on_insure(lianyungang, ADULT_1962, "lyg_key", subtype="60年代老职工")
+@pytest.mark.parametrize("subtype", ["60年代老职工", "特困职工"])  # a distressed worker is not 特困供养
+def test_lianyungang_other_recipients_get_the_local_setting_zero_until_set(lianyungang: LedgerApp, subtype: str) -> None:
+    s = subsidy_on_insure(lianyungang, ADULT_1962, "lyg_key", subtype=subtype)
     assert (s["kind"], s["amount"], s["clause"], s.get("local_setting")) == ("fixed_subsidy", "0.00", "[004 四(一)]", True)
 
 
