@@ -51,7 +51,7 @@ from ledger.facts import DecisionRef, ExpenseFacts, city_read
 from ledger.money import ZERO, fmt
 from ledger.policy import packs as policy_packs
 from ledger.policy.params import PolicyError
-from ledger.values import CST, Category, Channel, Scheme, Trigger, local_date, micros, receipt_identity, same_identity
+from ledger.values import CST, Channel, Scheme, Trigger, local_date, micros, receipt_identity, same_identity
 
 _log = logging.getLogger("ledger.city")
 #: The moment a shorthand (``aid``, the signed 免申即享 batch) records all of its commands at.
@@ -862,7 +862,7 @@ class LedgerCore(Application):
             result.city = {**(result.city or {"district": self.city.district}), "receipts_unread": unread}
         for eid in checked:
             a = result.assessments[eid]
-            if eid in waiting and not (a.granted and a.category == Category.MUTUAL_AID_PARTICIPANT.value):
+            if eid in waiting and procedure.refusal_stands(a.granted, a.category):
                 return waiting[eid], eid, result
             if not a.granted:
                 return a.rejection(), eid, result

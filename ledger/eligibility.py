@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from ledger.facts import CategoryFact, Knowledge, MutualAidYear
+from ledger.values import same_identity
 
 #: Lianyungang sub-types aided only from the county's determination date (R-CAT-5, [004 三]).
 #: Lianyungang's categories (R-CAT-5 [004 二, 三]): aided from the identity or its determination,
@@ -13,6 +14,22 @@ from ledger.facts import CategoryFact, Knowledge, MutualAidYear
 LIANYUNGANG_CATEGORIES = frozenset({"lyg_key", "lyg_extended"})
 
 DETERMINATION_SUBTYPES = {"temporary_relief_major_illness", "temporary_relief", "临时救助重大病患者"}
+
+
+#: R-INS-2 [004 四(一)] 低保对象、特困供养人员、孤儿: the Lianyungang key sub-types whose resident-insurance
+#: contribution is paid in full.
+_LYG_FULL = {"dibao": "dibao", "低保": "dibao", "低保对象": "dibao", "destitute": "destitute", "特困": "destitute",
+             "特困供养": "destitute", "特困供养人员": "destitute", "orphan": "orphan", "孤儿": "orphan"}
+#: The same sub-types written with a qualifier (``低保对象（城市）``, ``农村特困供养人员``): the words that
+#: name them, never ``特困`` alone (``特困职工``, a distressed worker, is another key sub-type).
+_LYG_FULL_WORDS = (("低保", "dibao"), ("特困供养", "destitute"), ("孤儿", "orphan"))
+
+
+def lyg_contribution_paid_in_full(subtype: str | None) -> str | None:
+    """R-INS-2 [004 四(一)]: the key sub-type whose resident-insurance contribution is paid in full
+    (``dibao``, ``destitute``, ``orphan``), or None (the county's fixed subsidy applies)."""
+    text = same_identity(subtype)
+    return _LYG_FULL.get(text) or next((kind for word, kind in _LYG_FULL_WORDS if word in text), None)
 
 
 def is_temporary_relief(subtype: str | None) -> bool:

@@ -26,8 +26,17 @@ def may_be_mutual_aid(k: Knowledge, e: ExpenseFacts) -> bool:
     （事后救助）的操作: the procedure (R-PH-5, R-INS-5, R-INS-6) is medical aid's; the plan has its own
     [003 六] (an application at the street's community affairs centre, no claim window, no 居保大病:
     its participants are outside Shanghai basic insurance). Such an expense's procedural refusal
-    stands only when the assessment does not aid it under the plan (R-CAT-2 picks the winner)."""
+    stands only when the assessment does not aid it under the plan (R-CAT-2 picks the winner:
+    :func:`refusal_stands`)."""
     return any(h.category == Category.MUTUAL_AID_PARTICIPANT.value for h in categories_on(k, e.service_date))
+
+
+def refusal_stands(granted: bool, category: str | None) -> bool:
+    """Whether a procedural refusal (R-PH-5, R-INS-5, R-INS-6 [002 1 范围, 4.3, 3.6, 4.2]) of an
+    expense that :func:`may_be_mutual_aid` stands, given its assessment: it does unless the
+    community mutual-aid plan wins the expense (R-CAT-2 [001 二(一)]), whose procedure is its own
+    [003 六]."""
+    return not (granted and category == Category.MUTUAL_AID_PARTICIPANT.value)
 
 
 def procedure_in_force(book: PolicyBook, schemes: tuple[str, ...], on: date) -> bool:

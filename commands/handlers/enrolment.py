@@ -16,23 +16,11 @@ from commands import models as m
 from commands.core import LedgerCore, Result
 from ledger import errors
 from ledger.aggregates import Recipient
-from ledger.eligibility import categories_on
+from ledger.eligibility import categories_on, lyg_contribution_paid_in_full
 from ledger.money import ZERO, fmt, money
-from ledger.values import ERASED, Scheme, Trigger, age_on, same_identity
+from ledger.values import ERASED, Scheme, Trigger, age_on
 
 
-#: [004 四(一)] 低保对象、特困供养人员、孤儿: key sub-types whose contribution is paid in full.
-_LYG_FULL = {"dibao": "dibao", "低保": "dibao", "低保对象": "dibao", "destitute": "destitute", "特困": "destitute",
-             "特困供养": "destitute", "特困供养人员": "destitute", "orphan": "orphan", "孤儿": "orphan"}
-#: The same sub-types written with a qualifier (``低保对象（城市）``, ``农村特困供养人员``): the words that
-#: name them, never ``特困`` alone (``特困职工``, a distressed worker, is another key sub-type).
-_LYG_FULL_WORDS = (("低保", "dibao"), ("特困供养", "destitute"), ("孤儿", "orphan"))
-
-
-def _lyg_paid_in_full(subtype: str | None) -> str | None:
-    """[004 四(一)]: the key sub-type whose resident-insurance contribution is paid in full, if any."""
-    text = same_identity(subtype)
-    return _LYG_FULL.get(text) or next((kind for word, kind in _LYG_FULL_WORDS if word in text), None)
 
 
 def enrol(app: LedgerCore, cmd: m.Enrol) -> Result:
@@ -185,7 +173,7 @@ def _shanghai_subsidy(app: LedgerCore, r: Recipient, cmd: m.Insure, held: set[st
 def _lianyungang_subsidy(app: LedgerCore, cmd: m.Insure, held: list[Any]) -> dict[str, Any] | None:
     scheme = Scheme.LIANYUNGANG.value
     for h in held:
-        kind = _lyg_paid_in_full(h.subtype) if h.category == "lyg_key" else None
+        kind = lyg_contribution_paid_in_full(h.subtype) if h.category == "lyg_key" else None
         if kind is not None:
             return {"kind": "contribution_paid_in_full", "category": h.category, "subtype": kind, "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[004 四(一)]"}
     if not any(h.category in ("lyg_key", "lyg_extended") for h in held):
