@@ -395,7 +395,7 @@ def explain_expense(app: LedgerApp, expense_id: str, *, handles: dict[str, str] 
             if s.expense_id == expense_id
         ],
         "attempted_duplicates": list(acc.attempted_duplicates),
-        "refusals": _refusals(app, str(recipient.id), expense_id),
+        "refusals": _refusals(app, events, expense_id),
         "payouts": _payouts(recipient, expense_id, handles),
         "suspensions": _suspensions(recipient, facts.service_date.isoformat(), handles),
     }
@@ -466,27 +466,31 @@ def _officers(app: LedgerApp, claim_id: str) -> dict[str, Any] | None:
             "deadline_override": getattr(c, "deadline_override", None)}
 
 
-def _refusals(app: LedgerApp, recipient: str, expense_id: str) -> list[dict[str, Any]]:
+def _refusals(app: LedgerApp, events: list[Any], expense_id: str) -> list[dict[str, Any]]:
     """Every claim on this expense that a rule refused, with the refusal as recorded: code, rule and
     message (clause included), when, and the expense the claim was refused on (a claim is refused
-    whole when any of its expenses is, SCENARIOS.md)."""
-    from commands.lookup import directory
-
+    whole when any of its expenses is, SCENARIOS.md). The claims are the ones the person's own
+    stream names (``ClaimAttached``, recorded for a claim refused at lodging too): an explanation
+    reads one person, never the district (issue 16: explain one payout, p99 < 50 ms)."""
+    named: list[str] = []
+    for e in events:
+        if isinstance(e, Recipient.ClaimAttached) and expense_id in e.expense_ids and e.claim_id not in named:
+            named.append(e.claim_id)
     out: list[dict[str, Any]] = []
-    for row in directory(app).rows("claims"):
-        if row.recipient != recipient or expense_id not in row.expenses or row.status != "rejected":
+    for cid in named:
+        claim_events = list(app.events.get(uuid.UUID(cid)))
+        refused = next((e for e in claim_events if isinstance(e, Claim.Rejected)), None)
+        lodged = next((e for e in claim_events if isinstance(e, Claim.Lodged)), None)
+        if refused is None or lodged is None:
             continue
-        c = app.claim(row.claim)
-        refused = next((e for e in app.events.get(c.id) if isinstance(e, Claim.Rejected)), None)
-        rejection = getattr(c, "rejection", None) or {}
         out.append({
-            "claim": row.claim,
-            "channel": row.channel,
-            "lodged_on": row.lodged_on,
-            "recorded_at": refused.timestamp.astimezone(CST).isoformat() if refused is not None else None,
-            "code": rejection.get("code"),
-            "rule": rejection.get("rule"),
-            "message": rejection.get("message"),
-            "on_expense": rejection.get("expense"),
+            "claim": cid,
+            "channel": lodged.channel,
+            "lodged_on": lodged.lodged_on,
+            "recorded_at": refused.timestamp.astimezone(CST).isoformat(),
+            "code": refused.code,
+            "rule": refused.rule,
+            "message": refused.message,
+            "on_expense": refused.expense_id,
         })
-    return sorted(out, key=lambda x: x["recorded_at"] or "")
+    return sorted(out, key=lambda x: x["recorded_at"])

@@ -414,7 +414,10 @@ class Recipient(Aggregate):
             )
 
     class ClaimAttached(Aggregate.Event):
-        """Expenses listed on a lodged claim are reserved for it until it is decided or rejected."""
+        """Expenses listed on a lodged claim are reserved for it until it is decided or rejected.
+        ``attached`` False releases them when the claim is rejected; on a claim refused as it was
+        lodged it releases nothing (nothing was reserved) and is recorded so that the person's own
+        stream names every claim on their expenses."""
 
         claim_id: str
         expense_ids: list[str]

@@ -56,6 +56,9 @@ def lodge_claim(app: LedgerCore, cmd: m.LodgeClaim) -> Result:
         exc, eid, _ = app._first_rejection(r, ordered, cmd.channel.value, lodged_on, str(claim.id), moment, bool(cmd.deadline_override), deciding=False)
     if exc is not None:
         claim.trigger_event(Claim.Rejected, timestamp=moment, code=exc.code, rule=exc.rule, message=exc.message, expense_id=eid)
+        # The person's record names the refused claim (it reserves nothing): an explanation or a
+        # timeline then finds every claim on the person's expenses in their own stream (ADR 0017).
+        r.trigger_event(Recipient.ClaimAttached, timestamp=moment, claim_id=str(claim.id), expense_ids=ordered, attached=False)
         if isinstance(exc, errors.Duplicate) and eid:
             app._note_duplicate(r, eid, cmd.channel.value, str(claim.id), exc, moment)
         res = Result.rejected(exc, claim=str(claim.id))

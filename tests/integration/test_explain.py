@@ -231,6 +231,24 @@ def test_a_refused_claim_and_the_four_signatures_are_explained(tmp_path: Path):
     assert "payer 拨付 Chen.Fei" in text
 
 
+def test_an_explanation_reads_the_person_not_the_district(tmp_path: Path, monkeypatch):
+    """Issue 16 (explain one payout, p99 < 50 ms): the refusals come from the person's own stream,
+    where a claim refused as it was lodged is named too; the district's directory (a read of the
+    whole log in a new process) is never built for an explanation."""
+    import commands.lookup
+
+    def whole_log(app):
+        raise AssertionError("an explanation read the district's directory")
+
+    monkeypatch.setattr(commands.lookup, "directory", whole_log)
+    path = tmp_path / "refused.yaml"
+    path.write_text(REFUSED, encoding="utf-8")
+    result = _invoke("--scenario", str(path), "--expense", "E1", "--json")
+    assert result.exit_code == 0, result.output
+    [refusal] = json.loads(result.output)["refusals"]
+    assert (refusal["code"], refusal["channel"], refusal["lodged_on"]) == ("NOT_INSURED", "post_hoc", "2026-01-20")
+
+
 def test_each_rule_is_cited_with_its_own_clause_and_offsets_are_shown():
     """A city decision names R-CAP-2 with the clause that says it ([002 4.3] 按发票日期所在年度), not
     only the rates' [001 二(二)4]; a payout that went to a clearing case says so (R-CLR-3): in

@@ -242,7 +242,11 @@ def test_a_claim_on_an_aided_receipt_is_rejected_and_the_attempt_recorded(ledger
     copy = ledger.run(expense(rid, source="claimant", at=t("2024-03-20"))).ids["expense"]
     result, events = when(ledger, m.LodgeClaim(recipient=rid, expenses=[copy], handler="HY-01", at=t("2024-03-21")))
     assert (result.status, result.code, result.rule) == ("rejected", "DUPLICATE", "R-PH-7")
-    assert set(names(events)) == {"Claim.Lodged", "Claim.Rejected", "Recipient.DuplicateAttempted"}
+    assert set(names(events)) == {"Claim.Lodged", "Claim.Rejected", "Recipient.ClaimAttached", "Recipient.DuplicateAttempted"}
+    # the person's stream names the refused claim, reserving nothing (explain and the timeline read it)
+    named = next(e for e in events if isinstance(e, Recipient.ClaimAttached))
+    assert (named.claim_id, named.expense_ids, named.attached) == (result.ids["claim"], [copy], False)
+    assert ledger.recipient(rid).expenses[copy].claim_id is None
     attempt = next(e for e in events if isinstance(e, Recipient.DuplicateAttempted))
     assert (attempt.expense_id, attempt.aided_as) == (copy, eid)
     rejected = next(e for e in events if isinstance(e, Claim.Rejected))
