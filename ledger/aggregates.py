@@ -238,9 +238,10 @@ class Recipient(Aggregate):
         """The enrolment subsidies (R-INS-2 [001 二(二)1; 004 四(一)]) already carried by this
         recipient's resident-insurance enrolments that start in ``year``: a year's contribution is
         paid once, however often its enrolment is recorded. A subsidy belongs to the enrolment
-        recorded with it (the same event, so the same recorded time)."""
+        recorded with it (the same event, so the same recorded time), or found due for it later
+        (``EnrolmentSubsidised``, which names it by that time)."""
         starts = {f.recorded_at.isoformat() for f in self.insurance_facts if f.kind == "start" and f.scheme == "resident" and f.valid_from.year == year}
-        return [s for s in self.subsidies if s.get("at") in starts]
+        return [s for s in self.subsidies if s.get("enrolment_at", s.get("at")) in starts]
 
     def expenses_named(self, handle: str) -> list[str]:
         """The person's expenses recorded under ``handle``, compared as people type it (NFKC, case
@@ -337,6 +338,19 @@ class Recipient(Aggregate):
 
         def apply(self, r: "Recipient") -> None:
             r.insurance_facts.append(InsuranceFact("end", self.scheme, _d(self.valid_to), None, self.timestamp))
+
+    class EnrolmentSubsidised(Aggregate.Event):
+        """R-INS-2 [001 二(二)1; 004 四(一)]: the subsidy of a resident-insurance enrolment found due
+        after the enrolment was recorded: a category granted since, held on the enrolment's start
+        date. ``enrolment_at`` names the enrolment (its recorded time); the subsidy is paid now."""
+
+        scheme: str
+        valid_from: str
+        enrolment_at: str
+        subsidy: dict[str, Any]
+
+        def apply(self, r: "Recipient") -> None:
+            r.subsidies.append(dict(self.subsidy, at=self.timestamp.isoformat(), enrolment_at=self.enrolment_at))
 
     class MutualAidContributionPaid(Aggregate.Event):
         year: int

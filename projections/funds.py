@@ -22,7 +22,7 @@ Movements:
 | ``repayment`` (``RepaymentReceived``) | cash | receivable |
 | ``write_off`` (``WriteOffApproved``) | written_off | receivable |
 | ``social_help`` (``SocialHelpGranted``) | social_help | cash |
-| ``subsidy`` (enrolment subsidy, ``InsuranceEnrolmentStarted``) | subsidy | cash |
+| ``subsidy`` (enrolment subsidy, ``InsuranceEnrolmentStarted``, ``EnrolmentSubsidised``) | subsidy | cash |
 
 A supplementary payout moves money only when it is paid (an ``AidPaid`` of channel
 ``supplementary``). A fund's net outflow (SCENARIOS.md ``funds``) is the credit balance of its
@@ -105,6 +105,7 @@ class FundBooks(Projection):
         Recipient.WriteOffApproved,
         Recipient.SocialHelpGranted,
         Recipient.InsuranceEnrolmentStarted,
+        Recipient.EnrolmentSubsidised,
     )
 
     def apply(self, conn: Connection, items: Sequence[Item]) -> None:
@@ -153,7 +154,7 @@ class FundBooks(Projection):
                     _recover(cases, a, written_off=True)
             elif isinstance(e, Recipient.SocialHelpGranted):
                 book.post("social_help", e.organisation, [("social_help", "cash", "social", Decimal(e.amount))])
-            elif isinstance(e, Recipient.InsuranceEnrolmentStarted):
+            elif isinstance(e, (Recipient.InsuranceEnrolmentStarted, Recipient.EnrolmentSubsidised)):
                 s = e.subsidy or {}
                 amount = Decimal(s.get("amount") or "0")
                 if amount:

@@ -64,6 +64,7 @@ class Statement(Projection):
         Recipient.SuspensionLifted,
         Recipient.SuspensionEnded,
         Recipient.SocialHelpGranted,
+        Recipient.EnrolmentSubsidised,
         Recipient.AidPaid,
         Recipient.ClearingCaseOpened,
         Recipient.SupplementaryPayoutDue,
@@ -110,7 +111,7 @@ class Statement(Projection):
             rid = str(e.originator_id)
             if isinstance(e, Recipient.Enrolled):
                 add(rid, "enrolled", street=e.street)
-            elif isinstance(e, Recipient.InsuranceEnrolmentStarted):
+            elif isinstance(e, (Recipient.InsuranceEnrolmentStarted, Recipient.EnrolmentSubsidised)):
                 if e.subsidy:
                     add(rid, "subsidy", e.subsidy.get("amount") or "0", scheme=e.scheme, subsidy={k: v for k, v in e.subsidy.items() if k != "amount"}, rule="R-INS-2")
             elif isinstance(e, Recipient.ExpenseRecorded):

@@ -72,8 +72,34 @@ def grant_category(app: LedgerCore, cmd: m.GrantCategory) -> Result:
         means_test_expenses_from=cmd.means_test_expenses_from.isoformat() if cmd.means_test_expenses_from else None,
         means_test=means,
     )
+    _subsidies_now_due(app, r, moment, cmd.valid_from, cmd.valid_to)
     app._reconcile(r, Trigger.CATEGORY_CHANGE.value, moment, {"category": cmd.category.value, "granted_from": cmd.valid_from.isoformat()})
     return app._commit(cmd, Result(), r)
+
+
+def _subsidies_now_due(app: LedgerCore, r: Recipient, moment: Any, granted_from: date, granted_to: date | None) -> None:
+    """R-INS-2 [001 二(二)1; 004 四(一)] for enrolments recorded before the category that pays
+    their subsidy: a category granted now over [granted_from, granted_to], held on a
+    resident-insurance enrolment's start date, pays what that year's contribution has not had yet
+    (in full, or the fixed subsidy less what was paid), whatever order the two were recorded in.
+    A category revoked later takes nothing back: the contribution was paid (ADR 0007)."""
+    for f in sorted(r.insurance_facts, key=lambda f: (f.valid_from, f.recorded_at)):
+        if f.kind != "start" or f.scheme != "resident" or f.valid_from < granted_from or (granted_to is not None and f.valid_from > granted_to):
+            continue
+        try:
+            subsidy = _enrolment_subsidy(app, r, f.scheme, f.valid_from)
+        except errors.PersonalDataErased:  # the age it needs is gone (ADR 0015): the grant stands alone
+            continue
+        if subsidy is None or (subsidy["kind"] == "fixed_subsidy" and not Decimal(subsidy["amount"])):
+            continue
+        r.trigger_event(
+            Recipient.EnrolmentSubsidised,
+            timestamp=moment,
+            scheme=f.scheme,
+            valid_from=f.valid_from.isoformat(),
+            enrolment_at=f.recorded_at.isoformat(),
+            subsidy=subsidy,
+        )
 
 
 def revoke_category(app: LedgerCore, cmd: m.RevokeCategory) -> Result:
@@ -95,7 +121,7 @@ def insure(app: LedgerCore, cmd: m.Insure) -> Result:
     """Shanghai basic insurance enrolment (R-INS-1) and its subsidy (R-INS-2 [001 二(二)1])."""
     r = app.recipient(cmd.recipient)
     moment = app._now(cmd.at)
-    subsidy = _enrolment_subsidy(app, r, cmd)
+    subsidy = _enrolment_subsidy(app, r, cmd.scheme.value, cmd.valid_from)
     r.trigger_event(
         Recipient.InsuranceEnrolmentStarted,
         timestamp=moment,
@@ -108,7 +134,7 @@ def insure(app: LedgerCore, cmd: m.Insure) -> Result:
     return app._commit(cmd, Result(), r)
 
 
-def _enrolment_subsidy(app: LedgerCore, r: Recipient, cmd: m.Insure) -> dict[str, Any] | None:
+def _enrolment_subsidy(app: LedgerCore, r: Recipient, scheme: str, valid_from: date) -> dict[str, Any] | None:
     """R-INS-2: who has their resident-insurance contribution paid, and how much. Paid by the
     city aid fund; held categories are those on the enrolment's start date.
 
@@ -120,15 +146,15 @@ def _enrolment_subsidy(app: LedgerCore, r: Recipient, cmd: m.Insure) -> dict[str
     - Lianyungang [004 四(一)]: key recipients who are dibao, destitute (特困供养) or orphans in
       full; every other recipient the county's setting (PARAMETER
       ``lianyungang.medical_aid.enrolment_subsidy.other``, a local setting, 0 until set)."""
-    if cmd.scheme.value != "resident":
+    if scheme != "resident":
         return None
-    held = categories_on(r.knowledge(), cmd.valid_from)
+    held = categories_on(r.knowledge(), valid_from)
     subsidy = None
     if Scheme.SHANGHAI_MEDICAL_AID.value in app.schemes:
-        subsidy = _shanghai_subsidy(app, r, cmd, {h.category for h in held})
+        subsidy = _shanghai_subsidy(app, r, valid_from, {h.category for h in held})
     elif Scheme.LIANYUNGANG.value in app.schemes:
-        subsidy = _lianyungang_subsidy(app, cmd, held)
-    return _less_already_paid(subsidy, r.subsidies_of_year(cmd.valid_from.year))
+        subsidy = _lianyungang_subsidy(app, valid_from, held)
+    return _less_already_paid(subsidy, r.subsidies_of_year(valid_from.year))
 
 
 def _less_already_paid(subsidy: dict[str, Any] | None, earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -154,23 +180,23 @@ def _age(app: LedgerCore, r: Recipient, on: date, rule: str) -> int:
     return age_on(r.id_number, on)
 
 
-def _shanghai_subsidy(app: LedgerCore, r: Recipient, cmd: m.Insure, held: set[str]) -> dict[str, Any] | None:
+def _shanghai_subsidy(app: LedgerCore, r: Recipient, valid_from: date, held: set[str]) -> dict[str, Any] | None:
     full = held & {"dibao", "special_relief", "orphan", "child_in_distress"}
     if full:
         subsidy: dict[str, Any] = {"kind": "contribution_paid_in_full", "category": sorted(full)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]"}
         children = held & {"dibao", "orphan", "child_in_distress"}
-        if children and _age(app, r, cmd.valid_from, "R-INS-2") < 18:
+        if children and _age(app, r, valid_from, "R-INS-2") < 18:
             # [001 二(四)2] 低保家庭儿童及社会散居孤儿、困境儿童基本生活保障对象参加少儿住院互助基金的个人缴费部分给予全额资助
             subsidy["children_fund"] = {"kind": "contribution_paid_in_full", "category": sorted(children)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(四)2]"}
         return subsidy
-    if "low_income" in held and _age(app, r, cmd.valid_from, "R-INS-2") >= 60:
-        v = app.policy().book.lookup(f"{Scheme.SHANGHAI_MEDICAL_AID.value}.enrolment_subsidy.low_income_60plus", cmd.valid_from)
+    if "low_income" in held and _age(app, r, valid_from, "R-INS-2") >= 60:
+        v = app.policy().book.lookup(f"{Scheme.SHANGHAI_MEDICAL_AID.value}.enrolment_subsidy.low_income_60plus", valid_from)
         amount = money(v.value) if v and v.value is not None else ZERO
         return {"kind": "fixed_subsidy", "category": "low_income", "amount": fmt(amount), "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]", "local_setting": True}
     return None
 
 
-def _lianyungang_subsidy(app: LedgerCore, cmd: m.Insure, held: list[Any]) -> dict[str, Any] | None:
+def _lianyungang_subsidy(app: LedgerCore, valid_from: date, held: list[Any]) -> dict[str, Any] | None:
     scheme = Scheme.LIANYUNGANG.value
     for h in held:
         kind = lyg_contribution_paid_in_full(h.subtype) if h.category == "lyg_key" else None
@@ -178,7 +204,7 @@ def _lianyungang_subsidy(app: LedgerCore, cmd: m.Insure, held: list[Any]) -> dic
             return {"kind": "contribution_paid_in_full", "category": h.category, "subtype": kind, "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[004 四(一)]"}
     if not any(h.category in ("lyg_key", "lyg_extended") for h in held):
         return None
-    v = app.policy().book.lookup(f"{scheme}.enrolment_subsidy.other", cmd.valid_from)
+    v = app.policy().book.lookup(f"{scheme}.enrolment_subsidy.other", valid_from)
     amount = money(v.value) if v and v.value is not None else ZERO
     category = next(h.category for h in held if h.category in ("lyg_key", "lyg_extended"))
     return {"kind": "fixed_subsidy", "category": category, "amount": fmt(amount), "fund": "city", "rule": "R-INS-2", "clause": "[004 四(一)]", "local_setting": True}

@@ -109,13 +109,20 @@ def _revoked(e: Any, _: ClaimRecipient) -> Mapped:
     return pm.CategoryRevoked, str(e.originator_id), _date(e.valid_from), {"category": e.category, "valid_from": e.valid_from}
 
 
+def _subsidy(s: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not s:
+        return None
+    return {"kind": s.get("kind"), "category": s.get("category"), "amount": _money(s.get("amount") or "0"), "fund": s.get("fund", "city"), "rule": s.get("rule", "R-INS-2")}
+
+
 def _insured(e: Any, _: ClaimRecipient) -> Mapped:
-    subsidy = None
-    if e.subsidy:
-        s = e.subsidy
-        subsidy = {"kind": s.get("kind"), "category": s.get("category"), "amount": _money(s.get("amount") or "0"), "fund": s.get("fund", "city"), "rule": s.get("rule", "R-INS-2")}
-    payload = {"scheme": e.scheme, "valid_from": e.valid_from, "valid_to": e.valid_to, "subsidy": subsidy}
+    payload = {"scheme": e.scheme, "valid_from": e.valid_from, "valid_to": e.valid_to, "subsidy": _subsidy(e.subsidy)}
     return pm.InsuranceEnrolled, str(e.originator_id), _date(e.valid_from), payload
+
+
+def _subsidised(e: Any, _: ClaimRecipient) -> Mapped:
+    payload = {"scheme": e.scheme, "valid_from": e.valid_from, "subsidy": _subsidy(e.subsidy)}
+    return pm.InsuranceSubsidised, str(e.originator_id), _date(e.valid_from), payload
 
 
 def _insurance_ended(e: Any, _: ClaimRecipient) -> Mapped:
@@ -283,6 +290,7 @@ MAPPERS: dict[type, Callable[[Any, ClaimRecipient], Mapped]] = {
     Recipient.CategoryRevoked: _revoked,
     Recipient.InsuranceEnrolmentStarted: _insured,
     Recipient.InsuranceEnrolmentEnded: _insurance_ended,
+    Recipient.EnrolmentSubsidised: _subsidised,
     Recipient.MutualAidContributionPaid: _mutual_aid,
     Recipient.ExpenseRecorded: _expense,
     Recipient.InsuranceSettled: _settled,

@@ -84,6 +84,12 @@ class InsuranceEnrolledPayload(_Model):
     subsidy: Subsidy | None
 
 
+class InsuranceSubsidisedPayload(_Model):
+    scheme: str
+    valid_from: date = Field(description="start of the enrolment the subsidy belongs to")
+    subsidy: Subsidy
+
+
 class InsuranceEndedPayload(_Model):
     scheme: str
     valid_to: date
@@ -453,6 +459,14 @@ class SuspensionEnded(Envelope):
     payload: SuspensionEndedPayload
 
 
+class InsuranceSubsidised(Envelope):
+    """The subsidy of a resident-insurance enrolment found due after the enrolment was recorded: a
+    category granted since, held on its start date (R-INS-2)."""
+
+    type: Literal["insurance.subsidised"] = "insurance.subsidised"
+    payload: InsuranceSubsidisedPayload
+
+
 class SocialHelpGranted(Envelope):
     """One-time social-organisation help (R-4L-5)."""
 
@@ -492,6 +506,7 @@ MESSAGE_CLASSES: tuple[type[Envelope], ...] = (
     CategoryRevoked,
     InsuranceEnrolled,
     InsuranceEnded,
+    InsuranceSubsidised,
     MutualAidContributionPaid,
     ExpenseRecorded,
     InsuranceSettled,

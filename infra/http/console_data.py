@@ -80,6 +80,7 @@ EVENT_ZH: dict[str, str] = {
     "CategoryRevoked": "撤销救助对象类别",
     "InsuranceEnrolmentStarted": "参加基本医疗保险",
     "InsuranceEnrolmentEnded": "基本医疗保险终止",
+    "EnrolmentSubsidised": "参保资助（类别认定后）",
     "MutualAidContributionPaid": "缴纳互助帮困费用",
     "AutoClaimConsentChanged": "免申即享授权变更",
     "ExpenseRecorded": "记录医疗费用",
@@ -153,6 +154,10 @@ def _entry(e: Any, r: Recipient) -> Entry:
         if e.subsidy:
             out.detail += f"；参保补贴 subsidy {svg.yuan(e.subsidy.get('amount'))}"
         out.rules = "R-INS-1"
+    elif kind == "EnrolmentSubsidised":
+        out.effective = e.valid_from
+        out.detail = f"参保补贴 subsidy {svg.yuan(e.subsidy.get('amount'))}（{e.subsidy.get('kind')}，{e.subsidy.get('category')}）"
+        out.rules = "R-INS-2"
     elif kind == "InsuranceEnrolmentEnded":
         out.effective = e.valid_to
         out.detail = e.scheme

@@ -121,6 +121,22 @@ def test_insure_records_the_enrolment_with_its_subsidy(ledger: LedgerApp) -> Non
     assert names(ended) == ["Recipient.InsuranceEnrolmentEnded"] and ended[0].valid_to == "2025-06-30"
 
 
+def test_a_category_granted_after_the_enrolment_pays_its_subsidy_once(ledger: LedgerApp) -> None:
+    """R-INS-2 [001 二(二)1]: the enrolment was recorded before the category held on its start date;
+    the grant pays the contribution then, once for the year, and only for enrolments it covers."""
+    rid = ledger.run(m.Enrol(id_number=DIBAO_ID, name="王秀英", street="华阳路街道", at=t("2024-01-05", "09:00"))).ids["recipient"]
+    ledger.run(m.Insure(recipient=rid, scheme="resident", valid_from=date(2024, 1, 1), at=t("2024-01-05", "09:01")))
+    _, later = when(ledger, m.GrantCategory(recipient=rid, category="dibao", valid_from=date(2024, 2, 1), at=t("2024-01-06")))
+    assert "Recipient.EnrolmentSubsidised" not in names(later)  # not held on 2024-01-01
+    _, events = when(ledger, m.GrantCategory(recipient=rid, category="dibao", valid_from=date(2023, 1, 1), at=t("2024-01-07")))
+    [e] = [x for x in events if isinstance(x, Recipient.EnrolmentSubsidised)]
+    assert (e.scheme, e.valid_from, e.subsidy["kind"], e.subsidy["rule"]) == ("resident", "2024-01-01", "contribution_paid_in_full", "R-INS-2")
+    assert names(events).index("Recipient.CategoryGranted") < names(events).index("Recipient.EnrolmentSubsidised")
+    _, again = when(ledger, m.GrantCategory(recipient=rid, category="dibao", valid_from=date(2023, 1, 1), at=t("2024-01-08")))
+    assert "Recipient.EnrolmentSubsidised" not in names(again)
+    assert len(ledger.recipient(rid).subsidies_of_year(2024)) == 1
+
+
 def test_join_mutual_aid_and_consent(ledger: LedgerApp) -> None:
     rid = given_recipient(ledger, category="mutual_aid_participant", insured=False)
     _, joined = when(ledger, m.JoinMutualAid(recipient=rid, year=2025, has_home_insurance=True, home_insurance_deductible="1500", at=t("2025-01-08")))
