@@ -33,7 +33,8 @@ def state_of(r: Recipient) -> dict[str, Any]:
 
 def extra_events(r: Recipient, at: datetime) -> None:
     """The kinds no scenario records: an insurance enrolment ended, a write-off proposed and
-    refused (on a case if there is one), a corrected city read, a move in and out of the district."""
+    refused (on a case if there is one), a corrected city read, a move in and out of the district,
+    a subsidy found due after the enrolment."""
     r.trigger_event(Recipient.InsuranceEnrolmentEnded, timestamp=at, scheme="resident", valid_to="2026-12-31")
     case = next(iter(r.cases), None)
     cases = [{"case": case, "amount": "1.00"}] if case else []
@@ -50,6 +51,10 @@ def extra_events(r: Recipient, at: datetime) -> None:
                     source_position=7, categories=[{"kind": "grant", "category": "dibao", "valid_from": "2020-01-01"}],
                     insurance=[{"kind": "start", "scheme": "resident", "valid_from": "2015-01-01"}], carried_caps=caps,
                     aided_receipts=[["x-code", "inv-1"]])
+    # R-INS-2: a subsidy found due by a category granted after the enrolment it belongs to
+    r.trigger_event(Recipient.EnrolmentSubsidised, timestamp=at + timedelta(seconds=3, microseconds=500), scheme="resident",
+                    valid_from="2015-01-01", enrolment_at=at.isoformat(),
+                    subsidy={"kind": "fixed_subsidy", "category": "low_income", "amount": "300.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]"})
     r.trigger_event(Recipient.TransferredOut, timestamp=at + timedelta(seconds=4), to_district="jingan", from_district="changning",
                     position=9, carried_caps=caps, aided_receipts=[["x-code", "inv-1"]], in_flight=[])
 
