@@ -14,11 +14,11 @@ from eventsourcing.application import AggregateNotFoundError
 
 from commands import models as m
 from commands.core import LedgerCore, Result
-from ledger import errors
+from ledger import errors, subsidy
 from ledger.aggregates import Recipient
-from ledger.eligibility import categories_on, lyg_contribution_paid_in_full
-from ledger.money import ZERO, fmt, money
-from ledger.values import ERASED, Scheme, Trigger, age_on
+from ledger.eligibility import categories_on
+from ledger.money import fmt
+from ledger.values import ERASED, Trigger, age_on
 
 
 
@@ -79,27 +79,23 @@ def grant_category(app: LedgerCore, cmd: m.GrantCategory) -> Result:
 
 def _subsidies_now_due(app: LedgerCore, r: Recipient, moment: Any, granted_from: date, granted_to: date | None) -> None:
     """R-INS-2 [001 二(二)1; 004 四(一)] for enrolments recorded before the category that pays
-    their subsidy: a category granted now over [granted_from, granted_to], held on a
-    resident-insurance enrolment's start date, pays what that year's contribution has not had yet
-    (in full, or the fixed subsidy less what was paid), whatever order the two were recorded in.
+    their subsidy: a category granted now, held on a resident-insurance enrolment's start date,
+    pays what that year's contribution has not had yet, whatever order the two were recorded in.
     A category revoked later takes nothing back: the contribution was paid (ADR 0007)."""
-    for f in sorted(r.insurance_facts, key=lambda f: (f.valid_from, f.recorded_at)):
-        if f.kind != "start" or f.scheme != "resident" or f.valid_from < granted_from or (granted_to is not None and f.valid_from > granted_to):
-            continue
+    for f in subsidy.enrolments_a_grant_covers(r.insurance_facts, granted_from, granted_to):
         try:
-            subsidy = _enrolment_subsidy(app, r, f.scheme, f.valid_from)
+            found = _enrolment_subsidy(app, r, f.scheme, f.valid_from)
         except errors.PersonalDataErased:  # the age it needs is gone (ADR 0015): the grant stands alone
             continue
-        if subsidy is None or (subsidy["kind"] == "fixed_subsidy" and not Decimal(subsidy["amount"])):
-            continue
-        r.trigger_event(
-            Recipient.EnrolmentSubsidised,
-            timestamp=moment,
-            scheme=f.scheme,
-            valid_from=f.valid_from.isoformat(),
-            enrolment_at=f.recorded_at.isoformat(),
-            subsidy=subsidy,
-        )
+        if subsidy.pays_something(found):
+            r.trigger_event(
+                Recipient.EnrolmentSubsidised,
+                timestamp=moment,
+                scheme=f.scheme,
+                valid_from=f.valid_from.isoformat(),
+                enrolment_at=f.recorded_at.isoformat(),
+                subsidy=found,
+            )
 
 
 def revoke_category(app: LedgerCore, cmd: m.RevokeCategory) -> Result:
@@ -135,79 +131,20 @@ def insure(app: LedgerCore, cmd: m.Insure) -> Result:
 
 
 def _enrolment_subsidy(app: LedgerCore, r: Recipient, scheme: str, valid_from: date) -> dict[str, Any] | None:
-    """R-INS-2: who has their resident-insurance contribution paid, and how much. Paid by the
-    city aid fund; held categories are those on the enrolment's start date.
-
-    - Shanghai [001 二(二)1]: dibao, special relief, orphans and children in distress in full;
-      low-income members aged 60+ a fixed subsidy (PARAMETER ``enrolment_subsidy.low_income_60plus``,
-      a local setting). Dibao children, scattered orphans and children in distress also have
-      their contribution to the children's inpatient mutual fund 少儿住院互助基金 paid in full
-      [001 二(四)2] (``children_fund`` in the subsidy).
-    - Lianyungang [004 四(一)]: key recipients who are dibao, destitute (特困供养) or orphans in
-      full; every other recipient the county's setting (PARAMETER
-      ``lianyungang.medical_aid.enrolment_subsidy.other``, a local setting, 0 until set)."""
+    """R-INS-2 (``ledger.subsidy``): the subsidy of a resident-insurance enrolment starting
+    ``valid_from``, on the categories held that day and what the year already carries."""
     if scheme != "resident":
         return None
-    held = categories_on(r.knowledge(), valid_from)
-    subsidy = None
-    if Scheme.SHANGHAI_MEDICAL_AID.value in app.schemes:
-        subsidy = _shanghai_subsidy(app, r, valid_from, {h.category for h in held})
-    elif Scheme.LIANYUNGANG.value in app.schemes:
-        subsidy = _lianyungang_subsidy(app, valid_from, held)
-    return _less_already_paid(subsidy, r.subsidies_of_year(valid_from.year))
-
-
-def _less_already_paid(subsidy: dict[str, Any] | None, earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """A year's contribution is subsidised once (R-INS-2 [001 二(二)1; 004 四(一)]): an enrolment recorded again for a year
-    whose contribution was already paid in full carries nothing more, and a fixed subsidy only
-    what the year's earlier enrolments did not already pay (a subsidy set since, say)."""
-    if subsidy is None or not earlier:
-        return subsidy
-    if any(s.get("kind") == "contribution_paid_in_full" for s in earlier):
-        return None  # the year's whole contribution is paid already: a fixed subsidy would pay it twice
-    if subsidy["kind"] == "contribution_paid_in_full":
-        return subsidy
-    paid = sum((Decimal(s.get("amount") or "0") for s in earlier), ZERO)
-    rest = money(Decimal(subsidy["amount"]) - paid)
-    if rest <= 0:
-        return None
-    return dict(subsidy, amount=fmt(rest), already_paid=fmt(paid))
+    return subsidy.enrolment_subsidy(
+        app.policy().book, app.schemes, categories_on(r.knowledge(), valid_from), valid_from,
+        lambda: _age(app, r, valid_from, "R-INS-2"), r.subsidies_of_year(valid_from.year),
+    )
 
 
 def _age(app: LedgerCore, r: Recipient, on: date, rule: str) -> int:
     if r.id_number == ERASED:
         raise errors.PersonalDataErased(f"{rule} needs the recipient's age, but their personal data was erased (ADR 0015)", rule=rule, field="recipient")
     return age_on(r.id_number, on)
-
-
-def _shanghai_subsidy(app: LedgerCore, r: Recipient, valid_from: date, held: set[str]) -> dict[str, Any] | None:
-    full = held & {"dibao", "special_relief", "orphan", "child_in_distress"}
-    if full:
-        subsidy: dict[str, Any] = {"kind": "contribution_paid_in_full", "category": sorted(full)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]"}
-        children = held & {"dibao", "orphan", "child_in_distress"}
-        if children and _age(app, r, valid_from, "R-INS-2") < 18:
-            # [001 二(四)2] 低保家庭儿童及社会散居孤儿、困境儿童基本生活保障对象参加少儿住院互助基金的个人缴费部分给予全额资助
-            subsidy["children_fund"] = {"kind": "contribution_paid_in_full", "category": sorted(children)[0], "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[001 二(四)2]"}
-        return subsidy
-    if "low_income" in held and _age(app, r, valid_from, "R-INS-2") >= 60:
-        v = app.policy().book.lookup(f"{Scheme.SHANGHAI_MEDICAL_AID.value}.enrolment_subsidy.low_income_60plus", valid_from)
-        amount = money(v.value) if v and v.value is not None else ZERO
-        return {"kind": "fixed_subsidy", "category": "low_income", "amount": fmt(amount), "fund": "city", "rule": "R-INS-2", "clause": "[001 二(二)1]", "local_setting": True}
-    return None
-
-
-def _lianyungang_subsidy(app: LedgerCore, valid_from: date, held: list[Any]) -> dict[str, Any] | None:
-    scheme = Scheme.LIANYUNGANG.value
-    for h in held:
-        kind = lyg_contribution_paid_in_full(h.subtype) if h.category == "lyg_key" else None
-        if kind is not None:
-            return {"kind": "contribution_paid_in_full", "category": h.category, "subtype": kind, "amount": "0.00", "fund": "city", "rule": "R-INS-2", "clause": "[004 四(一)]"}
-    if not any(h.category in ("lyg_key", "lyg_extended") for h in held):
-        return None
-    v = app.policy().book.lookup(f"{scheme}.enrolment_subsidy.other", valid_from)
-    amount = money(v.value) if v and v.value is not None else ZERO
-    category = next(h.category for h in held if h.category in ("lyg_key", "lyg_extended"))
-    return {"kind": "fixed_subsidy", "category": category, "amount": fmt(amount), "fund": "city", "rule": "R-INS-2", "clause": "[004 四(一)]", "local_setting": True}
 
 
 def end_insurance(app: LedgerCore, cmd: m.EndInsurance) -> Result:
