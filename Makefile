@@ -2,6 +2,9 @@ VENV = .venv
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 STAMP = $(VENV)/.installed
 SCENARIOS = ../shared/scenarios
+# pytest processes for make test (ADR 0024): the suite waits on servers, brokers and browsers
+# much of its time, so two processes on two cores finish in well under half the time of one.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test scenarios bench bench-quick bench-city clean
 
@@ -18,7 +21,7 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS)
 
 # The external acceptance set is required: without ../shared/scenarios this target fails (exit 2), so CI, which always has it, notices.
 scenarios: venv
